@@ -1,0 +1,35 @@
+# warmvm: `make reconcile` converges the host to specs/, `make test` runs the suite.
+# Both set up what they need first: host packages (apt-get, as root) and .venv.
+VENV     ?= .venv
+PY       := $(VENV)/bin/python
+WARMVM   := $(VENV)/bin/warmvm
+STAMP    := $(VENV)/.installed
+ARGS     ?=
+
+.PHONY: setup reconcile plan test bench bench-pool clean
+
+setup: $(STAMP)
+	@bash hack/install-deps.sh
+
+$(STAMP): pyproject.toml
+	python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[test]'
+	touch $@
+
+reconcile: setup
+	$(WARMVM) reconcile $(ARGS)
+
+plan: setup
+	$(WARMVM) plan $(ARGS)
+
+test: setup
+	$(PY) -m pytest -q $(ARGS)
+
+bench-pool: setup
+	bash hack/bench-pool.sh $(ARGS)
+
+bench: bench-pool
+
+clean:
+	rm -rf $(VENV) .pytest_cache

@@ -1,0 +1,136 @@
+"""The actions a plan is made of: small frozen records, each with a stable kind.
+
+A plan is an ordered list of these; `apply` hands each to its driver. They
+carry everything the driver needs, so applying never re-reads specs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+from ipaddress import IPv4Interface
+from pathlib import Path
+from typing import ClassVar
+
+
+@dataclass(frozen=True)
+class Action:
+    kind: ClassVar[str] = "action"
+    deletes: ClassVar[bool] = False  # suppressed while any spec is invalid
+
+    @property
+    def subject(self) -> str:
+        raise NotImplementedError
+
+    def describe(self) -> str:
+        details = " ".join(f"{f.name}={_short(getattr(self, f.name))}" for f in fields(self)
+                           if f.name not in ("network", "vm", "image"))
+        return f"{self.kind} {self.subject} {details}".rstrip()
+
+
+def _short(value: object) -> str:
+    if isinstance(value, tuple) and len(value) > 4:
+        return f"{','.join(map(str, value[:3]))},...(+{len(value) - 3})"
+    if isinstance(value, tuple):
+        return ",".join(map(str, value))
+    if isinstance(value, Path):
+        return value.name
+    return str(value)
+
+
+# --- network -----------------------------------------------------------------
+
+@dataclass(frozen=True)
+class BridgeEnsure(Action):
+    kind: ClassVar[str] = "bridge_ensure"
+    network: str
+    bridge: str
+    gateway: IPv4Interface
+
+    @property
+    def subject(self) -> str:
+        return f"network/{self.network}"
+
+
+@dataclass(frozen=True)
+class BridgeDelete(Action):
+    kind: ClassVar[str] = "bridge_delete"
+    deletes: ClassVar[bool] = True
+    network: str
+    bridge: str
+
+    @property
+    def subject(self) -> str:
+        return f"network/{self.network}"
+
+
+@dataclass(frozen=True)
+class PoolGrow(Action):
+    kind: ClassVar[str] = "pool_grow"
+    network: str
+    bridge: str
+    prefix: str
+    count: int
+
+    @property
+    def subject(self) -> str:
+        return f"pool/{self.network}"
+
+
+@dataclass(frozen=True)
+class PoolShrink(Action):
+    kind: ClassVar[str] = "pool_shrink"
+    deletes: ClassVar[bool] = True
+    network: str
+    taps: tuple[str, ...]
+
+    @property
+    def subject(self) -> str:
+        return f"pool/{self.network}"
+
+
+@dataclass(frozen=True)
+class TapAttach(Action):
+    """Re-attach and bring up one of our TAPs that drifted (detached or down)."""
+
+    kind: ClassVar[str] = "tap_attach"
+    network: str
+    bridge: str
+    tap: str
+    vm: str | None = None  # the VM holding it; None: an idle pool TAP
+
+    @property
+    def subject(self) -> str:
+        return f"tap/{self.tap}"
+
+
+@dataclass(frozen=True)
+class TapClaim(Action):
+    """Give a VM its TAP: an idle one from the pool, or a new one when the pool is empty."""
+
+    kind: ClassVar[str] = "tap_claim"
+    vm: str
+    network: str
+    bridge: str
+    prefix: str
+    tap: str | None
+
+    @property
+    def subject(self) -> str:
+        return f"vm/{self.vm}"
+
+
+@dataclass(frozen=True)
+class TapRelease(Action):
+    """A VM's TAP goes back to its pool (`keep`), or is deleted when the pool is full."""
+
+    kind: ClassVar[str] = "tap_release"
+    deletes: ClassVar[bool] = True
+    vm: str
+    network: str
+    bridge: str
+    tap: str
+    keep: bool
+
+    @property
+    def subject(self) -> str:
+        return f"vm/{self.vm}"

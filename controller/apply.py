@@ -1,0 +1,92 @@
+"""Applying: each action kind handed to its driver.
+
+The imperative shell around the pure planner. A handler does one action and
+returns details for the lifecycle log; errors are TemporaryError or
+PermanentError, which the runner turns into outcomes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from .actions import Action, BridgeDelete, BridgeEnsure, PoolGrow, PoolShrink, TapAttach, TapClaim, TapRelease
+from .netlink import NetlinkDriver
+from .observed import Observed
+from .ownership import bridge_mark, pool_mark, vm_mark
+
+
+@dataclass
+class Drivers:
+    net: NetlinkDriver
+
+    def prepare(self, observed: Observed) -> None:
+        """A pass starts: drivers that allocate from observed state rebuild from it."""
+        self.net.observed_names(observed.net.names)
+
+    def close(self) -> None:
+        self.net.close()
+
+
+Details = dict[str, Any]
+
+
+def bridge_ensure(a: BridgeEnsure, d: Drivers) -> Details:
+    d.net.ensure_bridge(a.bridge, bridge_mark(a.network), a.gateway)
+    return {"bridge": a.bridge, "gateway": str(a.gateway)}
+
+
+def bridge_delete(a: BridgeDelete, d: Drivers) -> Details:
+    d.net.delete_bridge(a.bridge, bridge_mark(a.network))
+    return {"bridge": a.bridge}
+
+
+def pool_grow(a: PoolGrow, d: Drivers) -> Details:
+    calls = d.net.name_calls
+    names = d.net.create_taps(a.prefix, a.count, pool_mark(a.network), a.bridge)
+    return {"count": len(names), "name_calls": d.net.name_calls - calls}
+
+
+def pool_shrink(a: PoolShrink, d: Drivers) -> Details:
+    d.net.delete(a.taps, pool_mark(a.network))
+    return {"count": len(a.taps)}
+
+
+def tap_attach(a: TapAttach, d: Drivers) -> Details:
+    mark = vm_mark(a.network, a.vm) if a.vm else pool_mark(a.network)
+    d.net.mark(a.tap, mark, mark, a.bridge)
+    return {"tap": a.tap}
+
+
+def tap_claim(a: TapClaim, d: Drivers) -> Details:
+    mark = vm_mark(a.network, a.vm)
+    if a.tap is not None:
+        d.net.mark(a.tap, pool_mark(a.network), mark, a.bridge)
+        return {"tap": a.tap, "from": "pool"}
+    tap = d.net.create_tap(a.prefix, mark, d.net.bridge_index(a.bridge))
+    return {"tap": tap, "from": "new"}
+
+
+def tap_release(a: TapRelease, d: Drivers) -> Details:
+    mark = vm_mark(a.network, a.vm)
+    if a.keep:
+        d.net.mark(a.tap, mark, pool_mark(a.network), a.bridge)
+        return {"tap": a.tap, "to": "pool"}
+    d.net.delete([a.tap], mark)
+    return {"tap": a.tap, "to": "deleted"}
+
+
+HANDLERS: dict[type[Action], Callable[[Any, Drivers], Details]] = {
+    BridgeEnsure: bridge_ensure,
+    BridgeDelete: bridge_delete,
+    PoolGrow: pool_grow,
+    PoolShrink: pool_shrink,
+    TapAttach: tap_attach,
+    TapClaim: tap_claim,
+    TapRelease: tap_release,
+}
+
+
+def apply_action(action: Action, drivers: Drivers) -> Details:
+    return HANDLERS[type(action)](action, drivers)

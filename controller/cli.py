@@ -1,0 +1,135 @@
+"""Command line: `warmvm plan|reconcile|get ...` (also `python -m controller`).
+
+The outermost shell: parses arguments, loads specs, takes the lock, wires the
+drivers, and turns every expected failure into one line on stderr and an exit
+code (plan: 0 nothing to do, 2 changes pending, 1 error; reconcile: 0
+converged, 1 anything failed).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+from . import views
+from .apply import Drivers
+from .errors import WarmvmError
+from .lifecycle import Lifecycle
+from .model import Desired
+from .netlink import NetlinkDriver
+from .observed import observe
+from .plan import plan
+from .reconcile import reconcile
+from .specs import load
+from .store import Store
+
+EXIT_OK, EXIT_ERROR, EXIT_PENDING = 0, 1, 2
+
+
+def _common(defaults: bool) -> argparse.ArgumentParser:
+    """Options accepted before and after the subcommand; only the top level holds defaults,
+    so that a value given before the subcommand is not reset by the subcommand's copy."""
+    def default(value: object) -> object:
+        return value if defaults else argparse.SUPPRESS
+
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--specs", type=Path, default=default(Path(os.environ.get("WARMVM_SPECS", "specs"))),
+                        help="spec directory (default ./specs, or $WARMVM_SPECS)")
+    common.add_argument("--state", type=Path, default=default(Path(os.environ.get("WARMVM_STATE", "state"))),
+                        help="state directory (default ./state, or $WARMVM_STATE)")
+    common.add_argument("--log-format", choices=("text", "json"), default=default("text"))
+    common.add_argument("--lock-timeout", type=float, default=default(5.0), metavar="SECONDS",
+                        help="how long to wait for another reconciler (default 5)")
+    return common
+
+
+def parser() -> argparse.ArgumentParser:
+    common = _common(defaults=False)
+    top = argparse.ArgumentParser(prog="warmvm", parents=[_common(defaults=True)],
+                                  description="Declarative reconciler for microVM hosts.")
+    sub = top.add_subparsers(dest="command", required=True)
+    sub.add_parser("plan", parents=[common], help="show what reconcile would change")
+    sub.add_parser("reconcile", parents=[common], help="converge the host to the specs")
+    get = sub.add_parser("get", parents=[common], help="show state")
+    get.add_argument("what", choices=views.VIEWS)
+    get.add_argument("-o", "--output", choices=("table", "json"), default="table")
+    return top
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    log = Lifecycle(args.log_format)
+    try:
+        return COMMANDS[args.command](args, log)
+    except WarmvmError as e:
+        print(f"warmvm: {e}", file=sys.stderr)
+        return EXIT_ERROR
+    except KeyboardInterrupt:
+        print("warmvm: interrupted", file=sys.stderr)
+        return 130
+
+
+def load_specs(args: argparse.Namespace) -> Desired:
+    if not args.specs.is_dir():
+        raise WarmvmError(f"{args.specs}: spec directory does not exist")
+    desired = load(args.specs)
+    for error in desired.errors:
+        print(error, file=sys.stderr)
+    return desired
+
+
+def cmd_plan(args: argparse.Namespace, log: Lifecycle) -> int:
+    desired = load_specs(args)
+    current = plan(desired, observe())
+    for action in current.actions:
+        print(action.describe())
+    for action in current.held_back:
+        print(f"(held back while specs are invalid) {action.describe()}")
+    for problem in current.problems:
+        print(f"problem: {problem}", file=sys.stderr)
+    log.summary(f"plan: {len(current.actions)} to apply, {len(current.held_back)} held back, "
+                f"{len(current.problems)} problems, {len(desired.errors)} spec errors",
+                actions=len(current.actions))
+    if desired.errors or current.problems:
+        return EXIT_ERROR
+    return EXIT_PENDING if current.actions else EXIT_OK
+
+
+def cmd_reconcile(args: argparse.Namespace, log: Lifecycle) -> int:
+    start = time.perf_counter()
+    store = Store(args.state)
+    with store.lock(args.lock_timeout):
+        desired = load_specs(args)
+        drivers = Drivers(net=NetlinkDriver())
+        try:
+            result = reconcile(desired, drivers, observe, log)
+        finally:
+            drivers.close()
+    last = result.last_plan
+    problems = last.problems if last else ()
+    for problem in problems:
+        print(f"problem: {problem}", file=sys.stderr)
+    ok = result.converged and not desired.errors and not problems
+    state = "converged" if ok else "NOT converged"
+    held = len(last.held_back) if last else 0
+    log.summary(f"reconcile: {state}: {result.applied} applied, {len(result.failures)} failed, "
+                f"{held} held back, {len(desired.errors)} spec errors, {result.passes} passes, "
+                f"{(time.perf_counter() - start) * 1000:.1f}ms", converged=ok)
+    return EXIT_OK if ok else EXIT_ERROR
+
+
+def cmd_get(args: argparse.Namespace, log: Lifecycle) -> int:
+    desired = load(args.specs) if args.specs.is_dir() else Desired()
+    rows = views.VIEWS[args.what](desired, observe())
+    if args.output == "json":
+        print(json.dumps(rows, indent=2, default=str))
+    else:
+        print(views.table(rows))
+    return EXIT_OK
+
+
+COMMANDS = {"plan": cmd_plan, "reconcile": cmd_reconcile, "get": cmd_get}

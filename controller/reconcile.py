@@ -1,0 +1,77 @@
+"""The reconcile loop: observe, plan, apply a pass, observe again, until empty.
+
+Level-triggered like controller-runtime's Reconcile: every pass starts from a
+fresh observation, never from what the previous pass believed it did. An
+action that failed permanently is not retried within the run; a temporary
+failure waits its delay (capped) and is planned again on the next pass.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from .actions import Action
+from .apply import Drivers, apply_action
+from .errors import PermanentError, TemporaryError
+from .lifecycle import Lifecycle
+from .model import Desired
+from .observed import Observed
+from .plan import Plan, plan
+
+MAX_PASSES = 12
+MAX_DELAY = 5.0
+
+
+@dataclass
+class Result:
+    passes: int = 0
+    applied: int = 0
+    failures: dict[Action, str] = field(default_factory=dict)
+    last_plan: Plan | None = None
+
+    @property
+    def converged(self) -> bool:
+        return self.last_plan is not None and self.last_plan.empty and not self.failures
+
+
+def reconcile(desired: Desired, drivers: Drivers, observe: Callable[[], Observed], log: Lifecycle,
+              sleep: Callable[[float], None] = time.sleep) -> Result:
+    result = Result()
+    for _ in range(MAX_PASSES):
+        observed = observe()
+        drivers.prepare(observed)
+        result.last_plan = current = plan(desired, observed)
+        todo = [a for a in current.actions if a not in result.failures]
+        if not todo:
+            break
+        result.passes += 1
+        delay = 0.0
+        for action in todo:
+            delay = max(delay, _apply_one(action, drivers, log, result))
+        if delay:
+            sleep(min(delay, MAX_DELAY))
+    return result
+
+
+def _apply_one(action: Action, drivers: Drivers, log: Lifecycle, result: Result) -> float:
+    """Applies one action and logs it; returns how long to wait before retrying it (0: no retry)."""
+    start = time.perf_counter()
+    try:
+        details = apply_action(action, drivers)
+    except TemporaryError as e:
+        log.event(action.kind, action.subject, "retry", _ms(start), error=str(e))
+        return e.delay
+    except (PermanentError, OSError) as e:
+        result.failures[action] = str(e)
+        log.event(action.kind, action.subject, "failed", _ms(start), error=str(e))
+        return 0.0
+    result.applied += 1
+    result.failures.pop(action, None)
+    log.event(action.kind, action.subject, "ok", _ms(start), **details)
+    return 0.0
+
+
+def _ms(start: float) -> float:
+    return (time.perf_counter() - start) * 1000

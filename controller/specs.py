@@ -1,0 +1,365 @@
+"""Spec loading: YAML documents under specs/ -> validated `Desired` state.
+
+The first stage of the pipeline (load -> observe -> plan -> apply), pure but
+for reading files. Per-object checks are pydantic schemas (extra fields
+forbidden, so a misspelt field is an error, not a silent default); checks
+across objects (duplicates, references, overlapping CIDRs, one default image)
+follow. Every problem becomes a SpecError naming FILE:LINE: FIELD; valid
+objects are still returned so they can converge in the same pass.
+"""
+
+from __future__ import annotations
+
+import difflib
+import re
+from ipaddress import IPv4Address, IPv4Network
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StrictBool, StrictInt, ValidationError
+from pydantic.alias_generators import to_camel
+
+from .errors import SpecError
+from .model import VM, Desired, Image, Network, Source, WorkSeed
+from .specfile import Document, FieldPath, dotted, read_documents, spec_files
+
+API_VERSION = "warmvm/v1"
+IFNAMSIZ = 15  # bytes, without the NUL
+BRIDGE_MAX_PORTS = 1023
+MIN_INDEX_DIGITS = 4  # room for any pool index up to BRIDGE_MAX_PORTS
+_NAME = re.compile(r"^[a-z0-9]([a-z0-9-]*[a-z0-9])?$")
+_UNITS = {"": 1, "Ki": 1 << 10, "Mi": 1 << 20, "Gi": 1 << 30, "Ti": 1 << 40}
+_QUANTITY = re.compile(r"^\s*(\d+)\s*([KMGT]i)?\s*$")
+MAX_QUANTITY = 64 << 40
+
+
+def parse_quantity(value: Any) -> int:
+    if isinstance(value, bool):
+        raise ValueError("must be a quantity such as 512Mi or 4Gi")
+    if isinstance(value, int):
+        number, unit = value, ""
+    elif isinstance(value, str) and (m := _QUANTITY.match(value)):
+        number, unit = int(m.group(1)), m.group(2) or ""
+    else:
+        raise ValueError(f"{value!r} is not a quantity: use a whole number with Ki, Mi, Gi or Ti (e.g. 4Gi)")
+    size = number * _UNITS[unit]
+    if size <= 0:
+        raise ValueError("must be greater than zero")
+    if size > MAX_QUANTITY:
+        raise ValueError(f"{value} is absurdly large (at most 64Ti)")
+    return size
+
+
+def check_ifname(value: Any) -> str:
+    if not isinstance(value, str) or not value:
+        raise ValueError("must be an interface name")
+    if len(value.encode()) > IFNAMSIZ:
+        raise ValueError(f"{value!r} is longer than {IFNAMSIZ} bytes")
+    if value in (".", "..") or any(c in value for c in "/:") or any(c.isspace() for c in value):
+        raise ValueError(f"{value!r} is not a valid interface name (no '/', ':' or whitespace)")
+    return value
+
+
+def check_prefix(value: Any) -> str:
+    check_ifname(value)
+    room = IFNAMSIZ - len(value.encode())
+    if room < MIN_INDEX_DIGITS:
+        raise ValueError(f"{value!r} leaves {room} characters for the index; at least {MIN_INDEX_DIGITS} needed")
+    return str(value)
+
+
+def check_cidr(value: Any) -> IPv4Network:
+    try:
+        net = IPv4Network(value, strict=True)
+    except (ValueError, TypeError) as e:
+        raise ValueError(f"{value!r} is not an IPv4 network ({e})") from None
+    if net.num_addresses < 4:
+        raise ValueError(f"{value} is too small for a gateway and VMs")
+    return net
+
+
+def check_ip(value: Any) -> IPv4Address:
+    try:
+        return IPv4Address(value)
+    except (ValueError, TypeError):
+        raise ValueError(f"{value!r} is not an IPv4 address") from None
+
+
+IfName = Annotated[str, BeforeValidator(check_ifname)]
+Quantity = Annotated[int, BeforeValidator(parse_quantity)]
+
+
+class _Schema(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, alias_generator=to_camel, populate_by_name=False)
+
+
+class Metadata(_Schema):
+    name: str
+
+
+class TapPoolSpec(_Schema):
+    size: StrictInt = Field(0, ge=0, le=BRIDGE_MAX_PORTS)
+    prefix: Annotated[str, BeforeValidator(check_prefix)] = "tap-pool-"
+
+
+class NetworkSpec(_Schema):
+    bridge: IfName
+    cidr: Annotated[IPv4Network, BeforeValidator(check_cidr)]
+    tap_pool: TapPoolSpec = TapPoolSpec()
+
+
+class WorkSeedSpec(_Schema):
+    from_: str = Field(alias="from")
+    size: Quantity | None = None
+
+
+class ImageSpec(_Schema):
+    kernel: str
+    initrd: str | None = None
+    rootfs: str
+    work_seed: Literal["none"] | WorkSeedSpec = WorkSeedSpec.model_validate({"from": "rootfs:/root"})
+    default: StrictBool = False
+
+
+class VMSpec(_Schema):
+    network: str | None = None
+    image: str | None = None
+    disk_size: Quantity = 1 << 30
+    vcpus: StrictInt = Field(1, ge=1, le=64)
+    memory: Quantity = 256 << 20
+    accel: Literal["auto", "kvm", "tcg"] = "auto"
+    running: StrictBool = True
+    ip: Annotated[IPv4Address, BeforeValidator(check_ip)] | None = None
+
+
+_SCHEMAS: dict[str, type[_Schema]] = {"Network": NetworkSpec, "Image": ImageSpec, "VM": VMSpec}
+MIN_MEMORY, MAX_MEMORY = 64 << 20, 1 << 40
+
+
+def load(root: Path) -> Desired:
+    """Load and validate every spec under `root`; never raises for bad input."""
+    loader = _Loader(root)
+    for path in spec_files(root):
+        docs, errors = read_documents(path, loader.shown(path))
+        loader.errors.extend(errors)
+        for doc in docs:
+            loader.add(doc)
+    return loader.finish()
+
+
+class _Loader:
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.errors: list[SpecError] = []
+        self.objects: dict[tuple[str, str], tuple[Document, _Schema]] = {}
+        self.invalid: set[tuple[str, str]] = set()  # kind+name seen but invalid: referencing it is no new error
+
+    def shown(self, path: Path) -> str:
+        try:
+            return str(path.relative_to(Path.cwd()))
+        except ValueError:
+            return str(path)
+
+    def error(self, doc: Document, path: FieldPath, message: str) -> None:
+        self.errors.append(SpecError(self.shown(doc.file), doc.line_of(path), dotted(path), message))
+
+    def add(self, doc: Document) -> None:
+        body = doc.body
+        if not isinstance(body, dict):
+            return self.error(doc, (), "a spec must be a mapping with apiVersion, kind, metadata and spec")
+        unknown = sorted(set(body) - {"apiVersion", "kind", "metadata", "spec"}, key=str)
+        for key in unknown:
+            self.error(doc, (str(key),), "unknown field" + _suggest(str(key), ["apiVersion", "kind", "metadata", "spec"]))
+        if body.get("apiVersion") != API_VERSION:
+            return self.error(doc, ("apiVersion",), f"must be {API_VERSION!r}, got {body.get('apiVersion')!r}")
+        kind = body.get("kind")
+        if kind not in _SCHEMAS:
+            return self.error(doc, ("kind",), f"unknown kind {kind!r}; expected one of {', '.join(_SCHEMAS)}")
+        name = self._name(doc, kind)
+        if name is None or unknown:
+            return
+        key = (kind, name)
+        spec = self._validate(doc, _SCHEMAS[kind], body.get("spec") or {}, ("spec",))
+        if key in self.objects:
+            first = self.objects[key][0]
+            self.invalid.add(key)
+            return self.error(doc, ("metadata", "name"),
+                              f"{kind} {name!r} is defined twice: here and at {self.shown(first.file)}:{first.line}")
+        if spec is None:
+            self.invalid.add(key)
+            return
+        self.objects[key] = (doc, spec)
+
+    def _name(self, doc: Document, kind: str) -> str | None:
+        meta = self._validate(doc, Metadata, doc.body.get("metadata"), ("metadata",))
+        if not isinstance(meta, Metadata):
+            return None
+        if len(meta.name) > 63 or not _NAME.match(meta.name):
+            self.error(doc, ("metadata", "name"),
+                       f"{meta.name!r} is not a valid name (lowercase letters, digits and '-', at most 63)")
+            self.invalid.add((kind, meta.name))
+            return None
+        return meta.name
+
+    def _validate(self, doc: Document, schema: type[_Schema], data: Any, at: FieldPath) -> _Schema | None:
+        try:
+            return schema.model_validate(data)
+        except ValidationError as e:
+            for err in e.errors():
+                self._pydantic_error(doc, schema, at, err)
+            return None
+
+    def _pydantic_error(self, doc: Document, schema: type[_Schema], at: FieldPath, err: Any) -> None:
+        loc = tuple(p for p in err["loc"] if not (isinstance(p, str) and ("[" in p or p in ("function-before",))))
+        path = at + loc
+        if err["type"] == "extra_forbidden":
+            message = "unknown field" + _suggest(str(loc[-1]), _known_fields(schema, loc[:-1]))
+        elif err["type"] == "missing":
+            message = "required field is missing"
+        elif err["type"] in ("model_type", "model_attributes_type"):
+            message = "must be a mapping"
+        else:
+            message = err["msg"].removeprefix("Value error, ")
+        self.error(doc, path, message)
+
+    def finish(self) -> Desired:
+        networks = {n: self._network(n, d, s) for (k, n), (d, s) in self.objects.items() if k == "Network"}
+        images = {n: self._image(n, d, s) for (k, n), (d, s) in self.objects.items() if k == "Image"}
+        images = {n: i for n, i in images.items() if i is not None}
+        self._check_networks(networks)
+        default = self._default_image(images)
+        vms: dict[str, VM] = {}
+        for (kind, name), (doc, spec) in self.objects.items():
+            if kind == "VM":
+                vm = self._vm(name, doc, spec, networks, images, default)  # type: ignore[arg-type]
+                if vm is not None:
+                    vms[name] = vm
+        self._check_capacity(networks, vms)
+        return Desired(networks, images, vms, tuple(self.errors))
+
+    def _source(self, doc: Document) -> Source:
+        return Source(self.shown(doc.file), doc.line)
+
+    def _network(self, name: str, doc: Document, spec: NetworkSpec) -> Network:
+        return Network(name, spec.bridge, spec.cidr, spec.tap_pool.size, spec.tap_pool.prefix, self._source(doc))
+
+    def _check_networks(self, networks: dict[str, Network]) -> None:
+        seen: list[Network] = []
+        for net in networks.values():
+            doc = self.objects[("Network", net.name)][0]
+            for other in seen:
+                if net.cidr.overlaps(other.cidr):
+                    self.error(doc, ("spec", "cidr"), f"{net.cidr} overlaps network {other.name!r} ({other.cidr}) at {other.source}")
+                if net.bridge == other.bridge:
+                    self.error(doc, ("spec", "bridge"), f"bridge {net.bridge!r} is also used by network {other.name!r} at {other.source}")
+            seen.append(net)
+
+    def _image(self, name: str, doc: Document, spec: ImageSpec) -> Image | None:
+        base = doc.file.parent
+        ok = True
+
+        def path(field: str, value: str) -> Path:
+            nonlocal ok
+            p = (base / value).resolve()
+            if not p.is_file():
+                self.error(doc, ("spec", field), f"{value!r} does not exist (looked at {p})")
+                ok = False
+            return p
+
+        kernel = path("kernel", spec.kernel)
+        initrd = path("initrd", spec.initrd) if spec.initrd else None
+        rootfs = path("rootfs", spec.rootfs)
+        seed = None
+        if spec.work_seed != "none":
+            seed = self._seed(doc, spec.work_seed, base)  # type: ignore[arg-type]
+            ok = ok and seed is not None
+        if not ok:
+            self.invalid.add(("Image", name))
+            return None
+        return Image(name, kernel, initrd, rootfs, seed, spec.default, self._source(doc))
+
+    def _seed(self, doc: Document, spec: WorkSeedSpec, base: Path) -> WorkSeed | None:
+        if spec.from_.startswith("rootfs:"):
+            inner = spec.from_.removeprefix("rootfs:")
+            if not inner.startswith("/"):
+                self.error(doc, ("spec", "workSeed", "from"), f"{spec.from_!r}: the path inside the rootfs must be absolute")
+                return None
+            return WorkSeed(inner, None, spec.size)
+        directory = (base / spec.from_).resolve()
+        if not directory.is_dir():
+            self.error(doc, ("spec", "workSeed", "from"), f"{spec.from_!r} is not a directory (looked at {directory})")
+            return None
+        return WorkSeed(None, directory, spec.size)
+
+    def _default_image(self, images: dict[str, Image]) -> str | None:
+        defaults = [i for i in images.values() if i.default]
+        for extra in defaults[1:]:
+            doc = self.objects[("Image", extra.name)][0]
+            self.error(doc, ("spec", "default"), f"a second default image; {defaults[0].name!r} at {defaults[0].source} is default already")
+        return defaults[0].name if len(defaults) == 1 else None
+
+    def _vm(self, name: str, doc: Document, spec: VMSpec, networks: dict[str, Network],
+            images: dict[str, Image], default: str | None) -> VM | None:
+        network = self._reference(doc, "network", spec.network, networks, "Network")
+        image = self._reference(doc, "image", spec.image or default, images, "Image",
+                                missing_ok=not images and spec.image is None)
+        if spec.memory < MIN_MEMORY or spec.memory > MAX_MEMORY:
+            self.error(doc, ("spec", "memory"), f"{spec.memory >> 20}Mi is out of range (64Mi to 1Ti)")
+            return None
+        if network is None or (image is None and (spec.image or images)):
+            return None
+        if spec.ip is not None:
+            net = networks[network]
+            if spec.ip not in net.cidr or spec.ip in (net.cidr.network_address, net.cidr.broadcast_address, net.gateway):
+                self.error(doc, ("spec", "ip"), f"{spec.ip} is not a free host address of network {network!r} ({net.cidr}, gateway {net.gateway})")
+                return None
+        return VM(name, network, image, spec.disk_size, spec.vcpus, spec.memory, spec.accel,
+                  spec.running, spec.ip, self._source(doc))
+
+    def _reference(self, doc: Document, field: str, wanted: str | None, known: dict[str, Any],
+                   kind: str, missing_ok: bool = False) -> str | None:
+        if wanted is None:
+            if len(known) == 1 and kind == "Network":
+                return next(iter(known))
+            if not missing_ok:
+                hint = "there is no default image" if kind == "Image" else f"there are {len(known)} networks"
+                self.error(doc, ("spec", field), f"required: {hint}")
+            return None
+        if wanted not in known:
+            if (kind, wanted) not in self.invalid:
+                self.error(doc, ("spec", field), f"{kind} {wanted!r} does not exist")
+            return None
+        return wanted
+
+    def _check_capacity(self, networks: dict[str, Network], vms: dict[str, VM]) -> None:
+        for net in networks.values():
+            users = sum(1 for vm in vms.values() if vm.network == net.name)
+            if net.pool_size + users > BRIDGE_MAX_PORTS:
+                doc = self.objects[("Network", net.name)][0]
+                self.error(doc, ("spec", "tapPool", "size"),
+                           f"{net.pool_size} idle TAPs + {users} VMs exceed the {BRIDGE_MAX_PORTS} ports a bridge holds")
+        taken: dict[tuple[str, IPv4Address], str] = {}
+        for vm in sorted(vms.values(), key=lambda v: v.name):
+            if vm.ip is None:
+                continue
+            if (vm.network, vm.ip) in taken:
+                doc = self.objects[("VM", vm.name)][0]
+                self.error(doc, ("spec", "ip"), f"{vm.ip} is already taken by VM {taken[(vm.network, vm.ip)]!r}")
+            else:
+                taken[(vm.network, vm.ip)] = vm.name
+
+
+def _known_fields(schema: type[_Schema], loc: FieldPath) -> list[str]:
+    model: Any = schema
+    for part in loc:
+        field = next((f for n, f in model.model_fields.items() if (f.alias or n) == part), None)
+        inner = getattr(field, "annotation", None) if field else None
+        if not (isinstance(inner, type) and issubclass(inner, BaseModel)):
+            return []
+        model = inner
+    return [f.alias or n for n, f in model.model_fields.items()]
+
+
+def _suggest(word: str, choices: list[str]) -> str:
+    close = difflib.get_close_matches(word, choices, n=1)
+    return f" (did you mean {close[0]!r}?)" if close else ""

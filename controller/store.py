@@ -1,0 +1,94 @@
+"""The store driver: the state directory, its lock, and atomic records.
+
+Most state is observed (devices, files, processes); what must be stored (IP
+leases, VM records, seed fingerprints) is small JSON written atomically:
+temp file, fsync, rename, fsync of the directory, so a kill -9 at any point
+leaves either the old record or the new one, never a torn one.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import json
+import os
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from .errors import PermanentError
+
+
+class LockTimeout(PermanentError):
+    pass
+
+
+class Store:
+    def __init__(self, root: Path) -> None:
+        self.root = root
+
+    def ensure(self) -> None:
+        self.root.mkdir(mode=0o700, parents=True, exist_ok=True)
+        os.chmod(self.root, 0o700)
+
+    def path(self, *parts: str) -> Path:
+        return self.root.joinpath(*parts)
+
+    @contextmanager
+    def lock(self, timeout: float) -> Iterator[None]:
+        """Exclusive lock on the state directory; waits up to `timeout` seconds."""
+        self.ensure()
+        fd = os.open(self.path("lock"), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            deadline = time.monotonic() + timeout
+            while True:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except OSError as e:
+                    if e.errno not in (errno.EWOULDBLOCK, errno.EAGAIN):
+                        raise
+                    if time.monotonic() >= deadline:
+                        raise LockTimeout(f"{self.root}: another warmvm holds the lock; gave up after {timeout:g}s "
+                                          "(--lock-timeout)") from None
+                    time.sleep(0.05)
+            yield
+        finally:
+            os.close(fd)
+
+    def read(self, *parts: str) -> Any | None:
+        try:
+            return json.loads(self.path(*parts).read_text())
+        except FileNotFoundError:
+            return None
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise PermanentError(f"{self.path(*parts)}: unreadable record: {e}") from None
+
+    def write(self, data: Any, *parts: str) -> None:
+        atomic_write(self.path(*parts), json.dumps(data, indent=2, sort_keys=True).encode() + b"\n")
+
+    def remove(self, *parts: str) -> None:
+        self.path(*parts).unlink(missing_ok=True)
+
+
+def atomic_write(path: Path, data: bytes, mode: int = 0o600) -> None:
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, mode)
+    try:
+        os.write(fd, data)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(tmp, path)
+    fsync_dir(path.parent)
+
+
+def fsync_dir(directory: Path) -> None:
+    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
