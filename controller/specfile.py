@@ -59,7 +59,7 @@ def read_documents(path: Path, shown: str) -> tuple[list[Document], list[SpecErr
         return docs, [SpecError(shown, e.line, e.field, "duplicate key")]
     except yaml.MarkedYAMLError as e:
         mark = e.problem_mark or e.context_mark
-        line = mark.line + 1 if mark else 1
+        line = min(mark.line + 1, max(1, len(text.splitlines()))) if mark else 1
         return docs, [SpecError(shown, line, "", f"invalid YAML: {e.problem or e.context}")]
     except yaml.YAMLError as e:
         return docs, [SpecError(shown, 1, "", f"invalid YAML: {e}")]
