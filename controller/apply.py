@@ -64,7 +64,7 @@ def tap_claim(a: TapClaim, d: Drivers) -> Details:
     if a.tap is not None:
         d.net.mark(a.tap, pool_mark(a.network), mark, a.bridge)
         return {"tap": a.tap, "from": "pool"}
-    tap = d.net.create_tap(a.prefix, mark, d.net.bridge_index(a.bridge))
+    tap = d.net.create_tap(a.prefix, mark, a.bridge)
     return {"tap": tap, "from": "new"}
 
 

@@ -1,9 +1,10 @@
 """The netlink driver: every change warmvm makes to network devices.
 
-Observation lives in linkdump (fast, stdlib); this module mutates, through
-pyroute2 (imported lazily: it costs 300 ms, which a no-op pass never pays)
-and, for TAP creation, the tun ioctls directly, because pyroute2's tuntap add
-omits IFF_TUN_EXCL and silently takes over an existing idle TAP.
+Changes go through pyroute2 (imported lazily: it costs 300 ms, which a no-op
+pass never pays), except on the TAP creation hot path: the tun ioctls are
+called directly, because pyroute2's tuntap add omits IFF_TUN_EXCL and
+silently takes over an existing idle TAP, and new TAPs are configured in
+batches through rtnl.set_links.
 
 A new TAP is marked, attached and brought up while our file descriptor still
 holds it, and made persistent last: if we die before that, the kernel deletes
@@ -25,7 +26,8 @@ from typing import TYPE_CHECKING, Any
 from tenacity import retry, retry_if_exception_type, stop_after_attempt
 
 from .errors import PermanentError, TemporaryError
-from .linkdump import dump_links
+from . import rtnl
+from .rtnl import LinkChange
 from .ownership import Mark
 from .pool import NameAllocator
 
@@ -35,6 +37,7 @@ if TYPE_CHECKING:
 TUNSETIFF, TUNSETPERSIST = 0x400454CA, 0x400454CB
 IFF_TAP, IFF_NO_PI, IFF_TUN_EXCL = 0x0002, 0x1000, 0x8000
 NAME_ATTEMPTS = 64
+BATCH = 128  # TAPs held open at once while a batch is configured
 GROUP_DELETE_MIN = 4  # below this, single deletes are as fast as tagging a group
 
 
@@ -74,7 +77,10 @@ class NetlinkDriver:
     # --- bridges -------------------------------------------------------------
 
     def ensure_bridge(self, name: str, mark: Mark, gateway: IPv4Interface) -> None:
-        index = _index(name)
+        link = rtnl.get_link(name)
+        if link is not None and link.alias != str(mark):
+            raise PermanentError(f"{name}: exists and is not ours (mark {link.alias!r}); not touching it")
+        index = link.index if link else None
         if index is None:
             self._call("create bridge", name, lambda: self.ipr.link("add", ifname=name, kind="bridge"))
             index = _index(name)
@@ -94,23 +100,44 @@ class NetlinkDriver:
 
     def create_taps(self, prefix: str, count: int, mark: Mark, bridge: str) -> list[str]:
         master = self.bridge_index(bridge)
-        return [self.create_tap(prefix, mark, master) for _ in range(count)]
+        names: list[str] = []
+        while len(names) < count:
+            names += self._create_batch(prefix, min(BATCH, count - len(names)), mark, master)
+        return names
 
-    def create_tap(self, prefix: str, mark: Mark, master: int) -> str:
+    def create_tap(self, prefix: str, mark: Mark, bridge: str) -> str:
+        return self._create_batch(prefix, 1, mark, self.bridge_index(bridge))[0]
+
+    def _create_batch(self, prefix: str, count: int, mark: Mark, master: int) -> list[str]:
+        """Opens `count` new TAPs, marks/attaches/ups them in one netlink write, then persists them."""
+        held: list[tuple[str, int]] = []
+        try:
+            for _ in range(count):
+                held.append(self._open_fresh(prefix))
+            self._raw("attach new TAP", lambda: rtnl.set_links(
+                [LinkChange(name, str(mark), master, up=True) for name, _ in held]))
+            for _, fd in held:
+                fcntl.ioctl(fd, TUNSETPERSIST, 1)
+            return [name for name, _ in held]
+        finally:
+            for _, fd in held:
+                os.close(fd)  # unpersisted TAPs vanish here
+
+    def _open_fresh(self, prefix: str) -> tuple[str, int]:
+        """A new TAP under a fresh name, held open (not yet persistent); retries taken names."""
         allocator = self._allocator(prefix)
 
         @retry(retry=retry_if_exception_type(NameTaken), stop=stop_after_attempt(NAME_ATTEMPTS), reraise=True)
-        def attempt() -> str:
+        def attempt() -> tuple[str, int]:
             try:
                 name = allocator.propose()
             except LookupError as e:
                 raise PermanentError(str(e)) from None
             try:
-                self._create_exclusive(name, mark, master)
+                return name, self._open_exclusive(name)
             except NameTaken:
                 allocator.taken(name)
                 raise
-            return name
 
         try:
             return attempt()
@@ -118,69 +145,56 @@ class NetlinkDriver:
             raise TemporaryError(f"no free {prefix}N name after {NAME_ATTEMPTS} attempts: "
                                  "other allocators keep taking them") from None
 
-    def _create_exclusive(self, name: str, mark: Mark, master: int) -> None:
+    def _open_exclusive(self, name: str) -> int:
         fd = os.open("/dev/net/tun", os.O_RDWR | os.O_CLOEXEC)
+        self.name_calls += 1
         try:
-            self.name_calls += 1
-            try:
-                fcntl.ioctl(fd, TUNSETIFF, struct.pack("16sH22x", name.encode(), IFF_TAP | IFF_NO_PI | IFF_TUN_EXCL))
-            except OSError as e:
-                if e.errno in (errno.EBUSY, errno.EINVAL, errno.EEXIST):
-                    raise NameTaken(name) from None
-                raise PermanentError(f"{name}: cannot create TAP: {e.strerror}") from None
-            index = socket.if_nametoindex(name)
-            self._call("attach", name, lambda: self.ipr.link("set", index=index, ifalias=str(mark),
-                                                             master=master, state="up"))
-            fcntl.ioctl(fd, TUNSETPERSIST, 1)
-        finally:
+            fcntl.ioctl(fd, TUNSETIFF, struct.pack("16sH22x", name.encode(), IFF_TAP | IFF_NO_PI | IFF_TUN_EXCL))
+            return fd
+        except OSError as e:
             os.close(fd)
+            if e.errno in (errno.EBUSY, errno.EINVAL, errno.EEXIST):
+                raise NameTaken(name) from None
+            raise PermanentError(f"{name}: cannot create TAP: {e.strerror}") from None
 
     def mark(self, name: str, expect: Mark, mark: Mark, bridge: str | None = None) -> None:
         """Re-mark one of our TAPs (claim or release), attaching it to `bridge` and up."""
-        index = self._owned(name, expect)
-        kwargs: dict[str, Any] = {"ifalias": str(mark), "state": "up"}
-        if bridge:
-            kwargs["master"] = self.bridge_index(bridge)
-        self._call("mark", name, lambda: self.ipr.link("set", index=index, **kwargs))
+        self._check_owned([name], expect)
+        master = self.bridge_index(bridge) if bridge else None
+        self._raw("mark", lambda: rtnl.set_links([LinkChange(name, str(mark), master, up=True)]))
 
     def delete(self, names: Sequence[str], mark: Mark) -> None:
         """Delete our devices carrying `mark`; many at once go by device group."""
+        self._check_owned(names, mark)
         if len(names) < GROUP_DELETE_MIN:
-            for name in names:
-                index = self._owned(name, mark)
-                self._call("delete", name, lambda: self.ipr.link("del", index=index))
+            self._raw("delete", lambda: rtnl.delete_links(list(names)))
             return
-        self._delete_group(names, mark)
-
-    def _delete_group(self, names: Sequence[str], mark: Mark) -> None:
         group = self.rng.randrange(1 << 20, 1 << 31)
-        by_name = {link.name: link for link in dump_links()}
-        for name in names:
-            link = by_name.get(name)
-            if link is None or link.alias != str(mark):
-                raise PermanentError(f"{name}: not ours any more (mark {link.alias if link else 'gone'!r})")
-            self._call("tag for deletion", name, lambda: self.ipr.link("set", index=link.index, group=group))
-        members = {link.name for link in dump_links() if link.group == group}
+        self._raw("tag for deletion", lambda: rtnl.set_links([LinkChange(n, group=group) for n in names]))
+        members = {link.name for link in rtnl.dump_links() if link.group == group}
         if members != set(names):
             raise PermanentError(f"device group {group} holds devices we did not tag: "
-                                 f"{sorted(members - set(names))[:5]}; not deleting")
-        self._call("delete group", str(group), lambda: self.ipr.link("del", index=0, group=group))
+                                 f"{sorted(members ^ set(names))[:5]}; not deleting")
+        self._raw("delete group", lambda: rtnl.delete_group(group))
 
-    # --- helpers -------------------------------------------------------------
+    def _check_owned(self, names: Sequence[str], mark: Mark) -> None:
+        """Right before we touch them: each device still exists and still carries our mark."""
+        links = {n: rtnl.get_link(n) for n in names} if len(names) < GROUP_DELETE_MIN else \
+            {link.name: link for link in rtnl.dump_links()}
+        for name in names:
+            link = links.get(name)
+            if link is None:
+                raise TemporaryError(f"{name}: device is gone")
+            if link.alias != str(mark):
+                raise PermanentError(f"{name}: carries mark {link.alias!r}, expected {str(mark)!r}; not touching it")
 
-    def _owned(self, name: str, mark: Mark) -> int:
-        """Index of `name`, checked to still carry our mark right before we touch it."""
-        from pyroute2.netlink.exceptions import NetlinkError
+    @staticmethod
+    def _raw(what: str, fn: Any) -> None:
         try:
-            links = self.ipr.get_links(ifname=name)
-        except NetlinkError:
-            links = []
-        if not links:
-            raise TemporaryError(f"{name}: device is gone")
-        alias = links[0].get("IFLA_IFALIAS")
-        if alias != str(mark):
-            raise PermanentError(f"{name}: carries mark {alias!r}, expected {str(mark)!r}; not touching it")
-        return int(links[0]["index"])
+            fn()
+        except OSError as e:
+            hint = " (a bridge holds at most 1023 ports)" if e.errno == errno.EXFULL else ""
+            raise PermanentError(f"{what}: {e.strerror}{hint}") from None
 
     def bridge_index(self, bridge: str) -> int:
         index = _index(bridge)

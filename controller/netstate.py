@@ -1,6 +1,6 @@
 """Observed network state: raw links and addresses -> what the planner needs.
 
-Pure (the dump itself is in linkdump). Splits devices into bridges (ours or
+Pure (the dump itself is in rtnl). Splits devices into bridges (ours or
 not), warmvm-owned TAPs with their roles, and the set of every name in use,
 which is all the TAP name allocator needs.
 """
@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from .linkdump import Address, Link
+from .rtnl import Address, Link
 from .ownership import Mark, parse_mark
 
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .linkdump import dump_addresses, dump_links
+from .rtnl import dump_addresses, dump_links
 from .netstate import NetState, net_state
 
 

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 import yaml
 
-from controller.linkdump import Address, Link
+from controller.rtnl import Address, Link
 from controller.netstate import net_state
 from controller.observed import Observed
 from controller.plan import plan

@@ -6,7 +6,7 @@ import multiprocessing
 import subprocess
 from pathlib import Path
 
-from controller.linkdump import Link, dump_links
+from controller.rtnl import Link, dump_links
 from controller.netlink import NetlinkDriver
 from controller.observed import observe
 from controller.ownership import pool_mark, vm_mark

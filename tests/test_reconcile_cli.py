@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from controller.linkdump import dump_links
+from controller.rtnl import dump_links
 from controller.store import Store
 
 from .conftest import network_spec, vm_spec, warmvm, write

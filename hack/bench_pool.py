@@ -1,0 +1,131 @@
+"""TAP pool benchmark; run by hack/bench-pool.sh inside a throwaway namespace.
+
+1. warm-up: reconcile an empty host to a pool of 1000 TAPs;
+2. no-op: reconcile again with the 1000 TAPs present (in-process and as a CLI);
+3. naming: allocate 100 names past 1000 foreign same-prefix devices, counting
+   the kernel calls spent on names, next to libvirt's one-by-one probing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import fcntl
+import json
+import os
+import socket
+import statistics
+import struct
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from controller.apply import Drivers
+from controller.lifecycle import Lifecycle
+from controller.rtnl import dump_links
+from controller.netlink import IFF_NO_PI, IFF_TAP, IFF_TUN_EXCL, TUNSETIFF, TUNSETPERSIST, NetlinkDriver
+from controller.observed import observe
+from controller.ownership import pool_mark
+from controller.reconcile import reconcile
+from controller.specs import load
+
+SIOCGIFFLAGS = 0x8913
+NETWORK = """apiVersion: warmvm/v1
+kind: Network
+metadata: {{name: bench}}
+spec: {{bridge: wvbench0, cidr: 10.77.0.0/16, tapPool: {{size: {size}, prefix: {prefix}}}}}
+"""
+
+
+def run(specs: Path, size: int, prefix: str = "tap-pool-") -> float:
+    (specs / "net.yaml").write_text(NETWORK.format(size=size, prefix=prefix))
+    drivers = Drivers(net=NetlinkDriver())
+    log = Lifecycle(stream=open(os.devnull, "w"))
+    start = time.perf_counter()
+    result = reconcile(load(specs), drivers, observe, log)
+    elapsed = time.perf_counter() - start
+    drivers.close()
+    assert result.converged, result.failures
+    return elapsed
+
+
+def raw_tap(name: str) -> None:
+    fd = os.open("/dev/net/tun", os.O_RDWR)
+    fcntl.ioctl(fd, TUNSETIFF, struct.pack("16sH22x", name.encode(), IFF_TAP | IFF_NO_PI | IFF_TUN_EXCL))
+    fcntl.ioctl(fd, TUNSETPERSIST, 1)
+    os.close(fd)
+
+
+def libvirt_probe(prefix: str, count: int) -> tuple[int, float]:
+    """libvirt's old way: for each new device, probe prefix0, prefix1, ... until one is free."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    calls = 0
+    start = time.perf_counter()
+    for _ in range(count):
+        index = 0
+        while True:
+            calls += 1
+            try:
+                fcntl.ioctl(sock, SIOCGIFFLAGS, struct.pack("16s24x", f"{prefix}{index}".encode()))
+                index += 1
+            except OSError:
+                break
+        raw_tap(f"{prefix}{index}")
+    sock.close()
+    return calls, time.perf_counter() - start
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--taps", type=int, default=1000)
+    ap.add_argument("--names", type=int, default=100)
+    ap.add_argument("--runs", type=int, default=7)
+    ap.add_argument("--json", type=Path)
+    args = ap.parse_args()
+    out: dict[str, float] = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        specs = Path(tmp) / "specs"
+        specs.mkdir()
+        out["warmup_s"] = run(specs, args.taps)
+        out["taps"] = len([l for l in dump_links() if l.alias == str(pool_mark("bench"))])
+        noop = [run(specs, args.taps) * 1000 for _ in range(args.runs)]
+        out["noop_ms_median"], out["noop_ms_min"], out["noop_ms_max"] = statistics.median(noop), min(noop), max(noop)
+        cli = []
+        for _ in range(3):
+            start = time.perf_counter()
+            subprocess.run([sys.executable, "-m", "controller", "--specs", str(specs), "--state", f"{tmp}/state",
+                            "reconcile"], check=True, capture_output=True)
+            cli.append((time.perf_counter() - start) * 1000)
+        out["noop_cli_ms_median"] = statistics.median(cli)
+        run(specs, 0)  # empty the pool again
+
+        for i in range(args.taps):
+            raw_tap(f"tap-pool-{i}")  # foreign: no mark
+        driver = NetlinkDriver()
+        driver.observed_names(observe().net.names)
+        start = time.perf_counter()
+        driver.create_taps("tap-pool-", args.names, pool_mark("bench"), "wvbench0")
+        out["alloc_ms"] = (time.perf_counter() - start) * 1000
+        out["alloc_calls_per_name"] = driver.name_calls / args.names
+        driver.close()
+        calls, seconds = libvirt_probe("tap-probe-", 0)  # warm the code path
+        for i in range(args.taps):
+            raw_tap(f"tap-probe-{i}")
+        calls, seconds = libvirt_probe("tap-probe-", args.names)
+        out["probe_calls_per_name"] = calls / args.names
+        out["probe_ms"] = seconds * 1000
+
+    print(f"warm-up of {out['taps']:.0f} TAPs:           {out['warmup_s']:.2f} s   (target <= 1.5 s)")
+    print(f"no-op reconcile, {args.taps} TAPs:      {out['noop_ms_median']:.1f} ms median "
+          f"({out['noop_ms_min']:.1f}-{out['noop_ms_max']:.1f}) in-process; {out['noop_cli_ms_median']:.0f} ms "
+          "as a CLI process (target <= 100 ms)")
+    print(f"{args.names} names past {args.taps} foreign: {out['alloc_calls_per_name']:.2f} kernel calls/name, "
+          f"{out['alloc_ms']:.1f} ms (target <= 1.1 calls/name)")
+    print(f"  libvirt-style probing:        {out['probe_calls_per_name']:.0f} calls/name, {out['probe_ms']:.1f} ms")
+    if args.json:
+        args.json.write_text(json.dumps(out, indent=2))
+
+
+if __name__ == "__main__":
+    main()
