@@ -11,11 +11,17 @@ from ipaddress import IPv4Interface
 from pathlib import Path
 from typing import ClassVar
 
+from .model import Image
+
+
+PHASE_SETUP, PHASE_VM, PHASE_WARM, PHASE_CLEANUP = 0, 1, 2, 3
+
 
 @dataclass(frozen=True)
 class Action:
     kind: ClassVar[str] = "action"
     deletes: ClassVar[bool] = False  # suppressed while any spec is invalid
+    phase: ClassVar[int] = PHASE_VM
 
     @property
     def subject(self) -> str:
@@ -23,11 +29,13 @@ class Action:
 
     def describe(self) -> str:
         details = " ".join(f"{f.name}={_short(getattr(self, f.name))}" for f in fields(self)
-                           if f.name not in ("network", "vm", "image"))
+                           if f.name not in ("network", "vm") and getattr(self, f.name) is not None)
         return f"{self.kind} {self.subject} {details}".rstrip()
 
 
 def _short(value: object) -> str:
+    if isinstance(value, Image):
+        return value.name
     if isinstance(value, tuple) and len(value) > 4:
         return f"{','.join(map(str, value[:3]))},...(+{len(value) - 3})"
     if isinstance(value, tuple):
@@ -42,6 +50,7 @@ def _short(value: object) -> str:
 @dataclass(frozen=True)
 class BridgeEnsure(Action):
     kind: ClassVar[str] = "bridge_ensure"
+    phase: ClassVar[int] = PHASE_SETUP
     network: str
     bridge: str
     gateway: IPv4Interface
@@ -54,6 +63,7 @@ class BridgeEnsure(Action):
 @dataclass(frozen=True)
 class BridgeDelete(Action):
     kind: ClassVar[str] = "bridge_delete"
+    phase: ClassVar[int] = PHASE_CLEANUP
     deletes: ClassVar[bool] = True
     network: str
     bridge: str
@@ -66,6 +76,7 @@ class BridgeDelete(Action):
 @dataclass(frozen=True)
 class PoolGrow(Action):
     kind: ClassVar[str] = "pool_grow"
+    phase: ClassVar[int] = PHASE_WARM
     network: str
     bridge: str
     prefix: str
@@ -79,6 +90,7 @@ class PoolGrow(Action):
 @dataclass(frozen=True)
 class PoolShrink(Action):
     kind: ClassVar[str] = "pool_shrink"
+    phase: ClassVar[int] = PHASE_CLEANUP
     deletes: ClassVar[bool] = True
     network: str
     taps: tuple[str, ...]
@@ -93,6 +105,7 @@ class TapAttach(Action):
     """Re-attach and bring up one of our TAPs that drifted (detached or down)."""
 
     kind: ClassVar[str] = "tap_attach"
+    phase: ClassVar[int] = PHASE_SETUP
     network: str
     bridge: str
     tap: str
@@ -124,12 +137,107 @@ class TapRelease(Action):
     """A VM's TAP goes back to its pool (`keep`), or is deleted when the pool is full."""
 
     kind: ClassVar[str] = "tap_release"
+    phase: ClassVar[int] = PHASE_CLEANUP
     deletes: ClassVar[bool] = True
     vm: str
     network: str
     bridge: str
     tap: str
     keep: bool
+
+    @property
+    def subject(self) -> str:
+        return f"vm/{self.vm}"
+
+
+# --- seeds and work disks ------------------------------------------------------
+
+@dataclass(frozen=True)
+class SeedGenerate(Action):
+    """Build the image's base work seed for inputs with this fingerprint."""
+
+    kind: ClassVar[str] = "seed_generate"
+    phase: ClassVar[int] = PHASE_WARM
+    image: Image
+    fingerprint: str
+
+    @property
+    def subject(self) -> str:
+        return f"image/{self.image.name}"
+
+
+@dataclass(frozen=True)
+class SeedSize(Action):
+    """Derive the seed grown to one disk size, so that VM disks of that size are plain clones."""
+
+    kind: ClassVar[str] = "seed_size"
+    image: Image
+    fingerprint: str
+    size: int
+
+    @property
+    def subject(self) -> str:
+        return f"image/{self.image.name}"
+
+
+@dataclass(frozen=True)
+class SeedDelete(Action):
+    kind: ClassVar[str] = "seed_delete"
+    phase: ClassVar[int] = PHASE_CLEANUP
+    deletes: ClassVar[bool] = True
+    image: str
+    files: tuple[Path, ...]
+
+    @property
+    def subject(self) -> str:
+        return f"image/{self.image}"
+
+
+@dataclass(frozen=True)
+class DiskClone(Action):
+    kind: ClassVar[str] = "disk_clone"
+    vm: str
+    image: Image
+    fingerprint: str
+    size: int
+    method: str
+
+    @property
+    def subject(self) -> str:
+        return f"vm/{self.vm}"
+
+
+@dataclass(frozen=True)
+class DiskScratch(Action):
+    """The slow path: a new ext4 of the disk's size, filled with the image's /root."""
+
+    kind: ClassVar[str] = "disk_scratch"
+    vm: str
+    image: Image
+    size: int
+
+    @property
+    def subject(self) -> str:
+        return f"vm/{self.vm}"
+
+
+@dataclass(frozen=True)
+class DiskGrow(Action):
+    kind: ClassVar[str] = "disk_grow"
+    vm: str
+    size: int
+
+    @property
+    def subject(self) -> str:
+        return f"vm/{self.vm}"
+
+
+@dataclass(frozen=True)
+class DiskDelete(Action):
+    kind: ClassVar[str] = "disk_delete"
+    phase: ClassVar[int] = PHASE_CLEANUP
+    deletes: ClassVar[bool] = True
+    vm: str
 
     @property
     def subject(self) -> str:

@@ -11,7 +11,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from .actions import Action, BridgeDelete, BridgeEnsure, PoolGrow, PoolShrink, TapAttach, TapClaim, TapRelease
+from .actions import (Action, BridgeDelete, BridgeEnsure, DiskClone, DiskDelete, DiskGrow, DiskScratch, PoolGrow,
+                      PoolShrink, SeedDelete, SeedGenerate, SeedSize, TapAttach, TapClaim, TapRelease)
+from .diskops import DiskOps
 from .netlink import NetlinkDriver
 from .observed import Observed
 from .ownership import bridge_mark, pool_mark, vm_mark
@@ -20,6 +22,7 @@ from .ownership import bridge_mark, pool_mark, vm_mark
 @dataclass
 class Drivers:
     net: NetlinkDriver
+    disks: DiskOps
 
     def prepare(self, observed: Observed) -> None:
         """A pass starts: drivers that allocate from observed state rebuild from it."""
@@ -85,6 +88,13 @@ HANDLERS: dict[type[Action], Callable[[Any, Drivers], Details]] = {
     TapAttach: tap_attach,
     TapClaim: tap_claim,
     TapRelease: tap_release,
+    SeedGenerate: lambda a, d: d.disks.seed_generate(a),
+    SeedSize: lambda a, d: d.disks.seed_size(a),
+    SeedDelete: lambda a, d: d.disks.seed_delete(a),
+    DiskClone: lambda a, d: d.disks.disk_clone(a),
+    DiskScratch: lambda a, d: d.disks.disk_scratch(a),
+    DiskGrow: lambda a, d: d.disks.disk_grow(a),
+    DiskDelete: lambda a, d: d.disks.disk_delete(a),
 }
 
 

@@ -16,12 +16,10 @@ import time
 from pathlib import Path
 
 from . import views
-from .apply import Drivers
 from .errors import WarmvmError
+from .host import open_host
 from .lifecycle import Lifecycle
 from .model import Desired
-from .netlink import NetlinkDriver
-from .observed import observe
 from .plan import plan
 from .reconcile import reconcile
 from .specs import load
@@ -42,6 +40,9 @@ def _common(defaults: bool) -> argparse.ArgumentParser:
     common.add_argument("--state", type=Path, default=default(Path(os.environ.get("WARMVM_STATE", "state"))),
                         help="state directory (default ./state, or $WARMVM_STATE)")
     common.add_argument("--log-format", choices=("text", "json"), default=default("text"))
+    common.add_argument("--clone-method", choices=("auto", "reflink", "qcow2", "sparse"),
+                        default=default(os.environ.get("WARMVM_CLONE_METHOD", "auto")),
+                        help="how work disks clone a seed (default: the best the state directory supports)")
     common.add_argument("--lock-timeout", type=float, default=default(5.0), metavar="SECONDS",
                         help="how long to wait for another reconciler (default 5)")
     return common
@@ -84,7 +85,7 @@ def load_specs(args: argparse.Namespace) -> Desired:
 
 def cmd_plan(args: argparse.Namespace, log: Lifecycle) -> int:
     desired = load_specs(args)
-    current = plan(desired, observe())
+    current = plan(desired, open_host(Store(args.state), False, args.clone_method).observer(desired)())
     for action in current.actions:
         print(action.describe())
     for action in current.held_back:
@@ -104,9 +105,10 @@ def cmd_reconcile(args: argparse.Namespace, log: Lifecycle) -> int:
     store = Store(args.state)
     with store.lock(args.lock_timeout):
         desired = load_specs(args)
-        drivers = Drivers(net=NetlinkDriver())
+        host = open_host(store, True, args.clone_method)
+        drivers = host.drivers(log.progress if sys.stderr.isatty() else None)
         try:
-            result = reconcile(desired, drivers, observe, log)
+            result = reconcile(desired, drivers, host.observer(desired), log)
         finally:
             drivers.close()
     last = result.last_plan
@@ -124,7 +126,7 @@ def cmd_reconcile(args: argparse.Namespace, log: Lifecycle) -> int:
 
 def cmd_get(args: argparse.Namespace, log: Lifecycle) -> int:
     desired = load(args.specs) if args.specs.is_dir() else Desired()
-    rows = views.VIEWS[args.what](desired, observe())
+    rows = views.VIEWS[args.what](desired, open_host(Store(args.state), False, args.clone_method).observer(desired)())
     if args.output == "json":
         print(json.dumps(rows, indent=2, default=str))
     else:

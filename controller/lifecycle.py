@@ -8,7 +8,10 @@ from __future__ import annotations
 
 import json
 import sys
+import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any, TextIO
 
 
@@ -34,3 +37,22 @@ class Lifecycle:
                   file=self.stream, flush=True)
         else:
             print(text, file=self.stream, flush=True)
+
+    @contextmanager
+    def progress(self, label: str) -> Iterator[None]:
+        """A ticking elapsed-time line on a terminal while a long step runs."""
+        done = threading.Event()
+        start = time.monotonic()
+
+        def tick() -> None:
+            while not done.wait(0.5):
+                print(f"\r  {label}: {time.monotonic() - start:.1f}s", end="", file=self.stream, flush=True)
+
+        thread = threading.Thread(target=tick, daemon=True)
+        thread.start()
+        try:
+            yield
+        finally:
+            done.set()
+            thread.join()
+            print("\r\033[K", end="", file=self.stream, flush=True)

@@ -1,6 +1,8 @@
 """Planning: desired + observed -> ordered actions. Pure: no I/O, no clock.
 
-An empty plan means converged. While any spec is invalid, actions that delete
+An empty plan means converged. Actions are ordered by phase: what a new VM
+waits for (its TAP, its disk) before what only keeps the host warm (refilling
+the pool, generating seeds) and before cleaning up. While any spec is invalid, actions that delete
 are held back (and reported), since the broken file may still describe what
 they would delete.
 """
@@ -13,6 +15,8 @@ from .actions import Action
 from .model import Desired
 from .observed import Observed
 from .pool import plan_networks
+from .seeds import plan_seed_cleanup, plan_seeds
+from .workdisks import plan_disks
 
 
 @dataclass(frozen=True)
@@ -28,6 +32,12 @@ class Plan:
 
 def plan(desired: Desired, observed: Observed) -> Plan:
     actions, problems = plan_networks(desired.networks, desired.vms, observed.net)
+    disk_actions, disk_problems = plan_disks(desired, observed.images, observed.disks, observed.clone_method)
+    actions += disk_actions + plan_seeds(desired, observed.images)
+    actions += plan_seed_cleanup(desired, observed.images, observed.disks)
+    problems += disk_problems
+    # a stable sort by phase: a new VM's own steps first, warming and cleaning up after
+    actions.sort(key=lambda a: a.phase)
     if desired.complete:
         return Plan(tuple(actions), tuple(problems))
     keep = tuple(a for a in actions if not a.deletes)

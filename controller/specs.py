@@ -19,6 +19,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StrictBool, StrictInt, ValidationError
 from pydantic.alias_generators import to_camel
 
+from . import disks
 from .errors import SpecError
 from .model import VM, Desired, Image, Network, Source, WorkSeed
 from .specfile import Document, FieldPath, dotted, read_documents, spec_files
@@ -48,6 +49,16 @@ def parse_quantity(value: Any) -> int:
     if size > MAX_QUANTITY:
         raise ValueError(f"{value} is absurdly large (at most 64Ti)")
     return size
+
+
+def is_kernel(path: Path) -> bool:
+    """An x86 bzImage: the boot protocol's "HdrS" magic at offset 0x202."""
+    try:
+        with open(path, "rb") as f:
+            f.seek(0x202)
+            return f.read(4) == b"HdrS"
+    except OSError:
+        return False
 
 
 def check_ifname(value: Any) -> str:
@@ -113,11 +124,20 @@ class WorkSeedSpec(_Schema):
     size: Quantity | None = None
 
 
+def _none_or_mapping(value: Any) -> Any:
+    if value == "none":
+        return None
+    if not isinstance(value, dict):
+        raise ValueError("must be `none` or a mapping with `from` (and optionally `size`)")
+    return value
+
+
 class ImageSpec(_Schema):
     kernel: str
     initrd: str | None = None
     rootfs: str
-    work_seed: Literal["none"] | WorkSeedSpec = WorkSeedSpec.model_validate({"from": "rootfs:/root"})
+    work_seed: Annotated[WorkSeedSpec | None, BeforeValidator(_none_or_mapping)] = \
+        WorkSeedSpec.model_validate({"from": "rootfs:/root"})
     default: StrictBool = False
 
 
@@ -269,14 +289,30 @@ class _Loader:
         kernel = path("kernel", spec.kernel)
         initrd = path("initrd", spec.initrd) if spec.initrd else None
         rootfs = path("rootfs", spec.rootfs)
+        if ok and not is_kernel(kernel):
+            self.error(doc, ("spec", "kernel"), f"{spec.kernel!r} is not a Linux kernel image (no bzImage header)")
+            ok = False
+        if ok and not disks.is_ext4(rootfs):
+            self.error(doc, ("spec", "rootfs"), f"{spec.rootfs!r} is not an ext4 image")
+            ok = False
         seed = None
-        if spec.work_seed != "none":
-            seed = self._seed(doc, spec.work_seed, base)  # type: ignore[arg-type]
+        if spec.work_seed is not None:
+            seed = self._seed(doc, spec.work_seed, base)
             ok = ok and seed is not None
+        if ok and seed is not None and seed.from_rootfs is not None and not self._has_dir(rootfs, seed.from_rootfs):
+            self.error(doc, ("spec", "workSeed", "from"), f"{seed.from_rootfs!r} is not a directory in {spec.rootfs!r}")
+            ok = False
         if not ok:
             self.invalid.add(("Image", name))
             return None
         return Image(name, kernel, initrd, rootfs, seed, spec.default, self._source(doc))
+
+    @staticmethod
+    def _has_dir(rootfs: Path, inner: str) -> bool:
+        try:
+            return disks.ext4_has_dir(rootfs, inner)
+        except disks.DiskError:
+            return False
 
     def _seed(self, doc: Document, spec: WorkSeedSpec, base: Path) -> WorkSeed | None:
         if spec.from_.startswith("rootfs:"):
@@ -307,6 +343,11 @@ class _Loader:
             self.error(doc, ("spec", "memory"), f"{spec.memory >> 20}Mi is out of range (64Mi to 1Ti)")
             return None
         if network is None or (image is None and (spec.image or images)):
+            return None
+        seed = images[image].seed if image else None
+        if seed is not None and seed.size is not None and spec.disk_size < seed.size:
+            self.error(doc, ("spec", "diskSize"), f"{spec.disk_size >> 20}Mi is smaller than the work seed "
+                                                  f"of image {image!r} ({seed.size >> 20}Mi)")
             return None
         if spec.ip is not None:
             net = networks[network]

@@ -33,17 +33,57 @@ def pool(desired: Desired, observed: Observed) -> list[Row]:
 
 def vms(desired: Desired, observed: Observed) -> list[Row]:
     taps = observed.net.vm_taps()
-    names = sorted(set(desired.vms) | set(taps))
+    names = sorted(set(desired.vms) | set(taps) | set(observed.disks))
     rows = []
     for name in names:
         vm = desired.vms.get(name)
         tap = taps.get(name)
+        disk = observed.disks.get(name)
         rows.append({"name": name, "network": vm.network if vm else tap.mark.network if tap else "-",
-                     "tap": tap.name if tap else "-", "spec": "present" if vm else "gone"})
+                     "tap": tap.name if tap else "-", "image": vm.image if vm and vm.image else "-",
+                     "disk": _size(disk.size) if disk else "-", "diskPath": disk.taken if disk else "-",
+                     "spec": "present" if vm else "gone"})
     return rows
 
 
-VIEWS: dict[str, Callable[[Desired, Observed], list[Row]]] = {"networks": networks, "pool": pool, "vms": vms}
+def images(desired: Desired, observed: Observed) -> list[Row]:
+    rows = []
+    for name, state in sorted(observed.images.items()):
+        image = desired.images.get(name)
+        ready = state.ready()
+        if image is not None and image.seed is None:
+            seed = "none"
+        elif state.inputs in state.failed:
+            seed = f"failed: {state.failed[state.inputs]}"
+        elif ready is None:
+            seed = "missing"
+        else:
+            seed = "ready" if ready == state.inputs else "stale (in use until the new one is ready)"
+        files = state.seeds.get(ready) if ready else None
+        rows.append({"name": name, "default": bool(image and image.default), "spec": "present" if image else "gone",
+                     "seed": seed, "seedSize": _size(files.size) if files else "-",
+                     "seedAge": _age(observed.now - files.mtime) if files else "-",
+                     "sizedSeeds": len(files.sized) if files else 0,
+                     "vms": sum(1 for d in observed.disks.values() if d.image == name)})
+    return rows
+
+
+def _size(size: int) -> str:
+    for unit, shift in (("Gi", 30), ("Mi", 20), ("Ki", 10)):
+        if size >= 1 << shift:
+            return f"{size / (1 << shift):g}{unit}"
+    return str(size)
+
+
+def _age(seconds: float) -> str:
+    for unit, span in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= span:
+            return f"{seconds // span:.0f}{unit}"
+    return f"{seconds:.0f}s"
+
+
+VIEWS: dict[str, Callable[[Desired, Observed], list[Row]]] = {
+    "networks": networks, "pool": pool, "vms": vms, "images": images}
 
 
 def table(rows: list[Row]) -> str:

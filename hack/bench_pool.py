@@ -21,14 +21,15 @@ import tempfile
 import time
 from pathlib import Path
 
-from controller.apply import Drivers
+from controller.host import open_host
 from controller.lifecycle import Lifecycle
 from controller.rtnl import dump_links
 from controller.netlink import IFF_NO_PI, IFF_TAP, IFF_TUN_EXCL, TUNSETIFF, TUNSETPERSIST, NetlinkDriver
-from controller.observed import observe
+from controller.observed import observe_net
 from controller.ownership import pool_mark
 from controller.reconcile import reconcile
 from controller.specs import load
+from controller.store import Store
 
 SIOCGIFFLAGS = 0x8913
 NETWORK = """apiVersion: warmvm/v1
@@ -40,10 +41,12 @@ spec: {{bridge: wvbench0, cidr: 10.77.0.0/16, tapPool: {{size: {size}, prefix: {
 
 def run(specs: Path, size: int, prefix: str = "tap-pool-") -> float:
     (specs / "net.yaml").write_text(NETWORK.format(size=size, prefix=prefix))
-    drivers = Drivers(net=NetlinkDriver())
+    host = open_host(Store(specs.parent / "state"), prepare=True)
+    drivers = host.drivers()
     log = Lifecycle(stream=open(os.devnull, "w"))
     start = time.perf_counter()
-    result = reconcile(load(specs), drivers, observe, log)
+    desired = load(specs)
+    result = reconcile(desired, drivers, host.observer(desired), log)
     elapsed = time.perf_counter() - start
     drivers.close()
     assert result.converged, result.failures
@@ -103,7 +106,7 @@ def main() -> None:
         for i in range(args.taps):
             raw_tap(f"tap-pool-{i}")  # foreign: no mark
         driver = NetlinkDriver()
-        driver.observed_names(observe().net.names)
+        driver.observed_names(observe_net().names)
         start = time.perf_counter()
         driver.create_taps("tap-pool-", args.names, pool_mark("bench"), "wvbench0")
         out["alloc_ms"] = (time.perf_counter() - start) * 1000

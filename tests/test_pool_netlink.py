@@ -8,7 +8,7 @@ from pathlib import Path
 
 from controller.rtnl import Link, dump_links
 from controller.netlink import NetlinkDriver
-from controller.observed import observe
+from controller.observed import observe_net
 from controller.ownership import pool_mark, vm_mark
 
 from .conftest import network_spec, vm_spec, warmvm, write
@@ -124,7 +124,7 @@ def test_foreign_devices_with_pool_names_are_never_touched(netns: str, workdir: 
 
 def _allocate(count: int, queue: multiprocessing.Queue) -> None:  # type: ignore[type-arg]
     driver = NetlinkDriver()
-    driver.observed_names(observe().net.names)  # both start from the same snapshot
+    driver.observed_names(observe_net().names)  # both start from the same snapshot
     names = driver.create_taps("tap-pool-", count, pool_mark("default"), "wvbr0")
     queue.put((names, driver.name_calls))
     driver.close()

@@ -1,0 +1,282 @@
+"""Images, work seeds and VM work disks, end to end through the CLI with real e2fsprogs.
+
+The kernel file here is a stand-in (a file with a bzImage header): these tests
+never boot it, and the spec check only reads that header. Everything else is
+real: ext4 images built with mkfs.ext4, read back with debugfs, qemu-img.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from controller import disks
+
+from .conftest import REPO, network_spec, vm_spec, warmvm, write
+
+ROOT_FILES = {"README": b"hello from the image\n", "bin/tool.sh": b"#!/bin/sh\necho tool\n",
+              "data/blob.bin": os.urandom(300_000)}
+
+
+def make_kernel(path: Path) -> Path:
+    """A stand-in kernel: only the bzImage magic that the spec check reads (never booted here)."""
+    data = bytearray(4096)
+    data[0x202:0x206] = b"HdrS"
+    path.write_bytes(bytes(data))
+    return path
+
+
+def make_rootfs(path: Path, files: dict[str, bytes], tmp: Path) -> Path:
+    src = tmp / f"rootfs-src-{path.stem}"
+    for rel, content in files.items():
+        f = src / "root" / rel
+        f.parent.mkdir(parents=True, exist_ok=True)
+        f.write_bytes(content)
+    (src / "etc").mkdir(parents=True, exist_ok=True)
+    tmp_out = path.with_suffix(".new")
+    disks.build_ext4(tmp_out, 16 << 20, src)
+    tmp_out.replace(path)
+    return path
+
+
+def image_spec(name: str = "demo", default: bool = True, seed: str | None = None) -> str:
+    lines = [f"apiVersion: warmvm/v1\nkind: Image\nmetadata:\n  name: {name}\nspec:\n",
+             "  kernel: img/vmlinuz\n  rootfs: img/rootfs.ext4\n", f"  default: {str(default).lower()}\n"]
+    if seed:
+        lines.append(f"  workSeed: {seed}\n")
+    return "".join(lines)
+
+
+@pytest.fixture
+def image_env(netns: str, tmp_path: Path) -> Iterator[tuple[Path, Path]]:
+    specs, state = tmp_path / "specs", tmp_path / "state"
+    (specs / "img").mkdir(parents=True)
+    make_kernel(specs / "img" / "vmlinuz")
+    make_rootfs(specs / "img" / "rootfs.ext4", ROOT_FILES, tmp_path)
+    write(specs / "net.yaml", network_spec(size=0))
+    write(specs / "image.yaml", image_spec())
+    yield specs, state
+
+
+def reconcile(specs: Path, state: Path, *args: str) -> list[dict]:  # type: ignore[type-arg]
+    result = warmvm(specs, state, "--log-format", "json", *args, "reconcile")
+    assert result.returncode == 0, result.stderr
+    return [json.loads(line) for line in result.stderr.splitlines() if line.startswith("{")]
+
+
+def stages(records: list[dict], subject: str | None = None) -> list[str]:  # type: ignore[type-arg]
+    return [r["stage"] for r in records if "stage" in r and (subject is None or r["object"] == subject)]
+
+
+def disk_record(state: Path, vm: str) -> dict:  # type: ignore[type-arg]
+    return json.loads((state / "vms" / vm / "disk.json").read_text())
+
+
+def expected_tree(state: Path) -> dict[str, bytes | str | None]:
+    tree: dict[str, bytes | str | None] = {"bin": None, "data": None, ".ssh": None}
+    tree.update(ROOT_FILES)
+    tree[".ssh/authorized_keys"] = (state / "ssh" / "id_ed25519.pub").read_bytes()
+    return tree
+
+
+def assert_disk_holds_the_image_root(state: Path, vm: str, size: int) -> None:
+    record = disk_record(state, vm)
+    path = Path(record["path"])
+    assert disks.virtual_size(path) == size and record["size"] == size
+    assert disks.read_tree(path) == expected_tree(state)
+    disks.fsck(path)
+
+
+def test_first_vm_takes_the_slow_path_then_the_seed_serves_the_next(image_env: tuple[Path, Path]) -> None:
+    specs, state = image_env
+    write(specs / "vm-a.yaml", vm_spec("vm-a", diskSize="64Mi"))
+    first = reconcile(specs, state)
+    assert stages(first, "vm/vm-a") == ["tap_claim", "disk_scratch"]
+    assert "seed_generate" in stages(first)
+    assert disk_record(state, "vm-a")["taken"] == "scratch"
+    seeds = sorted((state / "images" / "demo").glob("seed-*.ext4"))
+    write(specs / "vm-b.yaml", vm_spec("vm-b", diskSize="64Mi"))
+    second = reconcile(specs, state)
+    assert "seed_generate" not in stages(second)
+    assert stages(second, "vm/vm-b") == ["tap_claim", "disk_clone"]
+    assert disk_record(state, "vm-b")["taken"] == "seed:qcow2"  # the ext4 host's copy-on-write path
+    assert_disk_holds_the_image_root(state, "vm-a", 64 << 20)
+    assert_disk_holds_the_image_root(state, "vm-b", 64 << 20)
+    assert stages(reconcile(specs, state)) == []
+    base = [p for p in (state / "images" / "demo").glob("seed-*.ext4") if p.name.count("-") == 1]
+    assert seeds[0] in base, "the seed is built once and reused"
+
+
+@pytest.mark.parametrize("method", ["qcow2", "sparse"])
+def test_every_clone_path_gives_the_same_disk(image_env: tuple[Path, Path], method: str) -> None:
+    specs, state = image_env
+    reconcile(specs, state)  # seed first
+    write(specs / "vm.yaml", vm_spec("vm-a", diskSize="96Mi"))
+    records = reconcile(specs, state, "--clone-method", method)
+    assert stages(records, "image/demo") == ["seed_size"] and stages(records, "vm/vm-a")[-1] == "disk_clone"
+    assert disk_record(state, "vm-a")["taken"] == f"seed:{method}"
+    assert_disk_holds_the_image_root(state, "vm-a", 96 << 20)
+
+
+@pytest.fixture
+def xfs_state(tmp_path: Path) -> Iterator[Path]:
+    """A state directory on a small loop-mounted XFS with reflink, always unmounted and detached."""
+    backing, mnt = tmp_path / "xfs.img", tmp_path / "xfs"
+    with open(backing, "wb") as f:
+        f.truncate(512 << 20)
+    subprocess.run(["mkfs.xfs", "-q", "-m", "reflink=1", str(backing)], check=True)
+    mnt.mkdir()
+    subprocess.run(["mount", "-o", "loop", str(backing), str(mnt)], check=True)
+    try:
+        yield mnt / "state"
+    finally:
+        subprocess.run(["umount", str(mnt)], check=False)  # detaches the auto-cleared loop device
+
+
+def test_reflink_path_on_a_reflink_capable_state_directory(image_env: tuple[Path, Path], xfs_state: Path) -> None:
+    specs, _ = image_env
+    reconcile(specs, xfs_state)
+    write(specs / "vm.yaml", vm_spec("vm-a", diskSize="64Mi"))
+    reconcile(specs, xfs_state)
+    assert disk_record(xfs_state, "vm-a")["taken"] == "seed:reflink"
+    assert_disk_holds_the_image_root(xfs_state, "vm-a", 64 << 20)
+
+
+def test_image_without_seed_always_takes_the_slow_path(image_env: tuple[Path, Path]) -> None:
+    specs, state = image_env
+    write(specs / "image.yaml", image_spec(seed="none"))
+    write(specs / "vm.yaml", vm_spec("vm-a", diskSize="64Mi"))
+    records = reconcile(specs, state)
+    assert "seed_generate" not in stages(records) and disk_record(state, "vm-a")["taken"] == "scratch"
+    assert_disk_holds_the_image_root(state, "vm-a", 64 << 20)
+
+
+def test_seed_is_regenerated_when_the_rootfs_changes(image_env: tuple[Path, Path], tmp_path: Path) -> None:
+    specs, state = image_env
+    write(specs / "vm-a.yaml", vm_spec("vm-a", diskSize="64Mi"))
+    reconcile(specs, state)
+    reconcile(specs, state)
+    old_tree = disks.read_tree(Path(disk_record(state, "vm-a")["path"]))
+    make_rootfs(specs / "img" / "rootfs.ext4", {**ROOT_FILES, "README": b"new release\n"}, tmp_path / "v2")
+    records = reconcile(specs, state)
+    assert "seed_generate" in stages(records)
+    write(specs / "vm-b.yaml", vm_spec("vm-b", diskSize="64Mi"))
+    reconcile(specs, state)
+    assert disks.read_tree(Path(disk_record(state, "vm-b")["path"]))["README"] == b"new release\n"
+    assert disks.read_tree(Path(disk_record(state, "vm-a")["path"])) == old_tree, "old VMs keep their disks"
+
+
+def test_disk_grows_and_refuses_to_shrink(image_env: tuple[Path, Path]) -> None:
+    specs, state = image_env
+    reconcile(specs, state)
+    write(specs / "vm.yaml", vm_spec("vm-a", diskSize="64Mi"))
+    reconcile(specs, state)
+    write(specs / "vm.yaml", vm_spec("vm-a", diskSize="128Mi"))
+    assert "disk_grow" in stages(reconcile(specs, state))
+    assert_disk_holds_the_image_root(state, "vm-a", 128 << 20)
+    write(specs / "vm.yaml", vm_spec("vm-a", diskSize="64Mi"))
+    result = warmvm(specs, state, "reconcile")
+    assert result.returncode == 1 and "shrinking is refused" in result.stderr
+    assert disks.virtual_size(Path(disk_record(state, "vm-a")["path"])) == 128 << 20
+
+
+def test_removed_vm_loses_its_disk_and_removed_image_its_seeds(image_env: tuple[Path, Path]) -> None:
+    specs, state = image_env
+    write(specs / "vm.yaml", vm_spec("vm-a", diskSize="64Mi"))
+    reconcile(specs, state)
+    disk = Path(disk_record(state, "vm-a")["path"])
+    (specs / "vm.yaml").unlink()
+    assert "disk_delete" in stages(reconcile(specs, state))
+    assert not disk.exists()
+    (specs / "image.yaml").unlink()
+    reconcile(specs, state)
+    assert not (state / "images" / "demo").exists()
+
+
+def test_failed_seed_leaves_the_image_usable_through_the_fallback(image_env: tuple[Path, Path]) -> None:
+    specs, state = image_env
+    write(specs / "image.yaml", image_spec(seed="{from: 'rootfs:/root', size: 128Ki}"))  # cannot hold the files
+    write(specs / "vm.yaml", vm_spec("vm-a", diskSize="64Mi"))
+    result = warmvm(specs, state, "reconcile")
+    assert result.returncode == 1 and "seed not built, VMs take the slow path" in result.stderr
+    assert disk_record(state, "vm-a")["taken"] == "scratch"
+    rows = json.loads(warmvm(specs, state, "get", "images", "-o", "json").stdout)
+    assert rows[0]["seed"].startswith("failed: ")
+    assert "seed_generate" not in warmvm(specs, state, "plan").stdout, "not retried until the inputs change"
+
+
+def test_kill_during_seed_generation_leaves_no_usable_half_seed(image_env: tuple[Path, Path], tmp_path: Path) -> None:
+    specs, state = image_env
+    big = tmp_path / "bigroot"
+    for i in range(40):
+        (big / f"d{i % 4}").mkdir(parents=True, exist_ok=True)
+        (big / f"d{i % 4}" / f"f{i}").write_bytes(os.urandom(1 << 20))
+    write(specs / "image.yaml", image_spec(seed=f"{{from: '{big}'}}"))
+    cmd = [sys.executable, "-m", "controller", "--specs", str(specs), "--state", str(state), "reconcile"]
+    proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 30
+        while not any((state / "tmp").glob("seed-*")) and time.monotonic() < deadline:
+            time.sleep(0.005)
+        proc.send_signal(signal.SIGKILL)
+    finally:
+        proc.wait()
+    assert any((state / "tmp").glob("seed-*")), "the kill should land while the seed is being built"
+    assert not list((state / "images" / "demo").glob("seed-*.ext4")) if (state / "images" / "demo").exists() else True
+    plan = warmvm(specs, state, "plan")
+    assert "seed_generate" in plan.stdout
+    records = reconcile(specs, state)
+    assert "seed_generate" in stages(records)
+    assert not list((state / "tmp").iterdir()), "leftovers of the killed run are cleaned"
+
+
+BAD_IMAGES = {
+    "missing_kernel": ("  kernel: img/vmlinuz\n", "  kernel: img/nope\n", "image.yaml:6: spec.kernel: 'img/nope' does not exist"),
+    "missing_rootfs": ("  rootfs: img/rootfs.ext4\n", "  rootfs: img/none.ext4\n", "image.yaml:7: spec.rootfs: 'img/none.ext4' does not exist"),
+    "rootfs_not_ext4": ("  rootfs: img/rootfs.ext4\n", "  rootfs: img/vmlinuz\n", "image.yaml:7: spec.rootfs: 'img/vmlinuz' is not an ext4 image"),
+    "kernel_not_a_kernel": ("  kernel: img/vmlinuz\n", "  kernel: img/rootfs.ext4\n", "image.yaml:6: spec.kernel: 'img/rootfs.ext4' is not a Linux kernel image"),
+    "path_absent_from_rootfs": ("  default: true\n", "  default: true\n  workSeed: {from: 'rootfs:/home/x'}\n",
+                                "image.yaml:9: spec.workSeed.from: '/home/x' is not a directory in 'img/rootfs.ext4'"),
+    "missing_source_dir": ("  default: true\n", "  default: true\n  workSeed: {from: ./nowhere}\n",
+                           "image.yaml:9: spec.workSeed.from: './nowhere' is not a directory"),
+    "negative_size": ("  default: true\n", "  default: true\n  workSeed: {from: 'rootfs:/root', size: -5Mi}\n",
+                      "image.yaml:9: spec.workSeed.size: '-5Mi' is not a quantity"),
+    "zero_size": ("  default: true\n", "  default: true\n  workSeed: {from: 'rootfs:/root', size: 0}\n",
+                  "image.yaml:9: spec.workSeed.size: must be greater than zero"),
+    "unknown_unit": ("  default: true\n", "  default: true\n  workSeed: {from: 'rootfs:/root', size: 5MB}\n",
+                     "image.yaml:9: spec.workSeed.size: '5MB' is not a quantity"),
+    "absurd_size": ("  default: true\n", "  default: true\n  workSeed: {from: 'rootfs:/root', size: 900Ti}\n",
+                    "image.yaml:9: spec.workSeed.size: 900Ti is absurdly large"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_IMAGES))
+def test_bad_image_input(image_env: tuple[Path, Path], case: str) -> None:
+    specs, state = image_env
+    old, new, expected = BAD_IMAGES[case]
+    write(specs / "image.yaml", image_spec().replace(old, new))
+    result = warmvm(specs, state, "plan")
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert any(line.endswith(expected) or expected in line for line in result.stderr.splitlines()), result.stderr
+
+
+def test_vm_image_errors(image_env: tuple[Path, Path]) -> None:
+    specs, state = image_env
+    write(specs / "image2.yaml", image_spec("other", default=True))
+    write(specs / "vm.yaml", vm_spec("vm-a", image="ghost") + "---\n" + vm_spec("vm-b", diskSize="4Ki"))
+    errors = warmvm(specs, state, "plan").stderr
+    assert "image2.yaml:8: spec.default: a second default image" in errors
+    assert "vm.yaml:6: spec.image: Image 'ghost' does not exist" in errors
+    assert "vm.yaml:12: spec.image: required: there is no default image" in errors
+    write(specs / "image2.yaml", image_spec("other", default=False, seed="{from: 'rootfs:/root', size: 32Mi}"))
+    write(specs / "vm.yaml", vm_spec("vm-b", image="other", diskSize="16Mi"))
+    errors = warmvm(specs, state, "plan").stderr
+    assert "vm.yaml:7: spec.diskSize: 16Mi is smaller than the work seed of image 'other' (32Mi)" in errors
