@@ -6,7 +6,7 @@ WARMVM   := $(VENV)/bin/warmvm
 STAMP    := $(VENV)/.installed
 ARGS     ?=
 
-.PHONY: setup reconcile plan test bench bench-pool clean
+.PHONY: setup reconcile plan test bench bench-pool bench-disk clean
 
 setup: $(STAMP)
 	@bash hack/install-deps.sh
@@ -29,7 +29,10 @@ test: setup
 bench-pool: setup
 	bash hack/bench-pool.sh $(ARGS)
 
-bench: bench-pool
+bench-disk: setup
+	$(PY) hack/bench_disk.py $(ARGS)
+
+bench: bench-pool bench-disk
 
 clean:
 	rm -rf $(VENV) .pytest_cache

@@ -7,14 +7,13 @@ carry everything the driver needs, so applying never re-reads specs.
 from __future__ import annotations
 
 from dataclasses import dataclass, fields
-from ipaddress import IPv4Interface
+from ipaddress import IPv4Address, IPv4Interface
 from pathlib import Path
 from typing import ClassVar
 
 from .model import Image
 
-
-PHASE_SETUP, PHASE_VM, PHASE_WARM, PHASE_CLEANUP = 0, 1, 2, 3
+PHASE_SETUP, PHASE_VM, PHASE_START, PHASE_AWAIT, PHASE_WARM, PHASE_CLEANUP = range(6)
 
 
 @dataclass(frozen=True)
@@ -235,6 +234,88 @@ class DiskGrow(Action):
 @dataclass(frozen=True)
 class DiskDelete(Action):
     kind: ClassVar[str] = "disk_delete"
+    phase: ClassVar[int] = PHASE_CLEANUP
+    deletes: ClassVar[bool] = True
+    vm: str
+
+    @property
+    def subject(self) -> str:
+        return f"vm/{self.vm}"
+
+
+# --- virtual machines ------------------------------------------------------------
+
+REMOVED = "spec removed"
+
+
+@dataclass(frozen=True)
+class IpAssign(Action):
+    """Lease the VM its address (and create its record): the first step of a new VM."""
+
+    kind: ClassVar[str] = "ip_assign"
+    phase: ClassVar[int] = PHASE_SETUP
+    vm: str
+    network: str
+    ip: IPv4Address
+
+    @property
+    def subject(self) -> str:
+        return f"vm/{self.vm}"
+
+
+@dataclass(frozen=True)
+class VmStart(Action):
+    kind: ClassVar[str] = "vm_start"
+    phase: ClassVar[int] = PHASE_START
+    vm: str
+    image: Image
+    address: IPv4Interface
+    gateway: IPv4Address
+    vcpus: int
+    memory: int
+    accel: str
+    spec: str
+
+    @property
+    def subject(self) -> str:
+        return f"vm/{self.vm}"
+
+
+@dataclass(frozen=True)
+class VmAwait(Action):
+    """Wait for SSH to answer; past the boot deadline, kill it (the next pass starts it again)."""
+
+    kind: ClassVar[str] = "vm_await"
+    phase: ClassVar[int] = PHASE_AWAIT
+    vm: str
+    ip: IPv4Address
+
+    @property
+    def subject(self) -> str:
+        return f"vm/{self.vm}"
+
+
+@dataclass(frozen=True)
+class VmStop(Action):
+    kind: ClassVar[str] = "vm_stop"
+    phase: ClassVar[int] = PHASE_SETUP  # a VM being replaced or removed stops before anything else
+    vm: str
+    reason: str
+
+    @property
+    def subject(self) -> str:
+        return f"vm/{self.vm}"
+
+    @property  # type: ignore[override]
+    def deletes(self) -> bool:
+        return self.reason == REMOVED
+
+
+@dataclass(frozen=True)
+class VmForget(Action):
+    """The last step of a removed VM: its record goes, and with it its IP lease."""
+
+    kind: ClassVar[str] = "vm_forget"
     phase: ClassVar[int] = PHASE_CLEANUP
     deletes: ClassVar[bool] = True
     vm: str

@@ -11,18 +11,40 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from .actions import (Action, BridgeDelete, BridgeEnsure, DiskClone, DiskDelete, DiskGrow, DiskScratch, PoolGrow,
-                      PoolShrink, SeedDelete, SeedGenerate, SeedSize, TapAttach, TapClaim, TapRelease)
+from .actions import (
+    Action,
+    BridgeDelete,
+    BridgeEnsure,
+    DiskClone,
+    DiskDelete,
+    DiskGrow,
+    DiskScratch,
+    IpAssign,
+    PoolGrow,
+    PoolShrink,
+    SeedDelete,
+    SeedGenerate,
+    SeedSize,
+    TapAttach,
+    TapClaim,
+    TapRelease,
+    VmAwait,
+    VmForget,
+    VmStart,
+    VmStop,
+)
 from .diskops import DiskOps
 from .netlink import NetlinkDriver
 from .observed import Observed
 from .ownership import bridge_mark, pool_mark, vm_mark
+from .vmops import VmOps
 
 
 @dataclass
 class Drivers:
     net: NetlinkDriver
     disks: DiskOps
+    vms: VmOps
 
     def prepare(self, observed: Observed) -> None:
         """A pass starts: drivers that allocate from observed state rebuild from it."""
@@ -66,8 +88,10 @@ def tap_claim(a: TapClaim, d: Drivers) -> Details:
     mark = vm_mark(a.network, a.vm)
     if a.tap is not None:
         d.net.mark(a.tap, pool_mark(a.network), mark, a.bridge)
+        d.net.claimed[a.vm] = a.tap
         return {"tap": a.tap, "from": "pool"}
     tap = d.net.create_tap(a.prefix, mark, a.bridge)
+    d.net.claimed[a.vm] = tap
     return {"tap": tap, "from": "new"}
 
 
@@ -95,6 +119,11 @@ HANDLERS: dict[type[Action], Callable[[Any, Drivers], Details]] = {
     DiskScratch: lambda a, d: d.disks.disk_scratch(a),
     DiskGrow: lambda a, d: d.disks.disk_grow(a),
     DiskDelete: lambda a, d: d.disks.disk_delete(a),
+    IpAssign: lambda a, d: d.vms.ip_assign(a),
+    VmStart: lambda a, d: d.vms.vm_start(a),
+    VmAwait: lambda a, d: d.vms.vm_await(a),
+    VmStop: lambda a, d: d.vms.vm_stop(a),
+    VmForget: lambda a, d: d.vms.vm_forget(a),
 }
 
 

@@ -24,6 +24,7 @@ from .model import Desired
 from .netlink import NetlinkDriver
 from .observed import Observed, observe
 from .store import Store
+from .vmops import VmOps
 
 
 @dataclass
@@ -31,12 +32,15 @@ class Host:
     layout: Layout
     pubkey: str
     clone_method: str
+    boot_timeout: float = 60.0
 
     def observer(self, desired: Desired) -> Callable[[], Observed]:
         return partial(observe, desired, self.layout, self.pubkey, self.clone_method)
 
     def drivers(self, progress: Progress | None = None) -> Drivers:
-        return Drivers(net=NetlinkDriver(), disks=DiskOps(self.layout, self.pubkey, progress))
+        net = NetlinkDriver()
+        return Drivers(net=net, disks=DiskOps(self.layout, self.pubkey, progress),
+                       vms=VmOps(self.layout, net, self.boot_timeout))
 
 
 def open_host(store: Store, prepare: bool, clone_method: str = "auto") -> Host:

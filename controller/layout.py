@@ -7,6 +7,8 @@
     images/IMAGE/seed.json        the last seed generation (fingerprint, error)
     vms/VM/disk.img               the VM's work disk (qcow2 overlay or raw: see disk.json)
     vms/VM/disk.json              how it was made (image, seed, path taken, size)
+    vms/VM/vm.json                its IP lease, MAC and current boot
+    vms/VM/qemu.pid, qmp.sock, console.log   its QEMU
     tmp/                          scratch space on the same file system (renamed from)
 """
 
@@ -49,3 +51,6 @@ class Layout:
 
     def disk_record(self, vm: str) -> Path:
         return self.vm_dir(vm) / "disk.json"
+
+    def vm_record(self, vm: str) -> Path:
+        return self.vm_dir(vm) / "vm.json"

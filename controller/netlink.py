@@ -25,11 +25,11 @@ from typing import TYPE_CHECKING, Any
 
 from tenacity import retry, retry_if_exception_type, stop_after_attempt
 
-from .errors import PermanentError, TemporaryError
 from . import rtnl
-from .rtnl import LinkChange
-from .ownership import Mark
+from .errors import PermanentError, TemporaryError
+from .ownership import Mark, parse_mark
 from .pool import NameAllocator
+from .rtnl import LinkChange
 
 if TYPE_CHECKING:
     from pyroute2 import IPRoute
@@ -51,6 +51,7 @@ class NetlinkDriver:
         self.rng = rng or random.Random()
         self.allocators: dict[str, NameAllocator] = {}
         self.name_calls = 0  # TUNSETIFF attempts: the kernel calls spent on naming
+        self.claimed: dict[str, str] = {}  # VM -> TAP, for claims made since the last observation
 
     @property
     def ipr(self) -> IPRoute:
@@ -67,7 +68,18 @@ class NetlinkDriver:
     def observed_names(self, names: frozenset[str]) -> None:
         """Start a pass: allocators are rebuilt from this dump's names."""
         self.allocators = {}
+        self.claimed = {}
         self._names = names
+
+    def tap_of(self, vm: str) -> str:
+        """The TAP a VM holds: claimed in this pass, or found by its mark."""
+        if vm in self.claimed:
+            return self.claimed[vm]
+        for link in rtnl.dump_links():
+            mark = parse_mark(link.alias)
+            if mark is not None and mark.vm == vm and link.kind == "tun":
+                return link.name
+        raise TemporaryError(f"vm/{vm}: holds no TAP yet")
 
     def _allocator(self, prefix: str) -> NameAllocator:
         if prefix not in self.allocators:

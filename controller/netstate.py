@@ -10,8 +10,8 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from .rtnl import Address, Link
 from .ownership import Mark, parse_mark
+from .rtnl import Address, Link
 
 
 @dataclass(frozen=True)

@@ -13,6 +13,7 @@ from .layout import Layout
 from .model import Desired
 from .netstate import NetState, net_state
 from .rtnl import dump_addresses, dump_links
+from .vmstate import VmState, observe_vms
 
 
 @dataclass(frozen=True)
@@ -21,6 +22,7 @@ class Observed:
     images: dict[str, ImageState] = field(default_factory=dict)
     disks: dict[str, DiskState] = field(default_factory=dict)
     clone_method: str = "sparse"  # the best way this host's state directory clones a seed
+    vms: dict[str, VmState] = field(default_factory=dict)
     now: float = 0.0  # when it was observed (wall clock), for ages shown by views
 
 
@@ -33,4 +35,5 @@ def observe(desired: Desired, layout: Layout, pubkey: str, clone_method: str) ->
                     images=observe_images(layout, desired.images, pubkey),
                     disks=observe_disks(layout),
                     clone_method=clone_method,
+                    vms=observe_vms(layout),
                     now=time.time())

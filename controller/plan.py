@@ -16,6 +16,7 @@ from .model import Desired
 from .observed import Observed
 from .pool import plan_networks
 from .seeds import plan_seed_cleanup, plan_seeds
+from .vms import plan_vms, running
 from .workdisks import plan_disks
 
 
@@ -31,11 +32,13 @@ class Plan:
 
 
 def plan(desired: Desired, observed: Observed) -> Plan:
-    actions, problems = plan_networks(desired.networks, desired.vms, observed.net)
-    disk_actions, disk_problems = plan_disks(desired, observed.images, observed.disks, observed.clone_method)
-    actions += disk_actions + plan_seeds(desired, observed.images)
+    alive = running(observed)
+    actions, problems = plan_networks(desired.networks, desired.vms, observed.net, alive)
+    disk_actions, disk_problems = plan_disks(desired, observed.images, observed.disks, observed.clone_method, alive)
+    vm_actions, vm_problems = plan_vms(desired, observed)
+    actions += disk_actions + vm_actions + plan_seeds(desired, observed.images)
     actions += plan_seed_cleanup(desired, observed.images, observed.disks)
-    problems += disk_problems
+    problems += disk_problems + vm_problems
     # a stable sort by phase: a new VM's own steps first, warming and cleaning up after
     actions.sort(key=lambda a: a.phase)
     if desired.complete:

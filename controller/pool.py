@@ -59,24 +59,24 @@ class NameAllocator:
 
 
 def plan_networks(networks: dict[str, Network], vms: dict[str, VM], state: NetState,
-                  vms_stopped: set[str] | None = None) -> tuple[list[Action], list[str]]:
+                  running: frozenset[str] = frozenset()) -> tuple[list[Action], list[str]]:
     """Actions converging bridges and TAPs, and the problems no action can fix.
 
-    `vms_stopped`: VMs whose TAP may be released (no process holds it); None: all.
+    `running`: VMs whose QEMU still holds their TAP (it is released once they stop).
     """
     actions: list[Action] = []
     problems: list[str] = []
     held = state.vm_taps()
     for net in networks.values():
-        acts, probs = _plan_network(net, vms, state, held, vms_stopped)
+        acts, probs = _plan_network(net, vms, state, held, running)
         actions += acts
         problems += probs
-    actions += _plan_orphans(networks, vms, state, held, vms_stopped)
+    actions += _plan_orphans(networks, vms, state, held, running)
     return actions, problems
 
 
 def _plan_network(net: Network, vms: dict[str, VM], state: NetState, held: dict[str, TapState],
-                  vms_stopped: set[str] | None) -> tuple[list[Action], list[str]]:
+                  running: frozenset[str]) -> tuple[list[Action], list[str]]:
     bridge = state.bridges.get(net.bridge)
     if bridge is not None and bridge.owner != net.name:
         return [], [f"network/{net.name}: bridge {net.bridge!r} exists and is not owned by warmvm; not touching it"]
@@ -97,7 +97,7 @@ def _plan_network(net: Network, vms: dict[str, VM], state: NetState, held: dict[
         actions.append(TapClaim(vm.name, net.name, net.bridge, net.pool_prefix, tap))
     room = net.pool_size - len(idle)
     for vm_name, tap in sorted(held.items()):
-        if tap.mark.network == net.name and _departing(vm_name, net.name, vms, vms_stopped):
+        if tap.mark.network == net.name and _departing(vm_name, net.name, vms, running):
             actions.append(TapRelease(vm_name, net.name, net.bridge, tap.name, keep=room > 0))
             room -= room > 0
     if room > 0:
@@ -107,19 +107,19 @@ def _plan_network(net: Network, vms: dict[str, VM], state: NetState, held: dict[
     return actions, []
 
 
-def _departing(vm_name: str, network: str, vms: dict[str, VM], vms_stopped: set[str] | None) -> bool:
+def _departing(vm_name: str, network: str, vms: dict[str, VM], running: frozenset[str]) -> bool:
     """The VM left `network` (its spec went or moved) and nothing holds its TAP any more."""
     vm = vms.get(vm_name)
     gone = vm is None or vm.network != network
-    return gone and (vms_stopped is None or vm_name in vms_stopped)
+    return gone and vm_name not in running
 
 
 def _plan_orphans(networks: dict[str, Network], vms: dict[str, VM], state: NetState,
-                  held: dict[str, TapState], vms_stopped: set[str] | None) -> list[Action]:
+                  held: dict[str, TapState], running: frozenset[str]) -> list[Action]:
     """Devices of networks whose spec went: TAPs deleted, then the emptied bridge."""
     actions: list[Action] = []
     for vm_name, tap in sorted(held.items()):
-        if tap.mark.network not in networks and _departing(vm_name, tap.mark.network, vms, vms_stopped):
+        if tap.mark.network not in networks and _departing(vm_name, tap.mark.network, vms, running):
             actions.append(TapRelease(vm_name, tap.mark.network, "", tap.name, keep=False))
     for network in sorted({t.mark.network for t in state.taps} - set(networks)):
         idle = tuple(t.name for t in state.idle_taps(network))

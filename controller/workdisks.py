@@ -16,8 +16,8 @@ from .model import VM, Desired
 
 
 def plan_disks(desired: Desired, images: dict[str, ImageState], disks: dict[str, DiskState],
-               clone_method: str, stopped: set[str] | None = None) -> tuple[list[Action], list[str]]:
-    """`stopped`: VMs no process runs for (a disk may only be grown or deleted then); None: all."""
+               clone_method: str, running: frozenset[str] = frozenset()) -> tuple[list[Action], list[str]]:
+    """`running`: VMs whose QEMU runs (their disks are neither grown nor deleted under them)."""
     actions: list[Action] = []
     problems: list[str] = []
     for vm in sorted(desired.vms.values(), key=lambda v: v.name):
@@ -28,11 +28,11 @@ def plan_disks(desired: Desired, images: dict[str, ImageState], disks: dict[str,
             acts, problem = _new_disk(vm, desired, images[vm.image], clone_method, actions)
             actions += acts
         else:
-            problem = _existing_disk(vm, disk, stopped, actions)
+            problem = _existing_disk(vm, disk, running, actions)
         if problem:
             problems.append(f"vm/{vm.name}: {problem}")
     for name in sorted(set(disks) - set(desired.vms)):
-        if stopped is None or name in stopped:
+        if name not in running:
             actions.append(DiskDelete(name))
     return actions, problems
 
@@ -54,11 +54,11 @@ def _new_disk(vm: VM, desired: Desired, state: ImageState, method: str,
     return actions, None
 
 
-def _existing_disk(vm: VM, disk: DiskState, stopped: set[str] | None, actions: list[Action]) -> str | None:
+def _existing_disk(vm: VM, disk: DiskState, running: frozenset[str], actions: list[Action]) -> str | None:
     if vm.disk_size < disk.size:
         return f"diskSize {_mib(vm.disk_size)} is smaller than its disk ({_mib(disk.size)}): shrinking is refused"
     if vm.disk_size > disk.size:
-        if stopped is not None and vm.name not in stopped:
+        if vm.name in running:
             return (f"diskSize grows to {_mib(vm.disk_size)} once the VM is stopped "
                     "(set running: false, reconcile, then running: true)")
         actions.append(DiskGrow(vm.name, vm.disk_size))

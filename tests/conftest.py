@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import ctypes
 import os
+import signal
 import subprocess
 import sys
 import textwrap
@@ -49,6 +50,32 @@ def netns() -> Iterator[str]:
         _setns(home)
         os.close(home)
         subprocess.run(["ip", "netns", "del", name], check=False)
+
+
+def qemu_pids_under(directory: Path) -> list[int]:
+    """QEMU processes whose command line points into `directory` (so: started by this test)."""
+    pids = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            argv = (proc / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if argv and argv[0].startswith(b"qemu-system") and any(str(directory).encode() in a for a in argv):
+            pids.append(int(proc.name))
+    return pids
+
+
+@pytest.fixture(autouse=True)
+def no_leftover_qemu(tmp_path: Path) -> Iterator[None]:
+    """Every QEMU a test started is gone after it, pass or fail."""
+    yield
+    for pid in qemu_pids_under(tmp_path):
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
 
 
 def write(path: Path, text: str) -> Path:

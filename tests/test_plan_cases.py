@@ -12,10 +12,10 @@ from typing import Any
 import pytest
 import yaml
 
-from controller.rtnl import Address, Link
 from controller.netstate import net_state
 from controller.observed import Observed
 from controller.plan import plan
+from controller.rtnl import Address, Link
 from controller.specs import load
 
 CASES = sorted((Path(__file__).parent / "plan").glob("*.yaml"))

@@ -6,10 +6,10 @@ import multiprocessing
 import subprocess
 from pathlib import Path
 
-from controller.rtnl import Link, dump_links
 from controller.netlink import NetlinkDriver
 from controller.observed import observe_net
 from controller.ownership import pool_mark, vm_mark
+from controller.rtnl import Link, dump_links
 
 from .conftest import network_spec, vm_spec, warmvm, write
 

@@ -97,16 +97,16 @@ def assert_disk_holds_the_image_root(state: Path, vm: str, size: int) -> None:
 
 def test_first_vm_takes_the_slow_path_then_the_seed_serves_the_next(image_env: tuple[Path, Path]) -> None:
     specs, state = image_env
-    write(specs / "vm-a.yaml", vm_spec("vm-a", diskSize="64Mi"))
+    write(specs / "vm-a.yaml", vm_spec("vm-a", running="false", diskSize="64Mi"))
     first = reconcile(specs, state)
-    assert stages(first, "vm/vm-a") == ["tap_claim", "disk_scratch"]
+    assert stages(first, "vm/vm-a") == ["ip_assign", "tap_claim", "disk_scratch"]
     assert "seed_generate" in stages(first)
     assert disk_record(state, "vm-a")["taken"] == "scratch"
     seeds = sorted((state / "images" / "demo").glob("seed-*.ext4"))
-    write(specs / "vm-b.yaml", vm_spec("vm-b", diskSize="64Mi"))
+    write(specs / "vm-b.yaml", vm_spec("vm-b", running="false", diskSize="64Mi"))
     second = reconcile(specs, state)
     assert "seed_generate" not in stages(second)
-    assert stages(second, "vm/vm-b") == ["tap_claim", "disk_clone"]
+    assert stages(second, "vm/vm-b") == ["ip_assign", "tap_claim", "disk_clone"]
     assert disk_record(state, "vm-b")["taken"] == "seed:qcow2"  # the ext4 host's copy-on-write path
     assert_disk_holds_the_image_root(state, "vm-a", 64 << 20)
     assert_disk_holds_the_image_root(state, "vm-b", 64 << 20)
@@ -119,7 +119,7 @@ def test_first_vm_takes_the_slow_path_then_the_seed_serves_the_next(image_env: t
 def test_every_clone_path_gives_the_same_disk(image_env: tuple[Path, Path], method: str) -> None:
     specs, state = image_env
     reconcile(specs, state)  # seed first
-    write(specs / "vm.yaml", vm_spec("vm-a", diskSize="96Mi"))
+    write(specs / "vm.yaml", vm_spec("vm-a", running="false", diskSize="96Mi"))
     records = reconcile(specs, state, "--clone-method", method)
     assert stages(records, "image/demo") == ["seed_size"] and stages(records, "vm/vm-a")[-1] == "disk_clone"
     assert disk_record(state, "vm-a")["taken"] == f"seed:{method}"
@@ -144,7 +144,7 @@ def xfs_state(tmp_path: Path) -> Iterator[Path]:
 def test_reflink_path_on_a_reflink_capable_state_directory(image_env: tuple[Path, Path], xfs_state: Path) -> None:
     specs, _ = image_env
     reconcile(specs, xfs_state)
-    write(specs / "vm.yaml", vm_spec("vm-a", diskSize="64Mi"))
+    write(specs / "vm.yaml", vm_spec("vm-a", running="false", diskSize="64Mi"))
     reconcile(specs, xfs_state)
     assert disk_record(xfs_state, "vm-a")["taken"] == "seed:reflink"
     assert_disk_holds_the_image_root(xfs_state, "vm-a", 64 << 20)
@@ -153,7 +153,7 @@ def test_reflink_path_on_a_reflink_capable_state_directory(image_env: tuple[Path
 def test_image_without_seed_always_takes_the_slow_path(image_env: tuple[Path, Path]) -> None:
     specs, state = image_env
     write(specs / "image.yaml", image_spec(seed="none"))
-    write(specs / "vm.yaml", vm_spec("vm-a", diskSize="64Mi"))
+    write(specs / "vm.yaml", vm_spec("vm-a", running="false", diskSize="64Mi"))
     records = reconcile(specs, state)
     assert "seed_generate" not in stages(records) and disk_record(state, "vm-a")["taken"] == "scratch"
     assert_disk_holds_the_image_root(state, "vm-a", 64 << 20)
@@ -161,14 +161,14 @@ def test_image_without_seed_always_takes_the_slow_path(image_env: tuple[Path, Pa
 
 def test_seed_is_regenerated_when_the_rootfs_changes(image_env: tuple[Path, Path], tmp_path: Path) -> None:
     specs, state = image_env
-    write(specs / "vm-a.yaml", vm_spec("vm-a", diskSize="64Mi"))
+    write(specs / "vm-a.yaml", vm_spec("vm-a", running="false", diskSize="64Mi"))
     reconcile(specs, state)
     reconcile(specs, state)
     old_tree = disks.read_tree(Path(disk_record(state, "vm-a")["path"]))
     make_rootfs(specs / "img" / "rootfs.ext4", {**ROOT_FILES, "README": b"new release\n"}, tmp_path / "v2")
     records = reconcile(specs, state)
     assert "seed_generate" in stages(records)
-    write(specs / "vm-b.yaml", vm_spec("vm-b", diskSize="64Mi"))
+    write(specs / "vm-b.yaml", vm_spec("vm-b", running="false", diskSize="64Mi"))
     reconcile(specs, state)
     assert disks.read_tree(Path(disk_record(state, "vm-b")["path"]))["README"] == b"new release\n"
     assert disks.read_tree(Path(disk_record(state, "vm-a")["path"])) == old_tree, "old VMs keep their disks"
@@ -177,12 +177,12 @@ def test_seed_is_regenerated_when_the_rootfs_changes(image_env: tuple[Path, Path
 def test_disk_grows_and_refuses_to_shrink(image_env: tuple[Path, Path]) -> None:
     specs, state = image_env
     reconcile(specs, state)
-    write(specs / "vm.yaml", vm_spec("vm-a", diskSize="64Mi"))
+    write(specs / "vm.yaml", vm_spec("vm-a", running="false", diskSize="64Mi"))
     reconcile(specs, state)
-    write(specs / "vm.yaml", vm_spec("vm-a", diskSize="128Mi"))
+    write(specs / "vm.yaml", vm_spec("vm-a", running="false", diskSize="128Mi"))
     assert "disk_grow" in stages(reconcile(specs, state))
     assert_disk_holds_the_image_root(state, "vm-a", 128 << 20)
-    write(specs / "vm.yaml", vm_spec("vm-a", diskSize="64Mi"))
+    write(specs / "vm.yaml", vm_spec("vm-a", running="false", diskSize="64Mi"))
     result = warmvm(specs, state, "reconcile")
     assert result.returncode == 1 and "shrinking is refused" in result.stderr
     assert disks.virtual_size(Path(disk_record(state, "vm-a")["path"])) == 128 << 20
@@ -190,7 +190,7 @@ def test_disk_grows_and_refuses_to_shrink(image_env: tuple[Path, Path]) -> None:
 
 def test_removed_vm_loses_its_disk_and_removed_image_its_seeds(image_env: tuple[Path, Path]) -> None:
     specs, state = image_env
-    write(specs / "vm.yaml", vm_spec("vm-a", diskSize="64Mi"))
+    write(specs / "vm.yaml", vm_spec("vm-a", running="false", diskSize="64Mi"))
     reconcile(specs, state)
     disk = Path(disk_record(state, "vm-a")["path"])
     (specs / "vm.yaml").unlink()
@@ -204,7 +204,7 @@ def test_removed_vm_loses_its_disk_and_removed_image_its_seeds(image_env: tuple[
 def test_failed_seed_leaves_the_image_usable_through_the_fallback(image_env: tuple[Path, Path]) -> None:
     specs, state = image_env
     write(specs / "image.yaml", image_spec(seed="{from: 'rootfs:/root', size: 128Ki}"))  # cannot hold the files
-    write(specs / "vm.yaml", vm_spec("vm-a", diskSize="64Mi"))
+    write(specs / "vm.yaml", vm_spec("vm-a", running="false", diskSize="64Mi"))
     result = warmvm(specs, state, "reconcile")
     assert result.returncode == 1 and "seed not built, VMs take the slow path" in result.stderr
     assert disk_record(state, "vm-a")["taken"] == "scratch"
@@ -271,12 +271,12 @@ def test_bad_image_input(image_env: tuple[Path, Path], case: str) -> None:
 def test_vm_image_errors(image_env: tuple[Path, Path]) -> None:
     specs, state = image_env
     write(specs / "image2.yaml", image_spec("other", default=True))
-    write(specs / "vm.yaml", vm_spec("vm-a", image="ghost") + "---\n" + vm_spec("vm-b", diskSize="4Ki"))
+    write(specs / "vm.yaml", vm_spec("vm-a", running="false", image="ghost") + "---\n" + vm_spec("vm-b", running="false", diskSize="4Ki"))
     errors = warmvm(specs, state, "plan").stderr
     assert "image2.yaml:8: spec.default: a second default image" in errors
-    assert "vm.yaml:6: spec.image: Image 'ghost' does not exist" in errors
-    assert "vm.yaml:12: spec.image: required: there is no default image" in errors
+    assert "vm.yaml:7: spec.image: Image 'ghost' does not exist" in errors
+    assert "vm.yaml:13: spec.image: required: there is no default image" in errors
     write(specs / "image2.yaml", image_spec("other", default=False, seed="{from: 'rootfs:/root', size: 32Mi}"))
-    write(specs / "vm.yaml", vm_spec("vm-b", image="other", diskSize="16Mi"))
+    write(specs / "vm.yaml", vm_spec("vm-b", running="false", image="other", diskSize="16Mi"))
     errors = warmvm(specs, state, "plan").stderr
-    assert "vm.yaml:7: spec.diskSize: 16Mi is smaller than the work seed of image 'other' (32Mi)" in errors
+    assert "vm.yaml:8: spec.diskSize: 16Mi is smaller than the work seed of image 'other' (32Mi)" in errors

@@ -1,0 +1,211 @@
+"""The VMM driver: QEMU processes, started detached, recognised, stopped.
+
+QEMU runs with -daemonize and outlives the controller. Its pid file, QMP
+socket (0600) and serial log live in the VM's state directory. A pid alone is
+no proof (pids are reused), so a process is ours only if its command line
+carries this VM's own pid-file path. Stopping asks the guest over QMP
+(system_powerdown), then kills after a timeout.
+
+QMP is spoken directly (a JSON line protocol of three messages here) rather
+than through the asyncio qemu.qmp package, which would be the only asyncio in
+the controller.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import signal
+import socket
+import subprocess
+import time
+from dataclasses import dataclass
+from ipaddress import IPv4Interface
+from pathlib import Path
+
+from .errors import PermanentError, TemporaryError
+
+QEMU = "qemu-system-x86_64"
+KVM_GET_API_VERSION, KVM_CREATE_VM = 0xAE00, 0xAE01
+
+
+@dataclass(frozen=True)
+class VmFiles:
+    directory: Path
+
+    @property
+    def pidfile(self) -> Path:
+        return self.directory / "qemu.pid"
+
+    @property
+    def qmp(self) -> Path:
+        return self.directory / "qmp.sock"
+
+    @property
+    def console(self) -> Path:
+        return self.directory / "console.log"
+
+
+@dataclass(frozen=True)
+class Machine:
+    """Everything one QEMU invocation needs."""
+
+    name: str
+    kernel: Path
+    initrd: Path | None
+    rootfs: Path
+    disk: Path
+    disk_format: str  # raw | qcow2
+    tap: str
+    mac: str
+    address: IPv4Interface  # the guest's address with its prefix length
+    gateway: str
+    vcpus: int
+    memory: int
+    accel: str  # kvm | tcg
+
+
+def mac_for(name: str) -> str:
+    """A stable, locally administered MAC derived from the VM's name."""
+    digest = hashlib.sha256(name.encode()).digest()
+    return "52:54:00:" + ":".join(f"{b:02x}" for b in digest[:3])
+
+
+def qemu_argv(m: Machine, files: VmFiles) -> list[str]:
+    cpu = ["-accel", "kvm", "-cpu", "host"] if m.accel == "kvm" else ["-accel", "tcg", "-cpu", "max"]
+    append = (f"console=ttyS0 quiet warmvm.ip={m.address} warmvm.gw={m.gateway} warmvm.hostname={m.name}")
+    argv = [QEMU, "-name", f"warmvm-{m.name}", "-M", "microvm,rtc=on", *cpu,
+            "-m", str(m.memory >> 20), "-smp", str(m.vcpus), "-nodefaults", "-no-user-config",
+            "-display", "none", "-serial", f"file:{files.console}",
+            "-qmp", f"unix:{files.qmp},server=on,wait=off",
+            "-kernel", str(m.kernel), "-append", append,
+            "-drive", f"id=root,file={m.rootfs},format=raw,if=none,readonly=on",
+            "-device", "virtio-blk-device,drive=root,serial=warmvm-root",
+            "-drive", f"id=work,file={m.disk},format={m.disk_format},if=none",
+            "-device", "virtio-blk-device,drive=work,serial=warmvm-work",
+            "-netdev", f"tap,id=n0,ifname={m.tap},script=no,downscript=no",
+            "-device", f"virtio-net-device,netdev=n0,mac={m.mac}",
+            "-daemonize", "-pidfile", str(files.pidfile)]
+    if m.initrd is not None:
+        argv[argv.index("-kernel") + 2:argv.index("-kernel") + 2] = ["-initrd", str(m.initrd)]
+    return argv
+
+
+def start(m: Machine, files: VmFiles) -> int:
+    """Starts QEMU detached; returns its pid once it has initialised."""
+    files.directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+    for stale in (files.pidfile, files.qmp):
+        stale.unlink(missing_ok=True)
+    files.console.write_bytes(b"")
+    proc = subprocess.run(qemu_argv(m, files), capture_output=True, text=True, stdin=subprocess.DEVNULL,
+                          umask=0o077, check=False, start_new_session=True)
+    if proc.returncode != 0:
+        raise PermanentError(f"qemu failed to start: {_last_line(proc.stderr)}")
+    pid = running_pid(files)
+    if pid is None:
+        raise TemporaryError("qemu exited right after starting", delay=1.0)
+    return pid
+
+
+def running_pid(files: VmFiles) -> int | None:
+    """The pid of this VM's QEMU if it is alive and really ours, else None."""
+    try:
+        pid = int(files.pidfile.read_text().strip())
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, ValueError, IndexError):
+        return None
+    if state == "Z" or f"\0-pidfile\0{files.pidfile}\0".encode() not in cmdline:
+        return None
+    return pid
+
+
+def stop(files: VmFiles, timeout: float) -> str:
+    """Stops the VM: ACPI power-down over QMP, SIGKILL after `timeout`. Returns how it ended."""
+    pid = running_pid(files)
+    if pid is None:
+        return "not running"
+    how = "powerdown"
+    try:
+        qmp(files.qmp, "system_powerdown")
+    except OSError:
+        how = "killed"
+    if not _wait_gone(files, timeout if how == "powerdown" else 0):
+        how = "killed"
+        kill(files)
+    files.pidfile.unlink(missing_ok=True)
+    files.qmp.unlink(missing_ok=True)
+    return how
+
+
+def kill(files: VmFiles) -> None:
+    pid = running_pid(files)
+    if pid is not None:
+        os.kill(pid, signal.SIGKILL)
+        _wait_gone(files, 5.0)
+
+
+def _wait_gone(files: VmFiles, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while running_pid(files) is not None:
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(0.02)
+    return True
+
+
+def qmp(path: Path, command: str, timeout: float = 2.0) -> dict:  # type: ignore[type-arg]
+    """One QMP command: greeting, capabilities negotiation, the command, its reply."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        sock.settimeout(timeout)
+        sock.connect(str(path))
+        stream = sock.makefile("rwb")
+        json.loads(stream.readline())  # greeting
+        for execute in ("qmp_capabilities", command):
+            stream.write(json.dumps({"execute": execute}).encode() + b"\n")
+            stream.flush()
+            while True:
+                reply = json.loads(stream.readline())
+                if "event" not in reply:
+                    break
+            if "error" in reply:
+                raise OSError(f"QMP {execute}: {reply['error'].get('desc')}")
+        return reply  # type: ignore[no-any-return]
+
+
+def console_tail(files: VmFiles, lines: int = 15) -> str:
+    try:
+        data = files.console.read_bytes()[-8192:]
+    except OSError:
+        return ""
+    return "\n".join(data.decode(errors="replace").splitlines()[-lines:])
+
+
+def kvm_usable() -> bool:
+    """KVM that can run a stock guest kernel: /dev/kvm answering, and hardware virtualisation in the CPU.
+
+    A /dev/kvm that exists is no proof: under PVM (a host that is itself a
+    guest) it creates VMs, but Debian's kernel hangs in them, and the CPU
+    shows no vmx/svm flag.
+    """
+    import fcntl
+    try:
+        fd = os.open("/dev/kvm", os.O_RDWR | os.O_CLOEXEC)
+    except OSError:
+        return False
+    try:
+        if fcntl.ioctl(fd, KVM_GET_API_VERSION) != 12:
+            return False
+        os.close(fcntl.ioctl(fd, KVM_CREATE_VM, 0))
+    except OSError:
+        return False
+    finally:
+        os.close(fd)
+    flags = next((line for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("flags")), "")
+    return " vmx" in flags or " svm" in flags
+
+
+def _last_line(text: str) -> str:
+    lines = [line for line in text.strip().splitlines() if line.strip()]
+    return lines[-1] if lines else "(no output)"

@@ -1,0 +1,104 @@
+"""VM lifecycle: planning leases, boots, readiness and removal. Pure.
+
+A VM with an image gets an IP lease (its first step), then (through the pool
+and disk planners) its TAP and work disk, then QEMU, then a wait for SSH. A
+QEMU that died is started again; one that never answers SSH is killed by the
+wait and started again, up to BOOT_ATTEMPTS times, then the VM is Failed
+until its spec changes. A VM whose spec goes is stopped; once stopped, its
+TAP and disk are released by their planners, and then its record (and IP).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from ipaddress import IPv4Address, IPv4Interface
+
+from .actions import REMOVED, Action, IpAssign, VmAwait, VmForget, VmStart, VmStop
+from .model import VM, Desired, Network
+from .observed import Observed
+from .vmstate import VmState
+
+BOOT_ATTEMPTS = 3
+
+
+def spec_hash(vm: VM) -> str:
+    """What a running VM was started with; a change means a restart (the image is not in it:
+    a new image or seed affects new VMs only)."""
+    key = f"{vm.network}|{vm.vcpus}|{vm.memory}|{vm.accel}"
+    return hashlib.sha256(key.encode()).hexdigest()[:12]
+
+
+def running(observed: Observed) -> frozenset[str]:
+    return frozenset(name for name, state in observed.vms.items() if state.alive)
+
+
+def plan_vms(desired: Desired, observed: Observed) -> tuple[list[Action], list[str]]:
+    actions: list[Action] = []
+    problems: list[str] = []
+    leased = {(s.record.network, IPv4Address(s.record.ip)): n for n, s in observed.vms.items()}
+    for vm in sorted(desired.vms.values(), key=lambda v: v.name):
+        if vm.image is None:
+            continue  # a network-only VM: it holds a TAP and nothing else
+        net = desired.networks[vm.network]
+        state = observed.vms.get(vm.name)
+        if state is None or state.record.network != vm.network:
+            ip = _lease(vm, net, leased)
+            if ip is None:
+                problems.append(f"vm/{vm.name}: no free address in {net.cidr}"
+                                + (f" ({vm.ip} is leased to {leased.get((vm.network, vm.ip))})" if vm.ip else ""))
+                continue
+            leased[(vm.network, ip)] = vm.name
+            actions.append(IpAssign(vm.name, vm.network, ip))
+            actions += _boot(vm, desired, net, ip)
+            continue
+        acts, problem = _converge(vm, desired, net, state)
+        actions += acts
+        if problem:
+            problems.append(f"vm/{vm.name}: {problem}")
+    for name, state in sorted(observed.vms.items()):
+        if name not in desired.vms:
+            actions += _remove(name, state, observed)
+    return actions, problems
+
+
+def _lease(vm: VM, net: Network, leased: dict[tuple[str, IPv4Address], str]) -> IPv4Address | None:
+    if vm.ip is not None:
+        return vm.ip if leased.get((vm.network, vm.ip), vm.name) == vm.name else None
+    for host in net.cidr.hosts():
+        if host != net.gateway and (vm.network, host) not in leased:
+            return host
+    return None
+
+
+def _boot(vm: VM, desired: Desired, net: Network, ip: IPv4Address) -> list[Action]:
+    if not vm.running or vm.image is None:
+        return []
+    address = IPv4Interface(f"{ip}/{net.cidr.prefixlen}")
+    image = desired.images[vm.image]
+    return [VmStart(vm.name, image, address, net.gateway, vm.vcpus, vm.memory, vm.accel, spec_hash(vm)),
+            VmAwait(vm.name, ip)]
+
+
+def _converge(vm: VM, desired: Desired, net: Network, state: VmState) -> tuple[list[Action], str | None]:
+    record = state.record
+    ip = IPv4Address(record.ip)
+    if vm.ip is not None and vm.ip != ip:
+        return [], f"spec.ip {vm.ip} differs from its lease {ip}: an address is never changed under a VM"
+    if not vm.running:
+        return ([VmStop(vm.name, "running: false")] if state.alive else []), None
+    if state.alive and record.spec != spec_hash(vm):
+        return [VmStop(vm.name, "spec changed")], None
+    if state.alive:
+        return ([] if state.ready else [VmAwait(vm.name, ip)]), None
+    if record.attempts >= BOOT_ATTEMPTS and record.spec == spec_hash(vm):
+        return [], f"Failed: {record.failure}"
+    return _boot(vm, desired, net, ip), None
+
+
+def _remove(name: str, state: VmState, observed: Observed) -> list[Action]:
+    if state.alive:
+        return [VmStop(name, REMOVED)]
+    holds_tap = name in observed.net.vm_taps()
+    if name not in observed.disks and not holds_tap:
+        return [VmForget(name)]
+    return []
