@@ -23,11 +23,11 @@ from pathlib import Path
 
 from controller.host import open_host
 from controller.lifecycle import Lifecycle
-from controller.rtnl import dump_links
 from controller.netlink import IFF_NO_PI, IFF_TAP, IFF_TUN_EXCL, TUNSETIFF, TUNSETPERSIST, NetlinkDriver
 from controller.observed import observe_net
 from controller.ownership import pool_mark
 from controller.reconcile import reconcile
+from controller.rtnl import dump_links
 from controller.specs import load
 from controller.store import Store
 
