@@ -6,7 +6,7 @@ WARMVM   := $(VENV)/bin/warmvm
 STAMP    := $(VENV)/.installed
 ARGS     ?=
 
-.PHONY: setup reconcile plan test bench bench-pool bench-disk clean
+.PHONY: setup image reconcile plan test bench bench-pool bench-disk clean
 
 setup: $(STAMP)
 	@bash hack/install-deps.sh
@@ -17,10 +17,13 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q -e '.[test]'
 	touch $@
 
-reconcile: setup
+image: setup
+	bash hack/build-image.sh
+
+reconcile: setup image
 	$(WARMVM) reconcile $(ARGS)
 
-plan: setup
+plan: setup image
 	$(WARMVM) plan $(ARGS)
 
 test: setup

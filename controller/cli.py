@@ -18,12 +18,16 @@ from pathlib import Path
 from . import views
 from .errors import WarmvmError
 from .host import open_host
+from .layout import Layout
 from .lifecycle import Lifecycle
 from .model import Desired
 from .plan import plan
 from .reconcile import reconcile
 from .specs import load
+from .ssh import ssh_argv
 from .store import Store
+from .vmm import VmFiles
+from .vmstate import read_record
 
 EXIT_OK, EXIT_ERROR, EXIT_PENDING = 0, 1, 2
 
@@ -58,6 +62,12 @@ def parser() -> argparse.ArgumentParser:
     get = sub.add_parser("get", parents=[common], help="show state")
     get.add_argument("what", choices=views.VIEWS)
     get.add_argument("-o", "--output", choices=("table", "json"), default="table")
+    ssh = sub.add_parser("ssh", parents=[common], help="run a command in a VM (or a shell)")
+    ssh.add_argument("vm")
+    ssh.add_argument("argv", nargs=argparse.REMAINDER, metavar="-- COMMAND", help="the command to run")
+    logs = sub.add_parser("logs", parents=[common], help="a VM's serial console")
+    logs.add_argument("vm")
+    logs.add_argument("-f", "--follow", action="store_true")
     return top
 
 
@@ -134,4 +144,32 @@ def cmd_get(args: argparse.Namespace, log: Lifecycle) -> int:
     return EXIT_OK
 
 
-COMMANDS = {"plan": cmd_plan, "reconcile": cmd_reconcile, "get": cmd_get}
+def cmd_ssh(args: argparse.Namespace, log: Lifecycle) -> int:
+    layout = Layout(args.state)
+    record = read_record(layout.vm_record(args.vm))
+    if record is None:
+        raise WarmvmError(f"vm/{args.vm}: no such VM in {args.state}")
+    command = args.argv[1:] if args.argv[:1] == ["--"] else args.argv
+    argv = ssh_argv(layout.ssh_key, record.ip, command)
+    if sys.stdin.isatty() and not command:
+        argv.insert(1, "-t")
+    os.execvp(argv[0], argv)
+
+
+def cmd_logs(args: argparse.Namespace, log: Lifecycle) -> int:
+    console = VmFiles(Layout(args.state).vm_dir(args.vm)).console
+    if not console.exists():
+        raise WarmvmError(f"vm/{args.vm}: no console log in {console.parent}")
+    with open(console, "rb") as f:
+        while True:
+            chunk = f.read(65536)
+            if chunk:
+                sys.stdout.buffer.write(chunk)
+                sys.stdout.flush()
+            elif not args.follow:
+                return EXIT_OK
+            else:
+                time.sleep(0.2)
+
+
+COMMANDS = {"plan": cmd_plan, "reconcile": cmd_reconcile, "get": cmd_get, "ssh": cmd_ssh, "logs": cmd_logs}

@@ -96,22 +96,26 @@ def _plan_network(net: Network, vms: dict[str, VM], state: NetState, held: dict[
         tap = idle.pop(0).name if idle else None
         actions.append(TapClaim(vm.name, net.name, net.bridge, net.pool_prefix, tap))
     room = net.pool_size - len(idle)
+    returning = 0  # TAPs of departed VMs still running: they come back once stopped, so no growth for them
     for vm_name, tap in sorted(held.items()):
-        if tap.mark.network == net.name and _departing(vm_name, net.name, vms, running):
-            actions.append(TapRelease(vm_name, net.name, net.bridge, tap.name, keep=room > 0))
-            room -= room > 0
-    if room > 0:
-        actions.append(PoolGrow(net.name, net.bridge, net.pool_prefix, room))
+        if tap.mark.network != net.name or not _gone(vm_name, net.name, vms):
+            continue
+        if vm_name in running:
+            returning += 1
+            continue
+        actions.append(TapRelease(vm_name, net.name, net.bridge, tap.name, keep=room > 0))
+        room -= room > 0
+    if room - returning > 0:
+        actions.append(PoolGrow(net.name, net.bridge, net.pool_prefix, room - returning))
     elif room < 0:
         actions.append(PoolShrink(net.name, tuple(t.name for t in idle[room:])))
     return actions, []
 
 
-def _departing(vm_name: str, network: str, vms: dict[str, VM], running: frozenset[str]) -> bool:
-    """The VM left `network` (its spec went or moved) and nothing holds its TAP any more."""
+def _gone(vm_name: str, network: str, vms: dict[str, VM]) -> bool:
+    """The VM left `network`: its spec went, or it moved to another network."""
     vm = vms.get(vm_name)
-    gone = vm is None or vm.network != network
-    return gone and vm_name not in running
+    return vm is None or vm.network != network
 
 
 def _plan_orphans(networks: dict[str, Network], vms: dict[str, VM], state: NetState,
@@ -119,7 +123,7 @@ def _plan_orphans(networks: dict[str, Network], vms: dict[str, VM], state: NetSt
     """Devices of networks whose spec went: TAPs deleted, then the emptied bridge."""
     actions: list[Action] = []
     for vm_name, tap in sorted(held.items()):
-        if tap.mark.network not in networks and _departing(vm_name, tap.mark.network, vms, running):
+        if tap.mark.network not in networks and _gone(vm_name, tap.mark.network, vms) and vm_name not in running:
             actions.append(TapRelease(vm_name, tap.mark.network, "", tap.name, keep=False))
     for network in sorted({t.mark.network for t in state.taps} - set(networks)):
         idle = tuple(t.name for t in state.idle_taps(network))

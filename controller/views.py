@@ -7,6 +7,7 @@ from typing import Any
 
 from .model import Desired
 from .observed import Observed
+from .vms import phase
 
 Row = dict[str, Any]
 
@@ -33,16 +34,20 @@ def pool(desired: Desired, observed: Observed) -> list[Row]:
 
 def vms(desired: Desired, observed: Observed) -> list[Row]:
     taps = observed.net.vm_taps()
-    names = sorted(set(desired.vms) | set(taps) | set(observed.disks))
     rows = []
-    for name in names:
+    for name in sorted(set(desired.vms) | set(taps) | set(observed.disks) | set(observed.vms)):
         vm = desired.vms.get(name)
-        tap = taps.get(name)
-        disk = observed.disks.get(name)
-        rows.append({"name": name, "network": vm.network if vm else tap.mark.network if tap else "-",
-                     "tap": tap.name if tap else "-", "image": vm.image if vm and vm.image else "-",
-                     "disk": _size(disk.size) if disk else "-", "diskPath": disk.taken if disk else "-",
-                     "spec": "present" if vm else "gone"})
+        tap, disk, state = taps.get(name), observed.disks.get(name), observed.vms.get(name)
+        record = state.record if state else None
+        current, reason = phase(name, vm, observed)
+        rows.append({"name": name, "phase": current, "ip": record.ip if record else "-",
+                     "tap": tap.name if tap else "-", "accel": (record.accel or "-") if record else "-",
+                     "image": vm.image if vm and vm.image else "-",
+                     "disk": f"{_size(disk.size)} {disk.taken}" if disk else "-",
+                     "restarts": max(0, record.boots - 1) if record else 0,
+                     "createToReady": f"{record.create_to_ready_ms / 1000:.2f}s"
+                     if record and record.create_to_ready_ms else "-",
+                     "reason": reason})
     return rows
 
 

@@ -64,6 +64,7 @@ class Machine:
     vcpus: int
     memory: int
     accel: str  # kvm | tcg
+    tsc_khz: int | None = None  # the host's TSC rate, which a TCG guest needs told (see host_tsc_khz)
 
 
 def mac_for(name: str) -> str:
@@ -74,7 +75,11 @@ def mac_for(name: str) -> str:
 
 def qemu_argv(m: Machine, files: VmFiles) -> list[str]:
     cpu = ["-accel", "kvm", "-cpu", "host"] if m.accel == "kvm" else ["-accel", "tcg", "-cpu", "max"]
-    append = (f"console=ttyS0 quiet warmvm.ip={m.address} warmvm.gw={m.gateway} warmvm.hostname={m.name}")
+    # cryptomgr.notests: the kernel's crypto self-tests cost 0.5 s of a TCG boot and test nothing of ours
+    append = (f"console=ttyS0 quiet cryptomgr.notests warmvm.ip={m.address} warmvm.gw={m.gateway} "
+              f"warmvm.hostname={m.name}")
+    if m.accel == "tcg" and m.tsc_khz:
+        append += f" tsc_early_khz={m.tsc_khz}"
     argv = [QEMU, "-name", f"warmvm-{m.name}", "-M", "microvm,rtc=on", *cpu,
             "-m", str(m.memory >> 20), "-smp", str(m.vcpus), "-nodefaults", "-no-user-config",
             "-display", "none", "-serial", f"file:{files.console}",
@@ -180,6 +185,18 @@ def console_tail(files: VmFiles, lines: int = 15) -> str:
     except OSError:
         return ""
     return "\n".join(data.decode(errors="replace").splitlines()[-lines:])
+
+
+def host_tsc_khz() -> int | None:
+    """The host's TSC rate in kHz. Under TCG the guest's TSC runs at it, and a guest left to
+    calibrate against the emulated PIT hangs in most boots ("Unable to calibrate against PIT")."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("cpu MHz"):
+                return int(float(line.split(":")[1]) * 1000)
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
 
 
 def kvm_usable() -> bool:

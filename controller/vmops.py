@@ -64,7 +64,7 @@ class VmOps:
         accel = self._accel(a.accel)
         machine = Machine(a.vm, a.image.kernel, a.image.initrd, a.image.rootfs, Path(disk["path"]),
                           _format(Path(disk["path"])), tap, record.mac, a.address, str(a.gateway),
-                          a.vcpus, a.memory, accel)
+                          a.vcpus, a.memory, accel, vmm.host_tsc_khz())
         pid = vmm.start(machine, self.files(a.vm))
         self._save(a.vm, record.with_(pid=pid, started=time.time(), accel=accel, ready=None,
                                       boots=record.boots + 1, spec=a.spec))

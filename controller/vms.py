@@ -102,3 +102,25 @@ def _remove(name: str, state: VmState, observed: Observed) -> list[Action]:
     if name not in observed.disks and not holds_tap:
         return [VmForget(name)]
     return []
+
+
+def phase(name: str, vm: VM | None, observed: Observed) -> tuple[str, str]:
+    """The VM's phase as users see it, and why, derived from what is observed."""
+    state = observed.vms.get(name)
+    if vm is None:
+        return ("Stopping", "spec removed") if state and state.alive else ("Stopping", "releasing its resources")
+    if vm.image is None:
+        return ("Running", "network only") if name in observed.net.vm_taps() else ("Pending", "")
+    if state is None:
+        return "Pending", ""
+    record = state.record
+    if state.ready:
+        return "Running", ""
+    if state.alive:
+        return "Booting", ""
+    if not vm.running:
+        provisioned = name in observed.disks and name in observed.net.vm_taps()
+        return ("Stopped", "running: false") if provisioned else ("Provisioning", "")
+    if record.attempts >= BOOT_ATTEMPTS and record.spec == spec_hash(vm):
+        return "Failed", record.failure or ""
+    return "Provisioning", record.failure or ""

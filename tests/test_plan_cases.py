@@ -17,6 +17,7 @@ from controller.observed import Observed
 from controller.plan import plan
 from controller.rtnl import Address, Link
 from controller.specs import load
+from controller.vmstate import VmRecord, VmState
 
 CASES = sorted((Path(__file__).parent / "plan").glob("*.yaml"))
 
@@ -27,7 +28,11 @@ def observed_from(data: dict[str, Any]) -> Observed:
     links = [Link(index[e["name"]], e["name"], e.get("kind"), e.get("alias"),
                   index[e["master"]] if e.get("master") else None, e.get("up", True), 0) for e in entries]
     addresses = [Address(index[a["dev"]], a["cidr"]) for a in data.get("addresses", [])]
-    return Observed(net=net_state(links, addresses))
+    vms = {name: VmState(name, VmRecord(v["network"], v["ip"], "52:54:00:00:00:01", 0.0, pid=v.get("pid"),
+                                        ready=1.0 if v.get("ready") else None, spec=v.get("spec", "")),
+                         alive=v.get("alive", False))
+           for name, v in data.get("vms", {}).items()}
+    return Observed(net=net_state(links, addresses), vms=vms)
 
 
 @pytest.mark.parametrize("case", CASES, ids=[c.stem for c in CASES])

@@ -1,0 +1,172 @@
+#!/usr/bin/env bash
+# hack/image/try-boot.sh [OUTDIR]     (default OUTDIR: state/demo-image)
+#
+# Boots the image built by hack/build-image.sh once (RUNS=N for N boots) in a
+# throwaway network namespace, logs in with SSH and prints the time from QEMU
+# start to the first successful SSH command. Needs root, qemu-system-x86_64,
+# qemu-img, mkfs.ext4, ssh, ssh-keygen. Cleans up everything it made (QEMU,
+# namespace and its bridge/TAP, temp dir) on exit, failure or signal.
+#
+# Env: RUNS=1  ACCEL=tcg (or kvm)  DEADLINE=60 (s per boot)  KEEP_LOGS=0
+#      EXTRA_APPEND="..." (added to the kernel command line, e.g. warmvm.debug=1)
+#      BAD_PERMS=1 (work disk with /root 0777 and .ssh owned by uid 1000, to
+#      check that the guest init repairs what dropbear would refuse)
+#      TSC_KHZ=N (default: from the host's /proc/cpuinfo, see host_tsc_khz)
+#      POWERDOWN=1 (default): after the SSH check, write a file into /root over
+#      SSH (no sync), send QMP system_powerdown (what the controller does to
+#      stop a VM) and time how long QEMU takes to exit by itself (at most
+#      PD_DEADLINE=10 s); then check that the file is on the work disk and
+#      that the disk's ext4 is clean (e2fsck -fn, state "clean"). POWERDOWN=0
+#      skips this.
+set -euo pipefail
+
+HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+REPO=$(cd "$HERE/../.." && pwd)
+OUT=$(cd "${1:-$REPO/state/demo-image}" && pwd)
+RUNS=${RUNS:-1}
+ACCEL=${ACCEL:-tcg}
+DEADLINE=${DEADLINE:-60}
+NS=wvimg-$$
+TAP=wvt0
+GUEST=10.88.0.2
+HOSTIP=10.88.0.1
+
+log() { printf 'try-boot: %s\n' "$*" >&2; }
+die() { printf 'try-boot: FAILED: %s\n' "$*" >&2; exit 1; }
+
+[[ -f $OUT/.complete ]] || die "$OUT is not a complete image (run hack/build-image.sh)"
+POWERDOWN=${POWERDOWN:-1}
+PD_DEADLINE=${PD_DEADLINE:-10}
+tools=(qemu-system-x86_64 qemu-img mkfs.ext4 ssh ssh-keygen ip)
+if [[ $POWERDOWN == 1 ]]; then tools+=(python3 debugfs e2fsck dumpe2fs sha256sum); fi
+for t in "${tools[@]}"; do
+	command -v "$t" >/dev/null || die "$t not found"
+done
+
+TMP=$(mktemp -d /tmp/wvimg.XXXXXX)
+QPID=
+stop_qemu() {
+	if [[ -n $QPID ]] && kill -0 "$QPID" 2>/dev/null; then
+		kill "$QPID" 2>/dev/null || true
+		for _ in $(seq 50); do kill -0 "$QPID" 2>/dev/null || break; sleep 0.1; done
+		kill -9 "$QPID" 2>/dev/null || true
+		wait "$QPID" 2>/dev/null || true
+	fi
+	QPID=
+}
+cleanup() {
+	local rc=$?
+	stop_qemu
+	ip netns del "$NS" 2>/dev/null || true
+	if [[ ${KEEP_LOGS:-0} == 1 ]]; then
+		log "logs kept in $TMP"
+	else
+		rm -rf "$TMP"
+	fi
+	exit "$rc"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM HUP
+
+# 1. namespace, bridge, TAP.
+ip netns add "$NS"
+ip -n "$NS" link set lo up
+ip -n "$NS" link add br0 type bridge
+ip -n "$NS" addr add "$HOSTIP/24" dev br0
+ip -n "$NS" link set br0 up
+ip netns exec "$NS" ip tuntap add mode tap name "$TAP"
+ip -n "$NS" link set "$TAP" master br0 up
+
+# Work disk: root/ + .ssh/authorized_keys, as ext4, under a qcow2 overlay.
+ssh-keygen -q -t ed25519 -N '' -C try-boot -f "$TMP/id"
+cp -a "$OUT/root" "$TMP/work"
+mkdir -m 0700 "$TMP/work/.ssh"
+install -m 0600 "$TMP/id.pub" "$TMP/work/.ssh/authorized_keys"
+if [[ ${BAD_PERMS:-0} == 1 ]]; then
+	chmod 0777 "$TMP/work"
+	chmod 0775 "$TMP/work/.ssh"
+	chmod 0664 "$TMP/work/.ssh/authorized_keys"
+	chown -R 1000:1000 "$TMP/work/.ssh"
+fi
+truncate -s 64M "$TMP/work.raw"
+mkfs.ext4 -q -F -L warmvm-work -E lazy_itable_init=1,lazy_journal_init=1,root_owner=0:0 \
+	-d "$TMP/work" "$TMP/work.raw" 64M
+# known_hosts pinned to the image's host key.
+printf '%s %s\n' "$GUEST" "$(cut -d' ' -f1,2 "$OUT/host_key.pub")" >"$TMP/known_hosts"
+
+# Under TCG the guest kernel must be told the TSC frequency (tsc_early_khz):
+# its own calibration against the PIT often fails when the host is busy, and
+# the boot then hangs (see README.md). Guest TSC = host TSC under TCG.
+host_tsc_khz() {
+	awk -F: '/^cpu MHz/ {printf "%d\n", $2 * 1000 + 0.5; exit}' /proc/cpuinfo
+}
+TSC_KHZ=${TSC_KHZ:-$(host_tsc_khz)}
+[[ $TSC_KHZ =~ ^[0-9]+$ && $TSC_KHZ -gt 0 ]] || die "cannot read the host TSC frequency; set TSC_KHZ"
+APPEND_TSC="tsc_early_khz=$TSC_KHZ cryptomgr.notests"
+if [[ $ACCEL == kvm ]]; then APPEND_TSC=cryptomgr.notests; fi
+
+SSH=(ip netns exec "$NS" ssh -i "$TMP/id" -o BatchMode=yes -o StrictHostKeyChecking=yes
+	-o UserKnownHostsFile="$TMP/known_hosts" -o ConnectTimeout=2 -o LogLevel=ERROR "root@$GUEST")
+if [[ $ACCEL == kvm ]]; then CPU=host; else CPU=max; fi
+
+now() { date +%s.%N; }
+times=()
+for run in $(seq "$RUNS"); do
+	rm -f "$TMP/work.qcow2" "$TMP/console.log"
+	qemu-img create -q -f qcow2 -b "$TMP/work.raw" -F raw "$TMP/work.qcow2" 1G
+	mac=$(printf '52:54:00:88:%02x:%02x' $((RANDOM % 256)) $((RANDOM % 256)))
+	# 2. QEMU, exactly the controller's command line (see hack/image/README.md).
+	t0=$(now)
+	ip netns exec "$NS" qemu-system-x86_64 \
+		-M microvm,rtc=on -accel "$ACCEL" -cpu "$CPU" -m 256 -smp 1 \
+		-nodefaults -no-user-config -display none \
+		-serial "file:$TMP/console.log" \
+		-kernel "$OUT/vmlinuz" -initrd "$OUT/initrd.img" \
+		-append "console=ttyS0 quiet${APPEND_TSC:+ $APPEND_TSC} warmvm.ip=$GUEST/24 warmvm.gw=$HOSTIP warmvm.hostname=demo-$run${EXTRA_APPEND:+ $EXTRA_APPEND}" \
+		-drive "id=root,file=$OUT/rootfs.ext4,format=raw,if=none,readonly=on" \
+		-device virtio-blk-device,drive=root,serial=warmvm-root \
+		-drive "id=work,file=$TMP/work.qcow2,format=qcow2,if=none" \
+		-device virtio-blk-device,drive=work,serial=warmvm-work \
+		-netdev "tap,id=n0,ifname=$TAP,script=no,downscript=no" \
+		-device "virtio-net-device,netdev=n0,mac=$mac" \
+		</dev/null >"$TMP/qemu.out" 2>&1 &
+	QPID=$!
+	# 3. poll: console ready line (host side) and TCP port 22 (in the
+	# namespace, 0.3 s connect timeout), then the SSH command.
+	ok=0 t_ready= t_tcp=
+	while :; do
+		if ! kill -0 "$QPID" 2>/dev/null; then
+			cat "$TMP/qemu.out" >&2
+			break
+		fi
+		if [[ -z $t_ready ]] && grep -aq 'warmvm: ready' "$TMP/console.log" 2>/dev/null; then t_ready=$(now); fi
+		if [[ -z $t_tcp ]] && ip netns exec "$NS" timeout 0.3 bash -c "exec 3<>/dev/tcp/$GUEST/22" 2>/dev/null; then
+			t_tcp=$(now)
+		fi
+		if [[ -n $t_tcp ]]; then
+			if "${SSH[@]}" 'uname -a; hostname; df -h /root; ls -la /root' >"$TMP/ssh.out" 2>"$TMP/ssh.err"; then
+				ok=1
+				break
+			fi
+		fi
+		if (($(date +%s) - ${t0%.*} > DEADLINE)); then break; fi
+		sleep 0.05
+	done
+	t1=$(now)
+	ready=$(grep -a -m1 'warmvm: ready' "$TMP/console.log" || true)
+	if [[ $ok != 1 ]]; then
+		log "console.log:"
+		cat "$TMP/console.log" >&2 || true
+		log "last ssh error: $(cat "$TMP/ssh.err" 2>/dev/null)"
+		die "run $run: no SSH within ${DEADLINE}s"
+	fi
+	since() { awk -v a="$t0" -v b="$1" 'BEGIN {printf "%.2f", b - a}'; }
+	dt=$(since "$t1")
+	times+=("$dt")
+	if [[ $run == 1 ]]; then cat "$TMP/ssh.out"; fi
+	if [[ -n $t_ready ]]; then t_ready="$(since "$t_ready")s"; else t_ready="(not polled in time)"; fi
+	log "run $run: from QEMU start: ready line $t_ready, port 22 open $(since "$t_tcp")s, SSH command done ${dt}s"
+	log "run $run: console: ${ready:-no ready line}"
+	stop_qemu
+done
+log "OK: ${RUNS} boot(s) ($ACCEL${APPEND_TSC:+, $APPEND_TSC}), boot-to-SSH seconds: ${times[*]}"
