@@ -21,6 +21,7 @@ class Action:
     kind: ClassVar[str] = "action"
     deletes: ClassVar[bool] = False  # suppressed while any spec is invalid
     phase: ClassVar[int] = PHASE_VM
+    parallel: ClassVar[bool] = False  # adjacent parallel actions run at once (they touch disjoint state)
 
     @property
     def subject(self) -> str:
@@ -287,6 +288,7 @@ class VmAwait(Action):
 
     kind: ClassVar[str] = "vm_await"
     phase: ClassVar[int] = PHASE_AWAIT
+    parallel: ClassVar[bool] = True  # VMs boot side by side: each is seen ready when it is
     vm: str
     ip: IPv4Address
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from .actions import Action
@@ -22,6 +23,7 @@ from .plan import Plan, plan
 
 MAX_PASSES = 12
 MAX_DELAY = 5.0
+MAX_PARALLEL = 32
 
 
 @dataclass
@@ -48,11 +50,27 @@ def reconcile(desired: Desired, drivers: Drivers, observe: Callable[[], Observed
             break
         result.passes += 1
         delay = 0.0
-        for action in todo:
-            delay = max(delay, _apply_one(action, drivers, log, result))
+        for batch in _batches(todo):
+            if len(batch) == 1:
+                delay = max(delay, _apply_one(batch[0], drivers, log, result))
+                continue
+            with ThreadPoolExecutor(max_workers=min(len(batch), MAX_PARALLEL)) as pool:
+                delays = list(pool.map(lambda a: _apply_one(a, drivers, log, result), batch))
+            delay = max(delay, *delays)
         if delay:
             sleep(min(delay, MAX_DELAY))
     return result
+
+
+def _batches(actions: list[Action]) -> list[list[Action]]:
+    """Runs of adjacent parallel actions together; every other action alone, in order."""
+    out: list[list[Action]] = []
+    for action in actions:
+        if action.parallel and out and out[-1][0].parallel and type(out[-1][0]) is type(action):
+            out[-1].append(action)
+        else:
+            out.append([action])
+    return out
 
 
 def _apply_one(action: Action, drivers: Drivers, log: Lifecycle, result: Result) -> float:

@@ -42,12 +42,12 @@ def plan_seed_cleanup(desired: Desired, images: dict[str, ImageState], disks: di
 
 
 def _in_use(desired: Desired, state: ImageState, name: str) -> set[Path]:
-    """The seed files new VMs of this image would use: the ready seed and its sizes in demand."""
+    """The seed files new VMs of this image would use: the ready seed and all its sizes (a size
+    made once is likely wanted again as VMs come and go; each costs the seed's data once)."""
     if name not in desired.images:
         return set()
     ready = state.ready()
     if ready is None:
         return set()
     seed = state.seeds[ready]
-    sizes = {vm.disk_size for vm in desired.vms.values() if vm.image == name}
-    return {seed.base} | {path for size, path in seed.sized.items() if size in sizes}
+    return {seed.base, *seed.sized.values()}

@@ -1,8 +1,12 @@
 """The VMM driver: QEMU processes, started detached, recognised, stopped.
 
-QEMU runs with -daemonize and outlives the controller. Its pid file, QMP
-socket (0600) and serial log live in the VM's state directory. A pid alone is
-no proof (pids are reused), so a process is ours only if its command line
+QEMU is spawned in a session of its own with its output in the VM's
+directory, and outlives the controller. Start returns as soon as QEMU is
+exec'd: its own initialisation (70-80 ms here with -daemonize waiting for it)
+is part of the guest's boot, and a QEMU that fails is seen by the readiness
+wait, with qemu.log's last line as the reason. Its pid file, QMP socket
+(0600) and serial log live in the VM's state directory. A pid alone is no
+proof (pids are reused), so a process is ours only if its command line
 carries this VM's own pid-file path. Stopping asks the guest over QMP
 (system_powerdown), then kills after a timeout.
 
@@ -16,15 +20,15 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 import signal
 import socket
-import subprocess
 import time
 from dataclasses import dataclass
 from ipaddress import IPv4Interface
 from pathlib import Path
 
-from .errors import PermanentError, TemporaryError
+from .errors import PermanentError
 
 QEMU = "qemu-system-x86_64"
 KVM_GET_API_VERSION, KVM_CREATE_VM = 0xAE00, 0xAE01
@@ -45,6 +49,10 @@ class VmFiles:
     @property
     def console(self) -> Path:
         return self.directory / "console.log"
+
+    @property
+    def log(self) -> Path:
+        return self.directory / "qemu.log"
 
 
 @dataclass(frozen=True)
@@ -91,44 +99,68 @@ def qemu_argv(m: Machine, files: VmFiles) -> list[str]:
             "-device", "virtio-blk-device,drive=work,serial=warmvm-work",
             "-netdev", f"tap,id=n0,ifname={m.tap},script=no,downscript=no",
             "-device", f"virtio-net-device,netdev=n0,mac={m.mac}",
-            "-daemonize", "-pidfile", str(files.pidfile)]
+            "-pidfile", str(files.pidfile)]
     if m.initrd is not None:
         argv[argv.index("-kernel") + 2:argv.index("-kernel") + 2] = ["-initrd", str(m.initrd)]
     return argv
 
 
 def start(m: Machine, files: VmFiles) -> int:
-    """Starts QEMU detached; returns its pid once it has initialised."""
+    """Spawns QEMU detached (own session, output to qemu.log) and returns its pid at once."""
     files.directory.mkdir(mode=0o700, parents=True, exist_ok=True)
     for stale in (files.pidfile, files.qmp):
         stale.unlink(missing_ok=True)
     files.console.write_bytes(b"")
-    proc = subprocess.run(qemu_argv(m, files), capture_output=True, text=True, stdin=subprocess.DEVNULL,
-                          umask=0o077, check=False, start_new_session=True)
-    if proc.returncode != 0:
-        raise PermanentError(f"qemu failed to start: {_last_line(proc.stderr)}")
-    pid = running_pid(files)
-    if pid is None:
-        raise TemporaryError("qemu exited right after starting", delay=1.0)
+    argv = qemu_argv(m, files)
+    binary = shutil.which(argv[0])
+    if binary is None:
+        raise PermanentError(f"{argv[0]} is not installed (make setup installs it)")
+    old = os.umask(0o077)  # the QMP socket and logs: owner only
+    try:
+        pid = os.posix_spawn(binary, argv, os.environ, setsid=True, file_actions=[
+            (os.POSIX_SPAWN_OPEN, 0, "/dev/null", os.O_RDONLY, 0),
+            (os.POSIX_SPAWN_OPEN, 1, str(files.log), os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600),
+            (os.POSIX_SPAWN_DUP2, 1, 2)])
+    finally:
+        os.umask(old)
     return pid
 
 
-def running_pid(files: VmFiles) -> int | None:
-    """The pid of this VM's QEMU if it is alive and really ours, else None."""
+def running_pid(files: VmFiles, pid: int | None) -> int | None:
+    """`pid` if it is alive and really this VM's QEMU, else None."""
+    if pid is None:
+        return None
     try:
-        pid = int(files.pidfile.read_text().strip())
         cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
         state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except (OSError, ValueError, IndexError):
+    except (OSError, IndexError):
         return None
-    if state == "Z" or f"\0-pidfile\0{files.pidfile}\0".encode() not in cmdline:
+    if state == "Z":
+        _reap(pid)
         return None
-    return pid
+    return pid if f"\0-pidfile\0{files.pidfile}\0".encode() in cmdline else None
 
 
-def stop(files: VmFiles, timeout: float) -> str:
+def _reap(pid: int) -> None:
+    """A QEMU we spawned in this process and that died is our zombie until reaped."""
+    try:
+        os.waitpid(pid, os.WNOHANG)
+    except ChildProcessError:
+        pass
+
+
+def failure_reason(files: VmFiles) -> str:
+    """Why QEMU exited: the last line it printed."""
+    try:
+        lines = [line for line in files.log.read_text(errors="replace").splitlines() if line.strip()]
+    except OSError:
+        return ""
+    return lines[-1] if lines else ""
+
+
+def stop(files: VmFiles, pid: int | None, timeout: float) -> str:
     """Stops the VM: ACPI power-down over QMP, SIGKILL after `timeout`. Returns how it ended."""
-    pid = running_pid(files)
+    pid = running_pid(files, pid)
     if pid is None:
         return "not running"
     how = "powerdown"
@@ -136,24 +168,23 @@ def stop(files: VmFiles, timeout: float) -> str:
         qmp(files.qmp, "system_powerdown")
     except OSError:
         how = "killed"
-    if not _wait_gone(files, timeout if how == "powerdown" else 0):
+    if not _wait_gone(files, pid, timeout if how == "powerdown" else 0):
         how = "killed"
-        kill(files)
+        kill(files, pid)
     files.pidfile.unlink(missing_ok=True)
     files.qmp.unlink(missing_ok=True)
     return how
 
 
-def kill(files: VmFiles) -> None:
-    pid = running_pid(files)
-    if pid is not None:
-        os.kill(pid, signal.SIGKILL)
-        _wait_gone(files, 5.0)
+def kill(files: VmFiles, pid: int | None) -> None:
+    if running_pid(files, pid) is not None:
+        os.kill(pid, signal.SIGKILL)  # type: ignore[arg-type]
+        _wait_gone(files, pid, 5.0)
 
 
-def _wait_gone(files: VmFiles, timeout: float) -> bool:
+def _wait_gone(files: VmFiles, pid: int | None, timeout: float) -> bool:
     deadline = time.monotonic() + timeout
-    while running_pid(files) is not None:
+    while running_pid(files, pid) is not None:
         if time.monotonic() >= deadline:
             return False
         time.sleep(0.02)

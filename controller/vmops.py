@@ -75,7 +75,8 @@ class VmOps:
         files = self.files(a.vm)
         started = record.started or time.time()
         deadline = time.monotonic() + max(0.0, started + self.boot_timeout - time.time())
-        if ssh.wait_ready(self.layout.ssh_key, str(a.ip), deadline, lambda: vmm.running_pid(files) == record.pid):
+        if ssh.wait_ready(self.layout.ssh_key, str(a.ip), deadline,
+                          lambda: vmm.running_pid(files, record.pid) is not None):
             now = time.time()
             first = record.create_to_ready_ms is None
             create_to_ready = (now - record.created) * 1000 if first else record.create_to_ready_ms
@@ -85,11 +86,13 @@ class VmOps:
         return self._failed_boot(a.vm, record, files)
 
     def _failed_boot(self, vm: str, record: VmRecord, files: VmFiles) -> Details:
-        died = vmm.running_pid(files) != record.pid
-        vmm.kill(files)
+        died = vmm.running_pid(files, record.pid) is None
+        vmm.kill(files, record.pid)
         tail = vmm.console_tail(files, 1)
-        reason = ("QEMU exited" if died else f"no SSH within {self.boot_timeout:g}s") + \
-            (f"; console: {tail}" if tail else "; console is empty")
+        if died:
+            reason = f"QEMU exited: {vmm.failure_reason(files) or 'no message'}"
+        else:
+            reason = f"no SSH within {self.boot_timeout:g}s; " + (f"console: {tail}" if tail else "console is empty")
         attempts = record.attempts + 1
         self._save(vm, record.with_(pid=None, ready=None, attempts=attempts, failure=reason))
         if attempts >= BOOT_ATTEMPTS:
@@ -97,14 +100,15 @@ class VmOps:
         raise TemporaryError(f"boot {attempts} of {BOOT_ATTEMPTS} failed: {reason}", delay=min(2.0 ** attempts, 10))
 
     def vm_stop(self, a: VmStop) -> Details:
-        how = vmm.stop(self.files(a.vm), self.stop_timeout)
         record = read_record(self.layout.vm_record(a.vm))
+        how = vmm.stop(self.files(a.vm), record.pid if record else None, self.stop_timeout)
         if record is not None:
             self._save(a.vm, record.with_(pid=None, ready=None))
         return {"reason": a.reason, "how": how}
 
     def vm_forget(self, a: VmForget) -> Details:
-        vmm.kill(self.files(a.vm))  # nothing should run, but never leave a QEMU without its files
+        record = read_record(self.layout.vm_record(a.vm))
+        vmm.kill(self.files(a.vm), record.pid if record else None)  # never leave a QEMU without its files
         shutil.rmtree(self.layout.vm_dir(a.vm), ignore_errors=True)
         return {}
 

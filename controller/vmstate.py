@@ -66,6 +66,6 @@ def observe_vms(layout: Layout) -> dict[str, VmState]:
         record = read_record(layout.vm_record(vm_dir.name))
         if record is None:
             continue
-        pid = running_pid(VmFiles(vm_dir)) if record.pid else None
-        out[vm_dir.name] = VmState(vm_dir.name, record, alive=pid is not None and pid == record.pid)
+        alive = running_pid(VmFiles(vm_dir), record.pid) is not None
+        out[vm_dir.name] = VmState(vm_dir.name, record, alive=alive)
     return out

@@ -61,6 +61,10 @@ def ssh(state: Path, vm: str, command: str) -> str:
     return result.stdout
 
 
+def qemu_pid(state: Path, vm: str) -> int:
+    return int(json.loads((state / "vms" / vm / "vm.json").read_text())["pid"])
+
+
 def vms(specs: Path, state: Path) -> dict[str, dict]:  # type: ignore[type-arg]
     rows = json.loads(warmvm(specs, state, "get", "vms", "-o", "json").stdout)
     return {row["name"]: row for row in rows}
@@ -82,11 +86,11 @@ def test_two_vms_boot_serve_their_work_disk_and_go_away_cleanly(env: tuple[Path,
         assert int(rest[-1]) * 512 == size_mib << 20, "the VM sees a work disk of its diskSize"
     # vm-b goes, and the pool grows so its TAP fits back in
     b_tap = rows["vm-b"]["tap"]
-    b_pid = VmFiles(state / "vms" / "vm-b")
+    b_files, b_pid = VmFiles(state / "vms" / "vm-b"), qemu_pid(state, "vm-b")
     write(specs / "vms.yaml", vm_spec("vm-a", diskSize="128Mi"))
     write(specs / "net.yaml", network_spec(size=2))
     reconcile(specs, state)
-    assert running_pid(b_pid) is None and not (state / "vms" / "vm-b").exists()
+    assert running_pid(b_files, b_pid) is None and not (state / "vms" / "vm-b").exists()
     pool = json.loads(warmvm(specs, state, "get", "pool", "-o", "json").stdout)
     assert {"tap": b_tap, "holder": "(idle)"}.items() <= next(p for p in pool if p["tap"] == b_tap).items()
 
@@ -96,7 +100,7 @@ def test_killed_qemu_is_started_again(env: tuple[Path, Path]) -> None:
     write(specs / "vms.yaml", vm_spec("vm-a", diskSize="64Mi"))
     reconcile(specs, state)
     ssh(state, "vm-a", "echo kept > /root/marker; sync")
-    pid = running_pid(VmFiles(state / "vms" / "vm-a"))
+    pid = running_pid(VmFiles(state / "vms" / "vm-a"), qemu_pid(state, "vm-a"))
     assert pid is not None
     os.kill(pid, signal.SIGKILL)
     assert "vm_start" in reconcile(specs, state).stderr
