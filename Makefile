@@ -6,7 +6,7 @@ WARMVM   := $(VENV)/bin/warmvm
 STAMP    := $(VENV)/.installed
 ARGS     ?=
 
-.PHONY: setup image reconcile plan test bench bench-pool bench-disk clean
+.PHONY: setup image reconcile plan test bench bench-pool bench-disk bench-create clean
 
 setup: $(STAMP)
 	@bash hack/install-deps.sh
@@ -35,7 +35,10 @@ bench-pool: setup
 bench-disk: setup
 	$(PY) hack/bench_disk.py $(ARGS)
 
-bench: bench-pool bench-disk
+bench-create: setup image
+	bash hack/bench.sh $(ARGS)
+
+bench: bench-pool bench-disk bench-create
 
 clean:
 	rm -rf $(VENV) .pytest_cache

@@ -301,6 +301,7 @@ class VmAwait(Action):
 class VmStop(Action):
     kind: ClassVar[str] = "vm_stop"
     phase: ClassVar[int] = PHASE_SETUP  # a VM being replaced or removed stops before anything else
+    parallel: ClassVar[bool] = True  # each may wait for its guest to power off
     vm: str
     reason: str
 

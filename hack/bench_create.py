@@ -1,0 +1,313 @@
+"""VM create benchmark; run by hack/bench.sh inside its own namespace and state directory.
+
+Two modes, interleaved run by run (cold, warm, cold, warm, ...) so that the
+machine's drift hits both alike, with identical VM semantics (same kernel,
+initrd, rootfs, /root contents, disk size and guest):
+  cold: image `cold` has no work seed (the work disk is built from scratch out
+        of the rootfs's /root) and the pool is empty (the TAP is created on the
+        VM's path);
+  warm: image `warm` has its seed (and the seed grown to the disk size) ready,
+        and the pool holds a warm TAP per VM.
+The controller runs in this process, as the watching daemon would, through
+the same code as `warmvm reconcile`. Per VM: the controller's own stage
+timings from its lifecycle log (ip, tap, disk, qemu start, boot to SSH), the
+controller's share (spec written -> QEMU spawned: everything but the guest's
+boot), and the total by this benchmark's own clock (spec written -> its own
+first successful SSH command, polled independently of the controller).
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import shutil
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from controller import disks  # noqa: E402
+from controller.host import open_host  # noqa: E402
+from controller.lifecycle import Lifecycle  # noqa: E402
+from controller.reconcile import reconcile  # noqa: E402
+from controller.specs import load, parse_quantity  # noqa: E402
+from controller.ssh import port_open, ssh_argv  # noqa: E402
+from controller.store import Store  # noqa: E402
+
+STAGES = ["ip", "tap", "disk", "qemu_start", "boot", "controller", "total"]
+LABELS = {"ip": "IP lease", "tap": "TAP", "disk": "work disk", "qemu_start": "QEMU start",
+          "boot": "boot to SSH", "controller": "controller share", "total": "total (own clock)"}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--work", type=Path, required=True)
+    ap.add_argument("--state", type=Path, required=True)
+    ap.add_argument("--runs", type=int, default=3)
+    ap.add_argument("--vms", type=int, default=1)
+    ap.add_argument("--disk-size", default="4Gi")
+    ap.add_argument("--state-fs", default="host")
+    ap.add_argument("--modes", default="cold,warm")
+    ap.add_argument("--root-mib", type=int, default=256)
+    ap.add_argument("--files", type=int, default=4000)
+    ap.add_argument("--boot-timeout", type=float, default=180.0)
+    ap.add_argument("--out", type=Path, default=REPO / "state" / "bench-out")
+    args = ap.parse_args()
+    modes = [m for m in args.modes.split(",") if m]
+    assert set(modes) <= {"cold", "warm"} and modes, "--modes takes cold, warm or both"
+
+    rootfs_dir = bench_image(args.root_mib, args.files)
+    bench = Bench(args, rootfs_dir)
+    bench.prepare(modes)
+    results: dict[str, list[dict[str, float]]] = {m: [] for m in modes}
+    for run in range(args.runs):
+        for mode in modes:
+            results[mode] += bench.create(mode, run)
+            print(f"run {run + 1}/{args.runs} {mode}: " + ", ".join(
+                f"{r['vm']} total {r['total']:.0f} ms" for r in results[mode][-args.vms:]), file=sys.stderr)
+    report = summarise(results, vars(args) | {"modes": modes})
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "bench-create.json").write_text(json.dumps(report, indent=2, default=str))
+    chart(report, args.out / "bench-create.png")
+    print_report(report)
+    print(f"\nJSON: {args.out / 'bench-create.json'}  chart: {args.out / 'bench-create.png'}")
+
+
+# --- the image under test ---------------------------------------------------------
+
+def bench_image(root_mib: int, files: int) -> Path:
+    """The demo guest with a realistic /root inside its rootfs (built once, cached in state/)."""
+    subprocess.run(["bash", str(REPO / "hack" / "build-image.sh")], check=True, stdin=subprocess.DEVNULL)
+    demo = REPO / "state" / "demo-image"
+    tree = REPO / "state" / f"bench-root-{root_mib}m-{files}f"
+    subprocess.run([sys.executable, str(REPO / "hack" / "make-root.py"), str(tree), "--size-mib", str(root_mib),
+                    "--files", str(files)], check=True, stdin=subprocess.DEVNULL)
+    out = REPO / "state" / f"bench-image-{root_mib}m-{files}f"
+    stamp = out / ".complete"
+    key = f"{(demo / '.complete').read_text().strip()}|{root_mib}|{files}"
+    if stamp.exists() and stamp.read_text() == key:
+        return out
+    print(f"bench: building a rootfs holding a {root_mib} MiB /root ({files} files)", file=sys.stderr)
+    shutil.rmtree(out, ignore_errors=True)
+    out.mkdir(parents=True)
+    stage = out / "tree"
+    disks.extract_dir(demo / "rootfs.ext4", "/", stage)
+    shutil.rmtree(stage / "root")
+    shutil.copytree(tree, stage / "root", symlinks=True, ignore=shutil.ignore_patterns(".complete"))
+    shutil.copy2(demo / "root" / "README", stage / "root" / "README")
+    size = -(-(disks.content_size(stage) * 5 // 4 + (64 << 20)) // (1 << 20)) << 20
+    disks.build_ext4(out / "rootfs.ext4", size, stage)
+    shutil.rmtree(stage)
+    for name in ("vmlinuz", "initrd.img"):
+        shutil.copy2(demo / name, out / name)
+    stamp.write_text(key)
+    return out
+
+
+# --- driving the controller -------------------------------------------------------
+
+class Bench:
+    def __init__(self, args: argparse.Namespace, image: Path) -> None:
+        self.args = args
+        self.specs = args.work / "specs"
+        self.state = args.state
+        self.specs.mkdir(parents=True, exist_ok=True)
+        self.disk_size = parse_quantity(args.disk_size)
+        for mode, seed in (("cold", "none"), ("warm", "{from: 'rootfs:/root'}")):
+            (self.specs / f"image-{mode}.yaml").write_text(
+                f"apiVersion: warmvm/v1\nkind: Image\nmetadata: {{name: {mode}}}\nspec:\n"
+                f"  kernel: {image}/vmlinuz\n  initrd: {image}/initrd.img\n  rootfs: {image}/rootfs.ext4\n"
+                f"  workSeed: {seed}\n")
+
+    def network(self, pool: int) -> None:
+        (self.specs / "network.yaml").write_text(
+            "apiVersion: warmvm/v1\nkind: Network\nmetadata: {name: bench}\n"
+            f"spec: {{bridge: wvbench0, cidr: 10.99.0.0/20, tapPool: {{size: {pool}}}}}\n")
+
+    def vms(self, image: str, names: list[str], running: bool = True) -> None:
+        docs = [f"apiVersion: warmvm/v1\nkind: VM\nmetadata: {{name: {n}}}\n"
+                f"spec: {{image: {image}, diskSize: {self.disk_size}, running: {str(running).lower()}}}\n"
+                for n in names]
+        path = self.specs / "vms.yaml"
+        if docs:
+            path.write_text("---\n".join(docs))
+        else:
+            path.unlink(missing_ok=True)
+
+    def reconcile(self) -> list[dict[str, Any]]:
+        """One `warmvm reconcile`, in process; returns its lifecycle records."""
+        stream = io.StringIO()
+        log = Lifecycle("json", stream)
+        store = Store(self.state)
+        with store.lock(10):
+            desired = load(self.specs)
+            assert not desired.errors, desired.errors
+            host = open_host(store, True)
+            host.boot_timeout = self.args.boot_timeout
+            drivers = host.drivers()
+            try:
+                result = reconcile(desired, drivers, host.observer(desired), log)
+            finally:
+                drivers.close()
+        records = [json.loads(line) for line in stream.getvalue().splitlines()]
+        if not result.converged:
+            failed = [r for r in records if r.get("outcome") == "failed"]
+            raise SystemExit(f"bench: reconcile did not converge: {failed[-3:]}")
+        return records
+
+    def prepare(self, modes: list[str]) -> None:
+        """Warm mode's seed and its sized seed, made before anything is measured."""
+        self.network(0)
+        self.vms("warm", ["bench-prep"], running=False) if "warm" in modes else self.vms("warm", [])
+        self.reconcile()
+        self.vms("warm", [])
+        self.reconcile()
+
+    def create(self, mode: str, run: int) -> list[dict[str, float]]:
+        k = self.args.vms
+        self.network(k if mode == "warm" else 0)
+        self.reconcile()  # the pool at its size for this mode (not measured)
+        names = [f"{mode}-{run}-{i}" for i in range(k)]
+        ready: dict[str, float] = {}
+        t0 = time.time()
+        self.vms(mode, names)
+        pollers = [threading.Thread(target=self._poll_ssh, args=(n, t0, ready), daemon=True) for n in names]
+        for p in pollers:
+            p.start()
+        records = self.reconcile()
+        for p in pollers:
+            p.join(timeout=self.args.boot_timeout)
+        out = [self._stages(name, records, t0, ready) for name in names]
+        self.vms(mode, [])
+        self.reconcile()  # stop and remove them (not measured)
+        return out
+
+    def _poll_ssh(self, name: str, t0: float, ready: dict[str, float]) -> None:
+        record = self.state / "vms" / name / "vm.json"
+        key = self.state / "ssh" / "id_ed25519"
+        while time.time() - t0 < self.args.boot_timeout:
+            try:
+                ip = json.loads(record.read_text())["ip"]
+            except (OSError, ValueError, KeyError):
+                ip = None
+            if ip and port_open(ip, timeout=0.1):
+                done = subprocess.run(ssh_argv(key, ip, ["true"]), capture_output=True, stdin=subprocess.DEVNULL,
+                                      check=False, timeout=30)
+                if done.returncode == 0:
+                    ready[name] = time.time()
+                    return
+            time.sleep(0.01)
+
+    def _stages(self, name: str, records: list[dict[str, Any]], t0: float, ready: dict[str, float]) -> dict[str, Any]:
+        mine = [r for r in records if r.get("object") == f"vm/{name}" and r.get("outcome") == "ok"]
+
+        def ms(*stages: str) -> float:
+            return sum(r["ms"] for r in mine if r["stage"] in stages)
+
+        boot = next(r["boot_ms"] for r in mine if r["stage"] == "vm_await")
+        started = json.loads((self.state / "vms" / name / "vm.json").read_text())["started"]
+        path = next((r.get("path") for r in mine if r["stage"] in ("disk_clone", "disk_scratch")), None)
+        if name not in ready:
+            raise SystemExit(f"bench: {name} never answered SSH for the benchmark")
+        return {"vm": name, "ip": ms("ip_assign"), "tap": ms("tap_claim"), "disk": ms("disk_clone", "disk_scratch"),
+                "qemu_start": ms("vm_start"), "boot": boot, "controller": (started - t0) * 1000,
+                "total": (ready[name] - t0) * 1000, "disk_path": path,
+                "tap_from": next((r.get("from") for r in mine if r["stage"] == "tap_claim"), None)}
+
+
+# --- reporting ----------------------------------------------------------------------
+
+def summarise(results: dict[str, list[dict[str, Any]]], config: dict[str, Any]) -> dict[str, Any]:
+    stats = {mode: {s: _stat([r[s] for r in rows]) for s in STAGES} for mode, rows in results.items()}
+    report: dict[str, Any] = {"config": {k: str(v) for k, v in config.items() if k not in ("work",)},
+                              "modes": {m: {"vms": results[m], "stats": stats[m]} for m in results}}
+    if {"cold", "warm"} <= set(stats):
+        ratio = {s: stats["warm"][s]["median"] / stats["cold"][s]["median"] if stats["cold"][s]["median"] else None
+                 for s in STAGES}
+        cold_dt = stats["cold"]["disk"]["median"] + stats["cold"]["tap"]["median"]
+        warm_dt = stats["warm"]["disk"]["median"] + stats["warm"]["tap"]["median"]
+        report["ratios_warm_over_cold"] = ratio
+        report["disk_and_tap_cold_over_warm"] = cold_dt / warm_dt if warm_dt else None
+    if "warm" in stats:
+        report["warm_controller_median_ms"] = stats["warm"]["controller"]["median"]
+    return report
+
+
+def _stat(values: list[float]) -> dict[str, float]:
+    return {"min": min(values), "median": statistics.median(values), "max": max(values), "n": len(values)}
+
+
+def print_report(report: dict[str, Any]) -> None:
+    cfg = report["config"]
+    print(f"\nVM create: {cfg['runs']} runs x {cfg['vms']} VM(s), disk {cfg['disk_size']}, state on {cfg['state_fs']}, "
+          f"/root {cfg['root_mib']} MiB in {cfg['files']} files")
+    for mode, data in report["modes"].items():
+        paths = sorted({f"disk={r['disk_path']} tap={r['tap_from']}" for r in data["vms"]})
+        print(f"\n{mode} ({'; '.join(paths)})")
+        print(f"  {'stage':<20}{'min':>10}{'median':>10}{'max':>10}  ms")
+        for stage in STAGES:
+            s = data["stats"][stage]
+            print(f"  {LABELS[stage]:<20}{s['min']:>10.1f}{s['median']:>10.1f}{s['max']:>10.1f}")
+    if "ratios_warm_over_cold" in report:
+        print("\nwarm / cold (medians):")
+        for stage, r in report["ratios_warm_over_cold"].items():
+            print(f"  {LABELS[stage]:<20}{r:>10.3f}" if r is not None else f"  {LABELS[stage]:<20}{'-':>10}")
+        print(f"  cold/warm on disk + TAP together: {report['disk_and_tap_cold_over_warm']:.1f}x (target >= 10x)")
+    if "warm_controller_median_ms" in report:
+        print(f"  warm controller share: {report['warm_controller_median_ms']:.1f} ms median per VM "
+              "(target <= 50 ms on a reflink-capable state directory)")
+
+
+def chart(report: dict[str, Any], path: Path) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    modes = list(report["modes"])
+    parts = ["ip", "tap", "disk", "qemu_start", "boot"]
+    colors = {"ip": "#8da0cb", "tap": "#66c2a5", "disk": "#fc8d62", "qemu_start": "#e78ac3", "boot": "#a6d854",
+              "other": "#cccccc"}
+    fig, (left, right) = plt.subplots(1, 2, figsize=(12, 5), gridspec_kw={"width_ratios": [3, 2]})
+    for y, mode in enumerate(modes):
+        stats = report["modes"][mode]["stats"]
+        x = 0.0
+        for part in parts:
+            width = stats[part]["median"] / 1000
+            left.barh(y, width, left=x, color=colors[part], label=LABELS[part] if y == 0 else None)
+            x += width
+        other = max(0.0, stats["total"]["median"] / 1000 - x)
+        left.barh(y, other, left=x, color=colors["other"], label="other (reconcile, SSH)" if y == 0 else None)
+        left.text(x + other, y, f" {stats['total']['median'] / 1000:.2f} s", va="center")
+    left.set_yticks(range(len(modes)), modes)
+    left.set_xlabel("seconds (median per VM)")
+    left.set_title("spec to SSH, by stage")
+    left.legend(loc="upper center", bbox_to_anchor=(0.5, -0.2), ncol=3, fontsize=8)
+    width = 0.8 / len(modes)
+    controller = ["ip", "tap", "disk", "qemu_start", "controller"]
+    for i, mode in enumerate(modes):
+        stats = report["modes"][mode]["stats"]
+        values = [max(stats[s]["median"], 0.01) for s in controller]
+        right.bar([j + i * width for j in range(len(controller))], values, width, label=mode,
+                  color="#4c72b0" if mode == "cold" else "#dd8452")
+    right.set_yscale("log")
+    right.set_xticks([j + width * (len(modes) - 1) / 2 for j in range(len(controller))],
+                     [LABELS[s] for s in controller], rotation=20, fontsize=8)
+    right.set_ylabel("ms (median, log scale)")
+    right.set_title("the controller's own stages")
+    right.legend()
+    cfg = report["config"]
+    fig.suptitle(f"warmvm VM create: cold vs warm ({cfg['runs']} runs x {cfg['vms']} VM, disk {cfg['disk_size']}, "
+                 f"state on {cfg['state_fs']})")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+if __name__ == "__main__":
+    main()
