@@ -254,7 +254,6 @@ class IpAssign(Action):
     """Lease the VM its address (and create its record): the first step of a new VM."""
 
     kind: ClassVar[str] = "ip_assign"
-    phase: ClassVar[int] = PHASE_SETUP
     vm: str
     network: str
     ip: IPv4Address

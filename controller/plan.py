@@ -1,8 +1,9 @@
 """Planning: desired + observed -> ordered actions. Pure: no I/O, no clock.
 
 An empty plan means converged. Actions are ordered by phase: what a new VM
-waits for (its TAP, its disk) before what only keeps the host warm (refilling
-the pool, generating seeds) and before cleaning up. While any spec is invalid, actions that delete
+waits for (its IP, TAP, disk and QEMU, VM by VM), then the waits for SSH,
+then what only keeps the host warm (refilling the pool, generating seeds),
+then cleaning up. While any spec is invalid, actions that delete
 are held back (and reported), since the broken file may still describe what
 they would delete.
 """
@@ -11,13 +12,25 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .actions import Action
+from .actions import PHASE_START, PHASE_VM, Action
 from .model import Desired
 from .observed import Observed
 from .pool import plan_networks
 from .seeds import plan_seed_cleanup, plan_seeds
 from .vms import plan_vms, running
 from .workdisks import plan_disks
+
+
+# a new VM's steps, in order; image-level steps they need (a sized seed) go before all VMs
+_VM_STEPS = {"ip_assign": 0, "tap_claim": 1, "disk_scratch": 2, "disk_clone": 2, "disk_grow": 2, "vm_start": 3}
+
+
+def _order(action: Action) -> tuple[int, str, int]:
+    """Phase order, but each new VM's steps together, VM by VM: its QEMU starts as soon as its
+    own disk is ready, and its boot overlaps the provisioning of the VMs after it."""
+    if action.phase in (PHASE_VM, PHASE_START):
+        return (PHASE_VM, getattr(action, "vm", ""), _VM_STEPS.get(action.kind, -1))
+    return (action.phase, "", 0)
 
 
 @dataclass(frozen=True)
@@ -39,8 +52,7 @@ def plan(desired: Desired, observed: Observed) -> Plan:
     actions += disk_actions + vm_actions + plan_seeds(desired, observed.images)
     actions += plan_seed_cleanup(desired, observed.images, observed.disks)
     problems += disk_problems + vm_problems
-    # a stable sort by phase: a new VM's own steps first, warming and cleaning up after
-    actions.sort(key=lambda a: a.phase)
+    actions.sort(key=_order)
     if desired.complete:
         return Plan(tuple(actions), tuple(problems))
     keep = tuple(a for a in actions if not a.deletes)

@@ -47,14 +47,15 @@ class VmOps:
             raise TemporaryError(f"vm/{vm}: no record yet")
         return record
 
-    def _save(self, vm: str, record: VmRecord) -> None:
-        write_record(self.layout.vm_record(vm), record)
+    def _save(self, vm: str, record: VmRecord, durable: bool = False) -> None:
+        """Boot state is not fsynced (it dies with the machine); the IP lease is."""
+        write_record(self.layout.vm_record(vm), record, durable)
 
     def ip_assign(self, a: IpAssign) -> Details:
         old = read_record(self.layout.vm_record(a.vm))
         created = old.created if old else time.time()
         self.layout.vm_dir(a.vm).mkdir(mode=0o700, parents=True, exist_ok=True)
-        self._save(a.vm, VmRecord(a.network, str(a.ip), vmm.mac_for(a.vm), created))
+        self._save(a.vm, VmRecord(a.network, str(a.ip), vmm.mac_for(a.vm), created), durable=True)
         return {"ip": str(a.ip)}
 
     def vm_start(self, a: VmStart) -> Details:

@@ -55,8 +55,9 @@ def read_record(path: Path) -> VmRecord | None:
     return VmRecord(**{k: v for k, v in data.items() if k in VmRecord.__dataclass_fields__})
 
 
-def write_record(path: Path, record: VmRecord) -> None:
-    atomic_write(path, json.dumps(asdict(record), indent=2, sort_keys=True).encode() + b"\n")
+def write_record(path: Path, record: VmRecord, durable: bool = True) -> None:
+    """`durable=False` for boot state (pid, readiness): it means nothing after the machine crashes."""
+    atomic_write(path, json.dumps(asdict(record), indent=2, sort_keys=True).encode() + b"\n", durable=durable)
 
 
 def observe_vms(layout: Layout) -> dict[str, VmState]:
