@@ -38,7 +38,8 @@ bench-disk: setup
 bench-create: setup image
 	bash hack/bench.sh $(ARGS)
 
-bench: bench-pool bench-disk bench-create
+bench: setup image
+	bash hack/bench-all.sh $(ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache

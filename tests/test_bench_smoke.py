@@ -1,0 +1,36 @@
+"""The create benchmark's script cannot rot: one run, one VM, one mode, small /root.
+
+This boots a real VM under QEMU (in the benchmark's own namespace and state
+directory); it asserts the shape of the report, never a timing.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from .conftest import REPO
+
+pytestmark = pytest.mark.e2e
+STAGES = {"ip", "tap", "disk", "qemu_start", "boot", "controller", "total"}
+
+
+def test_bench_smoke_run_reports_every_stage(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    result = subprocess.run(["bash", str(REPO / "hack" / "bench.sh"), "--runs", "1", "--vms", "1", "--modes", "warm",
+                             "--root-mib", "8", "--files", "100", "--disk-size", "256Mi", "--out", str(out)],
+                            capture_output=True, text=True, timeout=600, cwd=REPO, stdin=subprocess.DEVNULL)
+    assert result.returncode == 0, result.stderr[-2000:]
+    report = json.loads((out / "bench-create.json").read_text())
+    assert set(report["modes"]) == {"warm"}
+    warm = report["modes"]["warm"]
+    assert set(warm["stats"]) == STAGES
+    assert all(set(s) >= {"min", "median", "max"} for s in warm["stats"].values())
+    (vm,) = warm["vms"]
+    assert STAGES <= set(vm) and vm["disk_path"].startswith("seed:") and vm["tap_from"] == "pool"
+    assert 0 < vm["controller"] < vm["total"] and vm["boot"] > 0
+    assert (out / "bench-create.png").stat().st_size > 10_000
+    assert "warm controller share" in result.stdout
