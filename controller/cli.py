@@ -47,6 +47,9 @@ def _common(defaults: bool) -> argparse.ArgumentParser:
     common.add_argument("--clone-method", choices=("auto", "reflink", "qcow2", "sparse"),
                         default=default(os.environ.get("WARMVM_CLONE_METHOD", "auto")),
                         help="how work disks clone a seed (default: the best the state directory supports)")
+    common.add_argument("--boot-timeout", type=float, metavar="SECONDS",
+                        default=default(float(os.environ.get("WARMVM_BOOT_TIMEOUT", "60"))),
+                        help="how long a boot may take to answer SSH before it is killed and retried (default 60)")
     common.add_argument("--lock-timeout", type=float, default=default(5.0), metavar="SECONDS",
                         help="how long to wait for another reconciler (default 5)")
     return common
@@ -116,6 +119,7 @@ def cmd_reconcile(args: argparse.Namespace, log: Lifecycle) -> int:
     with store.lock(args.lock_timeout):
         desired = load_specs(args)
         host = open_host(store, True, args.clone_method)
+        host.boot_timeout = args.boot_timeout
         drivers = host.drivers(log.progress if sys.stderr.isatty() else None)
         try:
             result = reconcile(desired, drivers, host.observer(desired), log)

@@ -18,6 +18,10 @@ for ((i = 0; i < ${#args[@]}; i++)); do
 done
 case "$state_fs" in host|xfs) ;; *) echo "bench: --state-fs must be host or xfs" >&2; exit 2 ;; esac
 
+# the demo image is fetched with apt-get: build it (or find it cached) before entering the namespace,
+# which has no route out
+bash hack/build-image.sh
+
 ns="wvbench-$$-$RANDOM"
 work=$(mktemp -d /tmp/warmvm-bench.XXXXXX)
 cleanup() {

@@ -113,3 +113,29 @@ def test_valid_objects_survive_beside_invalid_ones(tmp_path: Path) -> None:
     write(tmp_path / "bad.yaml", "kind: [\n")
     desired = load(tmp_path)
     assert "default" in desired.networks and not desired.complete
+
+
+VM_CASES = {
+    "vcpus_out_of_range": ({"vcpus": "0"}, "vm.yaml:6: spec.vcpus: Input should be greater than or equal to 1"),
+    "memory_out_of_range": ({"memory": "16Mi"}, "vm.yaml:6: spec.memory: 16Mi is out of range (64Mi to 1Ti)"),
+    "unknown_accel": ({"accel": "xen"}, "vm.yaml:6: spec.accel: Input should be 'auto', 'kvm' or 'tcg'"),
+    "ip_outside_network": ({"ip": "10.99.0.5"}, "vm.yaml:6: spec.ip: 10.99.0.5 is not a free host address of network 'default'"),
+    "ip_is_the_gateway": ({"ip": "10.88.0.1"}, "vm.yaml:6: spec.ip: 10.88.0.1 is not a free host address"),
+    "ip_not_an_address": ({"ip": "banana"}, "vm.yaml:6: spec.ip: 'banana' is not an IPv4 address"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(VM_CASES))
+def test_bad_vm_input(case: str, tmp_path: Path) -> None:
+    spec, expected = VM_CASES[case]
+    write(tmp_path / "net.yaml", NET)
+    write(tmp_path / "vm.yaml", vm_spec("vm-a", **spec))
+    errors = [str(e) for e in load(tmp_path).errors]
+    assert len(errors) == 1 and expected in errors[0], errors
+
+
+def test_one_ip_is_never_given_to_two_vms(tmp_path: Path) -> None:
+    write(tmp_path / "net.yaml", NET)
+    write(tmp_path / "vm.yaml", vm_spec("vm-a", ip="10.88.0.7") + "---\n" + vm_spec("vm-b", ip="10.88.0.7"))
+    errors = [str(e) for e in load(tmp_path).errors]
+    assert errors == [f"{tmp_path}/vm.yaml:13: spec.ip: 10.88.0.7 is already taken by VM 'vm-a'"]

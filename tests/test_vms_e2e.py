@@ -120,3 +120,23 @@ def test_running_false_provisions_without_booting(env: tuple[Path, Path]) -> Non
     reconcile(specs, state)
     assert vms(specs, state)["vm-c"]["phase"] == "Running"
     assert ssh(state, "vm-c", "echo ok") == "ok\n"
+
+
+def test_a_vm_that_cannot_boot_is_failed_and_the_others_keep_running(env: tuple[Path, Path], tmp_path: Path,
+                                                                     demo_image: Path) -> None:
+    specs, state = env
+    # a broken image: the demo's kernel file with its payload cut off (it still has a bzImage header)
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    kernel = (demo_image / "vmlinuz").read_bytes()
+    (broken / "vmlinuz").write_bytes(kernel[: len(kernel) // 8])
+    write(specs / "broken.yaml", image_spec(demo_image).replace("name: demo", "name: broken")
+          .replace(f"kernel: {demo_image}/vmlinuz", f"kernel: {broken}/vmlinuz").replace("default: true", "default: false"))
+    write(specs / "vms.yaml", vm_spec("good", diskSize="64Mi") + "---\n" + vm_spec("bad", image="broken", diskSize="64Mi"))
+    result = warmvm(specs, state, "--boot-timeout", "20", "reconcile", timeout=400)
+    assert result.returncode == 1 and "boot failed 3 times, giving up" in result.stderr
+    rows = vms(specs, state)
+    assert rows["good"]["phase"] == "Running" and ssh(state, "good", "echo up") == "up\n"
+    assert rows["bad"]["phase"] == "Failed" and rows["bad"]["reason"]
+    again = warmvm(specs, state, "reconcile")  # not retried until its spec changes, still reported
+    assert again.returncode == 1 and "vm_start" not in again.stderr and "Failed" in again.stderr
