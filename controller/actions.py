@@ -23,9 +23,13 @@ class Action:
     phase: ClassVar[int] = PHASE_VM
     parallel: ClassVar[bool] = False  # adjacent parallel actions run at once (they touch disjoint state)
 
+    about: ClassVar[tuple[str, str]] = ("vm", "vm")  # the object it acts on: (kind shown, field naming it)
+
     @property
     def subject(self) -> str:
-        raise NotImplementedError
+        prefix, field = self.about
+        value = getattr(self, field)
+        return f"{prefix}/{value.name if isinstance(value, Image) else value}"
 
     def describe(self) -> str:
         details = " ".join(f"{f.name}={_short(getattr(self, f.name))}" for f in fields(self)
@@ -50,54 +54,42 @@ def _short(value: object) -> str:
 @dataclass(frozen=True)
 class BridgeEnsure(Action):
     kind: ClassVar[str] = "bridge_ensure"
+    about: ClassVar[tuple[str, str]] = ("network", "network")
     phase: ClassVar[int] = PHASE_SETUP
     network: str
     bridge: str
     gateway: IPv4Interface
 
-    @property
-    def subject(self) -> str:
-        return f"network/{self.network}"
-
 
 @dataclass(frozen=True)
 class BridgeDelete(Action):
     kind: ClassVar[str] = "bridge_delete"
+    about: ClassVar[tuple[str, str]] = ("network", "network")
     phase: ClassVar[int] = PHASE_CLEANUP
     deletes: ClassVar[bool] = True
     network: str
     bridge: str
 
-    @property
-    def subject(self) -> str:
-        return f"network/{self.network}"
-
 
 @dataclass(frozen=True)
 class PoolGrow(Action):
     kind: ClassVar[str] = "pool_grow"
+    about: ClassVar[tuple[str, str]] = ("pool", "network")
     phase: ClassVar[int] = PHASE_WARM
     network: str
     bridge: str
     prefix: str
     count: int
 
-    @property
-    def subject(self) -> str:
-        return f"pool/{self.network}"
-
 
 @dataclass(frozen=True)
 class PoolShrink(Action):
     kind: ClassVar[str] = "pool_shrink"
+    about: ClassVar[tuple[str, str]] = ("pool", "network")
     phase: ClassVar[int] = PHASE_CLEANUP
     deletes: ClassVar[bool] = True
     network: str
     taps: tuple[str, ...]
-
-    @property
-    def subject(self) -> str:
-        return f"pool/{self.network}"
 
 
 @dataclass(frozen=True)
@@ -105,15 +97,12 @@ class TapAttach(Action):
     """Re-attach and bring up one of our TAPs that drifted (detached or down)."""
 
     kind: ClassVar[str] = "tap_attach"
+    about: ClassVar[tuple[str, str]] = ("tap", "tap")
     phase: ClassVar[int] = PHASE_SETUP
     network: str
     bridge: str
     tap: str
     vm: str | None = None  # the VM holding it; None: an idle pool TAP
-
-    @property
-    def subject(self) -> str:
-        return f"tap/{self.tap}"
 
 
 @dataclass(frozen=True)
@@ -126,10 +115,6 @@ class TapClaim(Action):
     bridge: str
     prefix: str
     tap: str | None
-
-    @property
-    def subject(self) -> str:
-        return f"vm/{self.vm}"
 
 
 @dataclass(frozen=True)
@@ -145,10 +130,6 @@ class TapRelease(Action):
     tap: str
     keep: bool
 
-    @property
-    def subject(self) -> str:
-        return f"vm/{self.vm}"
-
 
 # --- seeds and work disks ------------------------------------------------------
 
@@ -157,13 +138,10 @@ class SeedGenerate(Action):
     """Build the image's base work seed for inputs with this fingerprint."""
 
     kind: ClassVar[str] = "seed_generate"
+    about: ClassVar[tuple[str, str]] = ("image", "image")
     phase: ClassVar[int] = PHASE_WARM
     image: Image
     fingerprint: str
-
-    @property
-    def subject(self) -> str:
-        return f"image/{self.image.name}"
 
 
 @dataclass(frozen=True)
@@ -171,26 +149,20 @@ class SeedSize(Action):
     """Derive the seed grown to one disk size, so that VM disks of that size are plain clones."""
 
     kind: ClassVar[str] = "seed_size"
+    about: ClassVar[tuple[str, str]] = ("image", "image")
     image: Image
     fingerprint: str
     size: int
-
-    @property
-    def subject(self) -> str:
-        return f"image/{self.image.name}"
 
 
 @dataclass(frozen=True)
 class SeedDelete(Action):
     kind: ClassVar[str] = "seed_delete"
+    about: ClassVar[tuple[str, str]] = ("image", "image")
     phase: ClassVar[int] = PHASE_CLEANUP
     deletes: ClassVar[bool] = True
     image: str
     files: tuple[Path, ...]
-
-    @property
-    def subject(self) -> str:
-        return f"image/{self.image}"
 
 
 @dataclass(frozen=True)
@@ -202,10 +174,6 @@ class DiskClone(Action):
     size: int
     method: str
 
-    @property
-    def subject(self) -> str:
-        return f"vm/{self.vm}"
-
 
 @dataclass(frozen=True)
 class DiskScratch(Action):
@@ -216,20 +184,12 @@ class DiskScratch(Action):
     image: Image
     size: int
 
-    @property
-    def subject(self) -> str:
-        return f"vm/{self.vm}"
-
 
 @dataclass(frozen=True)
 class DiskGrow(Action):
     kind: ClassVar[str] = "disk_grow"
     vm: str
     size: int
-
-    @property
-    def subject(self) -> str:
-        return f"vm/{self.vm}"
 
 
 @dataclass(frozen=True)
@@ -238,10 +198,6 @@ class DiskDelete(Action):
     phase: ClassVar[int] = PHASE_CLEANUP
     deletes: ClassVar[bool] = True
     vm: str
-
-    @property
-    def subject(self) -> str:
-        return f"vm/{self.vm}"
 
 
 # --- virtual machines ------------------------------------------------------------
@@ -258,10 +214,6 @@ class IpAssign(Action):
     network: str
     ip: IPv4Address
 
-    @property
-    def subject(self) -> str:
-        return f"vm/{self.vm}"
-
 
 @dataclass(frozen=True)
 class VmStart(Action):
@@ -276,10 +228,6 @@ class VmStart(Action):
     accel: str
     spec: str
 
-    @property
-    def subject(self) -> str:
-        return f"vm/{self.vm}"
-
 
 @dataclass(frozen=True)
 class VmAwait(Action):
@@ -291,10 +239,6 @@ class VmAwait(Action):
     vm: str
     ip: IPv4Address
 
-    @property
-    def subject(self) -> str:
-        return f"vm/{self.vm}"
-
 
 @dataclass(frozen=True)
 class VmStop(Action):
@@ -304,9 +248,6 @@ class VmStop(Action):
     vm: str
     reason: str
 
-    @property
-    def subject(self) -> str:
-        return f"vm/{self.vm}"
 
     @property  # type: ignore[override]
     def deletes(self) -> bool:
@@ -322,6 +263,3 @@ class VmForget(Action):
     deletes: ClassVar[bool] = True
     vm: str
 
-    @property
-    def subject(self) -> str:
-        return f"vm/{self.vm}"

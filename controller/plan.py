@@ -20,7 +20,6 @@ from .seeds import plan_seed_cleanup, plan_seeds
 from .vms import plan_vms, running
 from .workdisks import plan_disks
 
-
 # a new VM's steps, in order; image-level steps they need (a sized seed) go before all VMs
 _VM_STEPS = {"ip_assign": 0, "tap_claim": 1, "disk_scratch": 2, "disk_clone": 2, "disk_grow": 2, "vm_start": 3}
 

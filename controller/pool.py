@@ -19,7 +19,7 @@ from ipaddress import IPv4Interface
 from .actions import Action, BridgeDelete, BridgeEnsure, PoolGrow, PoolShrink, TapAttach, TapClaim, TapRelease
 from .model import VM, Network
 from .netstate import NetState, TapState
-from .specs import IFNAMSIZ
+from .schema import IFNAMSIZ
 
 MAX_JUMP = 32
 

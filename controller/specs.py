@@ -1,159 +1,40 @@
 """Spec loading: YAML documents under specs/ -> validated `Desired` state.
 
 The first stage of the pipeline (load -> observe -> plan -> apply), pure but
-for reading files. Per-object checks are pydantic schemas (extra fields
-forbidden, so a misspelt field is an error, not a silent default); checks
-across objects (duplicates, references, overlapping CIDRs, one default image)
-follow. Every problem becomes a SpecError naming FILE:LINE: FIELD; valid
+for reading files. Each object is checked against its schema (schema.py);
+checks across objects (duplicates, references, overlapping CIDRs, one default
+image, IPs) follow. Every problem becomes a SpecError naming FILE:LINE: FIELD; valid
 objects are still returned so they can converge in the same pass.
 """
 
 from __future__ import annotations
 
 import difflib
-import re
-from ipaddress import IPv4Address, IPv4Network
+from ipaddress import IPv4Address
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Any
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StrictBool, StrictInt, ValidationError
-from pydantic.alias_generators import to_camel
+from pydantic import BaseModel, ValidationError
 
 from . import disks
 from .errors import SpecError
 from .model import VM, Desired, Image, Network, Source, WorkSeed
+from .schema import (
+    API_VERSION,
+    BRIDGE_MAX_PORTS,
+    MAX_MEMORY,
+    MIN_MEMORY,
+    NAME,
+    SCHEMAS,
+    ImageSpec,
+    Metadata,
+    NetworkSpec,
+    Schema,
+    VMSpec,
+    WorkSeedSpec,
+    is_kernel,
+)
 from .specfile import Document, FieldPath, dotted, read_documents, spec_files
-
-API_VERSION = "warmvm/v1"
-IFNAMSIZ = 15  # bytes, without the NUL
-BRIDGE_MAX_PORTS = 1023
-MIN_INDEX_DIGITS = 4  # room for any pool index up to BRIDGE_MAX_PORTS
-_NAME = re.compile(r"^[a-z0-9]([a-z0-9-]*[a-z0-9])?$")
-_UNITS = {"": 1, "Ki": 1 << 10, "Mi": 1 << 20, "Gi": 1 << 30, "Ti": 1 << 40}
-_QUANTITY = re.compile(r"^\s*(\d+)\s*([KMGT]i)?\s*$")
-MAX_QUANTITY = 64 << 40
-
-
-def parse_quantity(value: Any) -> int:
-    if isinstance(value, bool):
-        raise ValueError("must be a quantity such as 512Mi or 4Gi")
-    if isinstance(value, int):
-        number, unit = value, ""
-    elif isinstance(value, str) and (m := _QUANTITY.match(value)):
-        number, unit = int(m.group(1)), m.group(2) or ""
-    else:
-        raise ValueError(f"{value!r} is not a quantity: use a whole number with Ki, Mi, Gi or Ti (e.g. 4Gi)")
-    size = number * _UNITS[unit]
-    if size <= 0:
-        raise ValueError("must be greater than zero")
-    if size > MAX_QUANTITY:
-        raise ValueError(f"{value} is absurdly large (at most 64Ti)")
-    return size
-
-
-def is_kernel(path: Path) -> bool:
-    """An x86 bzImage: the boot protocol's "HdrS" magic at offset 0x202."""
-    try:
-        with open(path, "rb") as f:
-            f.seek(0x202)
-            return f.read(4) == b"HdrS"
-    except OSError:
-        return False
-
-
-def check_ifname(value: Any) -> str:
-    if not isinstance(value, str) or not value:
-        raise ValueError("must be an interface name")
-    if len(value.encode()) > IFNAMSIZ:
-        raise ValueError(f"{value!r} is longer than {IFNAMSIZ} bytes")
-    if value in (".", "..") or any(c in value for c in "/:") or any(c.isspace() for c in value):
-        raise ValueError(f"{value!r} is not a valid interface name (no '/', ':' or whitespace)")
-    return value
-
-
-def check_prefix(value: Any) -> str:
-    check_ifname(value)
-    room = IFNAMSIZ - len(value.encode())
-    if room < MIN_INDEX_DIGITS:
-        raise ValueError(f"{value!r} leaves {room} characters for the index; at least {MIN_INDEX_DIGITS} needed")
-    return str(value)
-
-
-def check_cidr(value: Any) -> IPv4Network:
-    try:
-        net = IPv4Network(value, strict=True)
-    except (ValueError, TypeError) as e:
-        raise ValueError(f"{value!r} is not an IPv4 network ({e})") from None
-    if net.num_addresses < 4:
-        raise ValueError(f"{value} is too small for a gateway and VMs")
-    return net
-
-
-def check_ip(value: Any) -> IPv4Address:
-    try:
-        return IPv4Address(value)
-    except (ValueError, TypeError):
-        raise ValueError(f"{value!r} is not an IPv4 address") from None
-
-
-IfName = Annotated[str, BeforeValidator(check_ifname)]
-Quantity = Annotated[int, BeforeValidator(parse_quantity)]
-
-
-class _Schema(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True, alias_generator=to_camel, populate_by_name=False)
-
-
-class Metadata(_Schema):
-    name: str
-
-
-class TapPoolSpec(_Schema):
-    size: StrictInt = Field(0, ge=0, le=BRIDGE_MAX_PORTS)
-    prefix: Annotated[str, BeforeValidator(check_prefix)] = "tap-pool-"
-
-
-class NetworkSpec(_Schema):
-    bridge: IfName
-    cidr: Annotated[IPv4Network, BeforeValidator(check_cidr)]
-    tap_pool: TapPoolSpec = TapPoolSpec()
-
-
-class WorkSeedSpec(_Schema):
-    from_: str = Field(alias="from")
-    size: Quantity | None = None
-
-
-def _none_or_mapping(value: Any) -> Any:
-    if value == "none":
-        return None
-    if not isinstance(value, dict):
-        raise ValueError("must be `none` or a mapping with `from` (and optionally `size`)")
-    return value
-
-
-class ImageSpec(_Schema):
-    kernel: str
-    initrd: str | None = None
-    rootfs: str
-    work_seed: Annotated[WorkSeedSpec | None, BeforeValidator(_none_or_mapping)] = \
-        WorkSeedSpec.model_validate({"from": "rootfs:/root"})
-    default: StrictBool = False
-
-
-class VMSpec(_Schema):
-    network: str | None = None
-    image: str | None = None
-    disk_size: Quantity = 1 << 30
-    vcpus: StrictInt = Field(1, ge=1, le=64)
-    memory: Quantity = 256 << 20
-    accel: Literal["auto", "kvm", "tcg"] = "auto"
-    running: StrictBool = True
-    ip: Annotated[IPv4Address, BeforeValidator(check_ip)] | None = None
-
-
-_SCHEMAS: dict[str, type[_Schema]] = {"Network": NetworkSpec, "Image": ImageSpec, "VM": VMSpec}
-MIN_MEMORY, MAX_MEMORY = 64 << 20, 1 << 40
 
 
 def load(root: Path) -> Desired:
@@ -171,7 +52,7 @@ class _Loader:
     def __init__(self, root: Path) -> None:
         self.root = root
         self.errors: list[SpecError] = []
-        self.objects: dict[tuple[str, str], tuple[Document, _Schema]] = {}
+        self.objects: dict[tuple[str, str], tuple[Document, Schema]] = {}
         self.invalid: set[tuple[str, str]] = set()  # kind+name seen but invalid: referencing it is no new error
 
     def shown(self, path: Path) -> str:
@@ -193,13 +74,13 @@ class _Loader:
         if body.get("apiVersion") != API_VERSION:
             return self.error(doc, ("apiVersion",), f"must be {API_VERSION!r}, got {body.get('apiVersion')!r}")
         kind = body.get("kind")
-        if kind not in _SCHEMAS:
-            return self.error(doc, ("kind",), f"unknown kind {kind!r}; expected one of {', '.join(_SCHEMAS)}")
+        if kind not in SCHEMAS:
+            return self.error(doc, ("kind",), f"unknown kind {kind!r}; expected one of {', '.join(SCHEMAS)}")
         name = self._name(doc, kind)
         if name is None or unknown:
             return
         key = (kind, name)
-        spec = self._validate(doc, _SCHEMAS[kind], body.get("spec") or {}, ("spec",))
+        spec = self._validate(doc, SCHEMAS[kind], body.get("spec") or {}, ("spec",))
         if key in self.objects:
             first = self.objects[key][0]
             self.invalid.add(key)
@@ -214,14 +95,14 @@ class _Loader:
         meta = self._validate(doc, Metadata, doc.body.get("metadata"), ("metadata",))
         if not isinstance(meta, Metadata):
             return None
-        if len(meta.name) > 63 or not _NAME.match(meta.name):
+        if len(meta.name) > 63 or not NAME.match(meta.name):
             self.error(doc, ("metadata", "name"),
                        f"{meta.name!r} is not a valid name (lowercase letters, digits and '-', at most 63)")
             self.invalid.add((kind, meta.name))
             return None
         return meta.name
 
-    def _validate(self, doc: Document, schema: type[_Schema], data: Any, at: FieldPath) -> _Schema | None:
+    def _validate(self, doc: Document, schema: type[Schema], data: Any, at: FieldPath) -> Schema | None:
         try:
             return schema.model_validate(data)
         except ValidationError as e:
@@ -229,7 +110,7 @@ class _Loader:
                 self._pydantic_error(doc, schema, at, err)
             return None
 
-    def _pydantic_error(self, doc: Document, schema: type[_Schema], at: FieldPath, err: Any) -> None:
+    def _pydantic_error(self, doc: Document, schema: type[Schema], at: FieldPath, err: Any) -> None:
         loc = tuple(p for p in err["loc"] if not (isinstance(p, str) and ("[" in p or p in ("function-before",))))
         path = at + loc
         if err["type"] == "extra_forbidden":
@@ -390,7 +271,7 @@ class _Loader:
                 taken[(vm.network, vm.ip)] = vm.name
 
 
-def _known_fields(schema: type[_Schema], loc: FieldPath) -> list[str]:
+def _known_fields(schema: type[Schema], loc: FieldPath) -> list[str]:
     model: Any = schema
     for part in loc:
         field = next((f for n, f in model.model_fields.items() if (f.alias or n) == part), None)

@@ -37,7 +37,8 @@ from controller import disks  # noqa: E402
 from controller.host import open_host  # noqa: E402
 from controller.lifecycle import Lifecycle  # noqa: E402
 from controller.reconcile import reconcile  # noqa: E402
-from controller.specs import load, parse_quantity  # noqa: E402
+from controller.schema import parse_quantity  # noqa: E402
+from controller.specs import load  # noqa: E402
 from controller.ssh import port_open, ssh_argv  # noqa: E402
 from controller.store import Store  # noqa: E402
 

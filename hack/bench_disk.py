@@ -157,7 +157,7 @@ def bench_dir(label: str, d: Path, root: Path, size: int, runs: int, check: bool
             verify(disk, want, size)
         disk.unlink()
         for m in methods:
-            res[f"seed clone: {m.value}"].samples_ms.append(timed(lambda: clone(m)))
+            res[f"seed clone: {m.value}"].samples_ms.append(timed(lambda m=m: clone(m)))
             if check and i == 0:
                 verify(disk, want, size)
             disk.unlink()

@@ -10,8 +10,8 @@ from __future__ import annotations
 import json
 import os
 import signal
-import sys
 import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
