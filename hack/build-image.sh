@@ -12,7 +12,8 @@
 #   vmlinuz        Debian 12 linux-image-*-cloud-amd64 kernel
 #   initrd.img     gzip'd newc cpio: busybox + virtio modules + /init
 #   rootfs.ext4    32 MiB ext4 (sparse, no journal), to be attached READ-ONLY
-#                  and shared by all VMs: busybox, dropbear, /sbin/init
+#                  and shared by all VMs: busybox, dropbear, /sbin/init, the
+#                  power-button modules (button, evdev) for acpid
 #   root/          demo contents of /root; the controller turns it (plus
 #                  .ssh/authorized_keys) into each VM's ext4 WORK disk
 #   host_key.pub   the guests' SSH host key (OpenSSH format; one key shared by
@@ -33,7 +34,8 @@
 #     -drive id=work,file=work.qcow2,format=qcow2,if=none \
 #     -device virtio-blk-device,drive=work,serial=warmvm-work \
 #     -netdev tap,id=n0,ifname=TAPNAME,script=no,downscript=no \
-#     -device virtio-net-device,netdev=n0,mac=52:54:00:xx:xx:xx
+#     -device virtio-net-device,netdev=n0,mac=52:54:00:xx:xx:xx \
+#     -qmp unix:qmp.sock,server=on,wait=off
 #   tsc_early_khz=HOSTKHZ (host TSC in kHz, e.g. the first "cpu MHz" of
 #   /proc/cpuinfo x 1000) is REQUIRED under TCG: without it, the guest's TSC
 #   calibration against the PIT often fails on a busy host and the boot hangs.
@@ -55,6 +57,9 @@
 # Console (ttyS0): "warmvm: ready (host NAME, ip ADDR, uptime Ns)" once
 #   dropbear listens; "warmvm-initrd: FATAL ..." then power-off (QEMU exits)
 #   if the root disk is missing.
+# Stop: QMP system_powerdown (ACPI power button). From shortly after the ready
+#   line, the guest kills its processes, unmounts the work disk cleanly and
+#   powers off: QEMU exits by itself, typically within 0.3 s under TCG.
 # -----------------------------------------------------------------------------
 set -euo pipefail
 
@@ -73,6 +78,9 @@ ROOTFS_SIZE=32M
 MODULES=(virtio_ring virtio virtio_pci_modern_dev virtio_pci_legacy_dev virtio_pci
 	virtio_mmio virtio_blk failover net_failover virtio_net)
 EXT4_MODULES=(crc16 mbcache jbd2 crc32c_generic ext4)   # only if ext4 is modular
+# In the ROOT fs, loaded by /sbin/init after "ready": the ACPI power button
+# (QMP system_powerdown) and evdev, which acpid reads it from.
+ROOTFS_MODULES=(button evdev)
 USER_PKGS=(busybox-static dropbear-bin libc6 libcrypt1 libtomcrypt1 libtommath1 libgmp10 zlib1g)
 KERNEL_META=linux-image-cloud-amd64
 
@@ -180,7 +188,7 @@ kx_extract() { # extract vmlinuz, modules.builtin and the named modules only
 	# tar exits 2 for patterns that match nothing (built-in modules): expected.
 	dpkg-deb --fsys-tarfile "$DEBS/${DEBFILE[$KPKG]}" | tar -x -C "$KX" --wildcards "${pats[@]}" 2>/dev/null || true
 }
-kx_extract "${MODULES[@]}" "${EXT4_MODULES[@]}"
+kx_extract "${MODULES[@]}" "${EXT4_MODULES[@]}" "${ROOTFS_MODULES[@]}"
 KVER=$(cd "$KX/lib/modules" && ls | head -n1)
 [[ -n $KVER && -f $KX/boot/vmlinuz-$KVER ]] || die "kernel image not found in $KPKG"
 KMOD=$KX/lib/modules/$KVER
@@ -207,9 +215,10 @@ install -m 0755 "$IMG/initramfs/init" "$I/init"
 
 is_builtin() { grep -qE "/${1//_/[_-]}\.ko(\.[a-z]+)?\$" "$KMOD/modules.builtin"; }
 find_ko() { find "$KMOD" \( -name "$(ko_glob "$1").ko" -o -name "$(ko_glob "$1").ko.*" \) -print -quit; }
-declare -A SEEN=()
+declare -A SEEN=()   # modules already handled (in the initrd or built in)
 ORDER=()
-add_module() { # depth-first: dependencies (from .modinfo) before the module
+MODDIR=$I/lib/modules
+add_module() { # into $MODDIR and ORDER, depth-first: dependencies (from .modinfo) first
 	local m=$1 f deps d
 	[[ -n ${SEEN[$m]:-} ]] && return 0
 	SEEN[$m]=1
@@ -218,13 +227,13 @@ add_module() { # depth-first: dependencies (from .modinfo) before the module
 	if [[ -z $f ]]; then kx_extract "$m"; f=$(find_ko "$m"); fi # a dependency not extracted yet
 	if [[ -z $f ]]; then log "module $m: not in this kernel, skipped"; return 0; fi
 	case $f in
-	*.ko) cp "$f" "$I/lib/modules/$m.ko" ;;
-	*.ko.xz) xz -dc "$f" >"$I/lib/modules/$m.ko" ;;
-	*.ko.zst) zstd -qdc "$f" >"$I/lib/modules/$m.ko" ;;
-	*.ko.gz) gzip -dc "$f" >"$I/lib/modules/$m.ko" ;;
+	*.ko) cp "$f" "$MODDIR/$m.ko" ;;
+	*.ko.xz) xz -dc "$f" >"$MODDIR/$m.ko" ;;
+	*.ko.zst) zstd -qdc "$f" >"$MODDIR/$m.ko" ;;
+	*.ko.gz) gzip -dc "$f" >"$MODDIR/$m.ko" ;;
 	*) die "unknown module format: $f" ;;
 	esac
-	deps=$(tr '\0' '\n' <"$I/lib/modules/$m.ko" | sed -n 's/^depends=//p' | head -n1)
+	deps=$(tr '\0' '\n' <"$MODDIR/$m.ko" | sed -n 's/^depends=//p' | head -n1)
 	for d in ${deps//,/ }; do add_module "${d//-/_}"; done
 	ORDER+=("$m")
 }
@@ -256,6 +265,16 @@ ln -s /run/hosts "$R/etc/hosts"
 ln -s /run/resolv.conf "$R/etc/resolv.conf"
 ln -s /proc/self/mounts "$R/etc/mtab"
 echo warmvm >"$R/etc/hostname"
+chmod 0755 "$R/sbin/warmvm-shutdown" "$R/etc/acpi/PWRF/00000080"
+
+# Power-button modules for /sbin/init (dependencies already in the initrd
+# are loaded there and left out here).
+mkdir -p "$R/lib/modules"
+ORDER=()
+MODDIR=$R/lib/modules
+for m in "${ROOTFS_MODULES[@]}"; do add_module "$m"; done
+printf '%s\n' "${ORDER[@]}" >"$R/lib/modules/load-order"
+log "root fs modules: ${ORDER[*]}"
 
 # dropbear and the shared libraries it needs, resolved with the unpacked ld.so
 # so that every library comes from the Debian 12 debs, not from the host.

@@ -17,7 +17,11 @@
 #      stop a VM) and time how long QEMU takes to exit by itself (at most
 #      PD_DEADLINE=10 s); then check that the file is on the work disk and
 #      that the disk's ext4 is clean (e2fsck -fn, state "clean"). POWERDOWN=0
-#      skips this.
+#      skips this. PD_STUBBORN=1 also leaves a process in the guest that
+#      ignores SIGTERM and SIGHUP and keeps a file in /root open for writing
+#      (the shutdown must SIGKILL it before it can unmount /root).
+#      PD_VIA=ssh runs `poweroff` in the guest over SSH in place of
+#      system_powerdown (busybox init's path: about 2 s slower).
 set -euo pipefail
 
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -37,6 +41,7 @@ die() { printf 'try-boot: FAILED: %s\n' "$*" >&2; exit 1; }
 [[ -f $OUT/.complete ]] || die "$OUT is not a complete image (run hack/build-image.sh)"
 POWERDOWN=${POWERDOWN:-1}
 PD_DEADLINE=${PD_DEADLINE:-10}
+if [[ ${PD_VIA:-qmp} == ssh ]]; then PD_WHAT="poweroff over SSH"; else PD_WHAT=system_powerdown; fi
 tools=(qemu-system-x86_64 qemu-img mkfs.ext4 ssh ssh-keygen ip)
 if [[ $POWERDOWN == 1 ]]; then tools+=(python3 debugfs e2fsck dumpe2fs sha256sum); fi
 for t in "${tools[@]}"; do
@@ -110,9 +115,91 @@ SSH=(ip netns exec "$NS" ssh -i "$TMP/id" -o BatchMode=yes -o StrictHostKeyCheck
 if [[ $ACCEL == kvm ]]; then CPU=host; else CPU=max; fi
 
 now() { date +%s.%N; }
+
+# QMP: system_powerdown (or, with PD_VIA=ssh, `poweroff` over SSH), then
+# wait (at most PD_DEADLINE s) until the QEMU process is gone or a zombie.
+# Prints "SECONDS SHUTDOWN-REASON"; exits 1 if QEMU is still running at the
+# deadline.
+powerdown_and_wait() { # $1 = QMP socket, $2 = QEMU pid
+	python3 - "$1" "$2" "$PD_DEADLINE" "${PD_VIA:-qmp}" "${SSH[@]}" <<'PY'
+import json, select, socket, subprocess, sys, time
+path, pid, deadline, via = sys.argv[1], int(sys.argv[2]), float(sys.argv[3]), sys.argv[4]
+ssh = sys.argv[5:]
+s = socket.socket(socket.AF_UNIX)
+s.settimeout(5)
+s.connect(path)
+f = s.makefile("rwb", buffering=0)
+reason = "-"
+def recv():
+    global reason
+    line = f.readline()
+    if not line:
+        return None
+    m = json.loads(line)
+    if m.get("event") == "SHUTDOWN":
+        reason = m.get("data", {}).get("reason", "?")
+    return m
+def execute(cmd):
+    f.write(json.dumps({"execute": cmd}).encode() + b"\n")
+    while True:
+        m = recv()
+        if m is None or "event" not in m:
+            break
+    if m is None or "error" in m:
+        sys.exit(f"QMP {cmd}: {m}")
+recv()  # greeting
+execute("qmp_capabilities")
+t0 = time.monotonic()
+if via == "ssh":
+    subprocess.run(ssh + ["poweroff"], check=True)
+else:
+    execute("system_powerdown")
+def gone():
+    try:
+        with open(f"/proc/{pid}/stat") as st:
+            return st.read().rsplit(")", 1)[1].split()[0] in ("Z", "X")
+    except FileNotFoundError:
+        return True
+eof = False
+while not gone():
+    if time.monotonic() - t0 > deadline:
+        print(f"{time.monotonic() - t0:.2f} {reason}")
+        sys.exit(1)
+    if not eof and select.select([s], [], [], 0.01)[0]:
+        try:
+            eof = recv() is None
+        except (OSError, ValueError):
+            eof = True
+    elif eof:
+        time.sleep(0.01)
+print(f"{time.monotonic() - t0:.2f} {reason}")
+PY
+}
+
+# After a powerdown: is the file written over SSH (sha256 $1) on the work
+# disk, and is the disk's ext4 clean? Fills PD_FAIL.
+check_work_disk() {
+	local img=$TMP/work-after.raw got state
+	rm -f "$img"
+	qemu-img convert -f qcow2 -O raw "$TMP/work.qcow2" "$img"
+	got=$(debugfs -R 'cat /powerdown-test' "$img" 2>/dev/null | sha256sum | cut -d' ' -f1)
+	[[ $got == "$1" ]] || PD_FAIL+=("file written before the powerdown is missing or differs on the work disk")
+	state=$(dumpe2fs -h "$img" 2>/dev/null | awk -F: '/^Filesystem state/ {gsub(/^ +/, "", $2); print $2}')
+	[[ $state == clean ]] || PD_FAIL+=("work disk ext4 state is '$state', not 'clean'")
+	if dumpe2fs -h "$img" 2>/dev/null | grep -q '^Filesystem features:.*needs_recovery'; then
+		PD_FAIL+=("work disk journal needs recovery (not cleanly unmounted)")
+	fi
+	if ! e2fsck -fn "$img" >"$TMP/e2fsck.out" 2>&1; then
+		cat "$TMP/e2fsck.out" >&2
+		PD_FAIL+=("e2fsck -fn reports problems on the work disk")
+	fi
+	rm -f "$img"
+}
+
 times=()
+pd_times=()
 for run in $(seq "$RUNS"); do
-	rm -f "$TMP/work.qcow2" "$TMP/console.log"
+	rm -f "$TMP/work.qcow2" "$TMP/console.log" "$TMP/qmp.sock"
 	qemu-img create -q -f qcow2 -b "$TMP/work.raw" -F raw "$TMP/work.qcow2" 1G
 	mac=$(printf '52:54:00:88:%02x:%02x' $((RANDOM % 256)) $((RANDOM % 256)))
 	# 2. QEMU, exactly the controller's command line (see hack/image/README.md).
@@ -129,6 +216,7 @@ for run in $(seq "$RUNS"); do
 		-device virtio-blk-device,drive=work,serial=warmvm-work \
 		-netdev "tap,id=n0,ifname=$TAP,script=no,downscript=no" \
 		-device "virtio-net-device,netdev=n0,mac=$mac" \
+		-qmp "unix:$TMP/qmp.sock,server=on,wait=off" \
 		</dev/null >"$TMP/qemu.out" 2>&1 &
 	QPID=$!
 	# 3. poll: console ready line (host side) and TCP port 22 (in the
@@ -167,6 +255,39 @@ for run in $(seq "$RUNS"); do
 	if [[ -n $t_ready ]]; then t_ready="$(since "$t_ready")s"; else t_ready="(not polled in time)"; fi
 	log "run $run: from QEMU start: ready line $t_ready, port 22 open $(since "$t_tcp")s, SSH command done ${dt}s"
 	log "run $run: console: ${ready:-no ready line}"
+	if [[ $POWERDOWN == 1 ]]; then
+		# 4. a file written just before the powerdown, NOT synced: only a
+		# clean shutdown in the guest gets it onto the disk.
+		sum=$("${SSH[@]}" 'head -c 262144 /dev/urandom >/root/powerdown-test && sha256sum /root/powerdown-test') ||
+			die "run $run: cannot write /root/powerdown-test over SSH"
+		sum=${sum%% *}
+		if [[ ${PD_STUBBORN:-0} == 1 ]]; then
+			"${SSH[@]}" 'cd /root && sh -c "trap \"\" TERM HUP; exec 3>>/root/stubborn.log; while :; do echo tick >&3; usleep 100000; done" </dev/null >/dev/null 2>&1 &' ||
+				die "run $run: cannot start the stubborn process over SSH"
+		fi
+		PD_FAIL=()
+		if pd=$(powerdown_and_wait "$TMP/qmp.sock" "$QPID"); then
+			wait "$QPID" && qrc=0 || qrc=$?
+			QPID=
+			[[ $qrc == 0 ]] || PD_FAIL+=("QEMU exited with status $qrc")
+			[[ ${pd#* } == guest-shutdown ]] || PD_FAIL+=("QEMU shutdown reason '${pd#* }', not guest-shutdown")
+		else
+			PD_FAIL+=("QEMU did not exit within ${PD_DEADLINE}s of $PD_WHAT (${pd:-QMP error}): the guest ignored the power button?")
+			stop_qemu
+		fi
+		check_work_disk "$sum"
+		if ((${#PD_FAIL[@]})); then
+			log "console.log:"
+			cat "$TMP/console.log" >&2 || true
+			for f in "${PD_FAIL[@]}"; do log "run $run: $f"; done
+			die "run $run: powerdown check failed"
+		fi
+		pd_times+=("${pd%% *}")
+		log "run $run: $PD_WHAT to QEMU exit ${pd%% *}s; file on disk, ext4 clean"
+	fi
 	stop_qemu
 done
 log "OK: ${RUNS} boot(s) ($ACCEL${APPEND_TSC:+, $APPEND_TSC}), boot-to-SSH seconds: ${times[*]}"
+if [[ $POWERDOWN == 1 ]]; then
+	log "OK: $PD_WHAT to QEMU exit, seconds: ${pd_times[*]}"
+fi
