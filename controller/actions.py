@@ -248,9 +248,8 @@ class VmStop(Action):
     vm: str
     reason: str
 
-
-    @property  # type: ignore[override]
-    def deletes(self) -> bool:
+    @property
+    def deletes(self) -> bool:  # type: ignore[override]
         return self.reason == REMOVED
 
 

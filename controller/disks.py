@@ -351,7 +351,8 @@ def _resize(image: Path) -> None:
             raise
         proc = subprocess.run(["e2fsck", "-fp", str(image)], capture_output=True, text=True, env=_env(), check=False)
         if proc.returncode not in (0, 1):
-            raise DiskError(f"{image}: e2fsck -fp failed (exit {proc.returncode}): {_last_line(proc.stdout + proc.stderr)}") from e
+            raise DiskError(f"{image}: e2fsck -fp failed (exit {proc.returncode}): "
+                            f"{_last_line(proc.stdout + proc.stderr)}") from e
         _run(["resize2fs", str(image)], image)
 
 

@@ -1,6 +1,6 @@
-"""Observed network state: raw links and addresses -> what the planner needs.
+"""Observed network state: links and addresses -> what the planner needs.
 
-Pure (the dump itself is in rtnl). Splits devices into bridges (ours or
+Pure: the dump that produces Link and Address records is in rtnl. Splits devices into bridges (ours or
 not), warmvm-owned TAPs with their roles, and the set of every name in use,
 which is all the TAP name allocator needs.
 """
@@ -11,7 +11,23 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from .ownership import Mark, parse_mark
-from .rtnl import Address, Link
+
+
+@dataclass(frozen=True)
+class Link:
+    index: int
+    name: str
+    kind: str | None  # "tun", "bridge", ... (None for devices without link info, e.g. lo)
+    alias: str | None
+    master: int | None
+    up: bool
+    group: int
+
+
+@dataclass(frozen=True)
+class Address:
+    index: int
+    cidr: str  # "10.88.0.1/24"
 
 
 @dataclass(frozen=True)

@@ -93,8 +93,8 @@ def _plan_network(net: Network, vms: dict[str, VM], state: NetState, held: dict[
     for vm in sorted((v for v in vms.values() if v.network == net.name), key=lambda v: v.name):
         if vm.name in held and held[vm.name].mark.network == net.name:
             continue
-        tap = idle.pop(0).name if idle else None
-        actions.append(TapClaim(vm.name, net.name, net.bridge, net.pool_prefix, tap))
+        warm = idle.pop(0).name if idle else None
+        actions.append(TapClaim(vm.name, net.name, net.bridge, net.pool_prefix, warm))
     room = net.pool_size - len(idle)
     returning = 0  # TAPs of departed VMs still running: they come back once stopped, so no growth for them
     for vm_name, tap in sorted(held.items()):

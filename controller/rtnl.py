@@ -22,6 +22,8 @@ from dataclasses import dataclass
 from ipaddress import IPv4Address
 from typing import TypeVar
 
+from .netstate import Address, Link
+
 NETLINK_ROUTE = 0
 RTM_NEWLINK, RTM_DELLINK, RTM_GETLINK, RTM_SETLINK, RTM_NEWADDR, RTM_GETADDR = 16, 17, 18, 19, 20, 22
 NLMSG_ERROR, NLMSG_DONE = 2, 3
@@ -40,23 +42,6 @@ _NLA = struct.Struct("=HH")
 _IFADDR = struct.Struct("=BBBBI")
 _U32 = struct.Struct("=I")
 T = TypeVar("T")
-
-
-@dataclass(frozen=True)
-class Link:
-    index: int
-    name: str
-    kind: str | None  # "tun", "bridge", ... (None for devices without link info, e.g. lo)
-    alias: str | None
-    master: int | None
-    up: bool
-    group: int
-
-
-@dataclass(frozen=True)
-class Address:
-    index: int
-    cidr: str  # "10.88.0.1/24"
 
 
 class DumpInterrupted(Exception):

@@ -107,7 +107,7 @@ class TapPoolSpec(Schema):
 class NetworkSpec(Schema):
     bridge: IfName
     cidr: Annotated[IPv4Network, BeforeValidator(check_cidr)]
-    tap_pool: TapPoolSpec = TapPoolSpec()
+    tap_pool: TapPoolSpec = TapPoolSpec.model_validate({})
 
 
 class WorkSeedSpec(Schema):

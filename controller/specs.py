@@ -48,6 +48,9 @@ def load(root: Path) -> Desired:
     return loader.finish()
 
 
+_ENVELOPE = ("apiVersion", "kind", "metadata", "spec")
+
+
 class _Loader:
     def __init__(self, root: Path) -> None:
         self.root = root
@@ -68,9 +71,9 @@ class _Loader:
         body = doc.body
         if not isinstance(body, dict):
             return self.error(doc, (), "a spec must be a mapping with apiVersion, kind, metadata and spec")
-        unknown = sorted(set(body) - {"apiVersion", "kind", "metadata", "spec"}, key=str)
+        unknown = sorted(set(body) - set(_ENVELOPE), key=str)
         for key in unknown:
-            self.error(doc, (str(key),), "unknown field" + _suggest(str(key), ["apiVersion", "kind", "metadata", "spec"]))
+            self.error(doc, (str(key),), "unknown field" + _suggest(str(key), list(_ENVELOPE)))
         if body.get("apiVersion") != API_VERSION:
             return self.error(doc, ("apiVersion",), f"must be {API_VERSION!r}, got {body.get('apiVersion')!r}")
         kind = body.get("kind")
@@ -124,17 +127,19 @@ class _Loader:
         self.error(doc, path, message)
 
     def finish(self) -> Desired:
-        networks = {n: self._network(n, d, s) for (k, n), (d, s) in self.objects.items() if k == "Network"}
-        images = {n: self._image(n, d, s) for (k, n), (d, s) in self.objects.items() if k == "Image"}
-        images = {n: i for n, i in images.items() if i is not None}
+        networks: dict[str, Network] = {}
+        images: dict[str, Image] = {}
+        for (_, name), (doc, spec) in self.objects.items():
+            if isinstance(spec, NetworkSpec):
+                networks[name] = self._network(name, doc, spec)
+            elif isinstance(spec, ImageSpec) and (image := self._image(name, doc, spec)) is not None:
+                images[name] = image
         self._check_networks(networks)
         default = self._default_image(images)
         vms: dict[str, VM] = {}
-        for (kind, name), (doc, spec) in self.objects.items():
-            if kind == "VM":
-                vm = self._vm(name, doc, spec, networks, images, default)  # type: ignore[arg-type]
-                if vm is not None:
-                    vms[name] = vm
+        for (_, name), (doc, spec) in self.objects.items():
+            if isinstance(spec, VMSpec) and (vm := self._vm(name, doc, spec, networks, images, default)) is not None:
+                vms[name] = vm
         self._check_capacity(networks, vms)
         return Desired(networks, images, vms, tuple(self.errors))
 
@@ -150,9 +155,11 @@ class _Loader:
             doc = self.objects[("Network", net.name)][0]
             for other in seen:
                 if net.cidr.overlaps(other.cidr):
-                    self.error(doc, ("spec", "cidr"), f"{net.cidr} overlaps network {other.name!r} ({other.cidr}) at {other.source}")
+                    self.error(doc, ("spec", "cidr"),
+                               f"{net.cidr} overlaps network {other.name!r} ({other.cidr}) at {other.source}")
                 if net.bridge == other.bridge:
-                    self.error(doc, ("spec", "bridge"), f"bridge {net.bridge!r} is also used by network {other.name!r} at {other.source}")
+                    self.error(doc, ("spec", "bridge"),
+                               f"bridge {net.bridge!r} is also used by network {other.name!r} at {other.source}")
             seen.append(net)
 
     def _image(self, name: str, doc: Document, spec: ImageSpec) -> Image | None:
@@ -199,7 +206,8 @@ class _Loader:
         if spec.from_.startswith("rootfs:"):
             inner = spec.from_.removeprefix("rootfs:")
             if not inner.startswith("/"):
-                self.error(doc, ("spec", "workSeed", "from"), f"{spec.from_!r}: the path inside the rootfs must be absolute")
+                self.error(doc, ("spec", "workSeed", "from"),
+                           f"{spec.from_!r}: the path inside the rootfs must be absolute")
                 return None
             return WorkSeed(inner, None, spec.size)
         directory = (base / spec.from_).resolve()
@@ -212,7 +220,8 @@ class _Loader:
         defaults = [i for i in images.values() if i.default]
         for extra in defaults[1:]:
             doc = self.objects[("Image", extra.name)][0]
-            self.error(doc, ("spec", "default"), f"a second default image; {defaults[0].name!r} at {defaults[0].source} is default already")
+            self.error(doc, ("spec", "default"),
+                       f"a second default image; {defaults[0].name!r} at {defaults[0].source} is default already")
         return defaults[0].name if len(defaults) == 1 else None
 
     def _vm(self, name: str, doc: Document, spec: VMSpec, networks: dict[str, Network],
@@ -232,8 +241,10 @@ class _Loader:
             return None
         if spec.ip is not None:
             net = networks[network]
-            if spec.ip not in net.cidr or spec.ip in (net.cidr.network_address, net.cidr.broadcast_address, net.gateway):
-                self.error(doc, ("spec", "ip"), f"{spec.ip} is not a free host address of network {network!r} ({net.cidr}, gateway {net.gateway})")
+            if spec.ip not in net.cidr or spec.ip in (net.cidr.network_address, net.cidr.broadcast_address,
+                                                      net.gateway):
+                self.error(doc, ("spec", "ip"), f"{spec.ip} is not a free host address of network {network!r} "
+                                                f"({net.cidr}, gateway {net.gateway})")
                 return None
         return VM(name, network, image, spec.disk_size, spec.vcpus, spec.memory, spec.accel,
                   spec.running, spec.ip, self._source(doc))
@@ -259,7 +270,8 @@ class _Loader:
             if net.pool_size + users > BRIDGE_MAX_PORTS:
                 doc = self.objects[("Network", net.name)][0]
                 self.error(doc, ("spec", "tapPool", "size"),
-                           f"{net.pool_size} idle TAPs + {users} VMs exceed the {BRIDGE_MAX_PORTS} ports a bridge holds")
+                           f"{net.pool_size} idle TAPs + {users} VMs exceed the "
+                           f"{BRIDGE_MAX_PORTS} ports a bridge holds")
         taken: dict[tuple[str, IPv4Address], str] = {}
         for vm in sorted(vms.values(), key=lambda v: v.name):
             if vm.ip is None:

@@ -80,7 +80,8 @@ class VmOps:
                           lambda: vmm.running_pid(files, record.pid) is not None):
             now = time.time()
             first = record.create_to_ready_ms is None
-            create_to_ready = (now - record.created) * 1000 if first else record.create_to_ready_ms
+            create_to_ready = (now - record.created) * 1000 if record.create_to_ready_ms is None \
+                else record.create_to_ready_ms
             self._save(a.vm, record.with_(ready=now, attempts=0, failure=None, create_to_ready_ms=create_to_ready))
             return {"boot_ms": round((now - started) * 1000, 1),
                     "create_to_ready_ms": round(create_to_ready, 1) if first else None}

@@ -45,7 +45,8 @@ def _new_disk(vm: VM, desired: Desired, state: ImageState, method: str,
         return [DiskScratch(vm.name, image, vm.disk_size)], None
     seed = state.seeds[ready]
     if vm.disk_size < seed.size:
-        return [], f"diskSize {_mib(vm.disk_size)} is smaller than the work seed of image {image.name!r} ({_mib(seed.size)})"
+        return [], (f"diskSize {_mib(vm.disk_size)} is smaller than the work seed of image {image.name!r} "
+                    f"({_mib(seed.size)})")
     actions: list[Action] = []
     sizing = SeedSize(image, ready, vm.disk_size)
     if vm.disk_size not in seed.sized and sizing not in planned:

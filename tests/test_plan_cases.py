@@ -12,10 +12,9 @@ from typing import Any
 import pytest
 import yaml
 
-from controller.netstate import net_state
+from controller.netstate import Address, Link, net_state
 from controller.observed import Observed
 from controller.plan import plan
-from controller.rtnl import Address, Link
 from controller.specs import load
 from controller.vmstate import VmRecord, VmState
 

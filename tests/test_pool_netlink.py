@@ -7,9 +7,10 @@ import subprocess
 from pathlib import Path
 
 from controller.netlink import NetlinkDriver
+from controller.netstate import Link
 from controller.observed import observe_net
 from controller.ownership import pool_mark, vm_mark
-from controller.rtnl import Link, dump_links
+from controller.rtnl import dump_links
 
 from .conftest import network_spec, vm_spec, warmvm, write
 
