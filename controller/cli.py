@@ -117,7 +117,9 @@ def cmd_reconcile(args: argparse.Namespace, log: Lifecycle) -> int:
     start = time.perf_counter()
     store = Store(args.state)
     with store.lock(args.lock_timeout):
+        locked = time.perf_counter()
         desired = load_specs(args)
+        loaded = time.perf_counter()
         host = open_host(store, True, args.clone_method)
         host.boot_timeout = args.boot_timeout
         drivers = host.drivers(log.progress if sys.stderr.isatty() else None)
@@ -134,7 +136,9 @@ def cmd_reconcile(args: argparse.Namespace, log: Lifecycle) -> int:
     held = len(last.held_back) if last else 0
     log.summary(f"reconcile: {state}: {result.applied} applied, {len(result.failures)} failed, "
                 f"{held} held back, {len(desired.errors)} spec errors, {result.passes} passes, "
-                f"{(time.perf_counter() - start) * 1000:.1f}ms", converged=ok)
+                f"{(time.perf_counter() - start) * 1000:.1f}ms (lock wait {(locked - start) * 1000:.1f}, "
+                f"load {(loaded - locked) * 1000:.1f}, observe {result.observe_ms:.1f}, plan {result.plan_ms:.1f})",
+                converged=ok)
     return EXIT_OK if ok else EXIT_ERROR
 
 

@@ -32,6 +32,8 @@ class Result:
     applied: int = 0
     failures: dict[Action, str] = field(default_factory=dict)
     last_plan: Plan | None = None
+    observe_ms: float = 0.0  # over all passes: where time goes outside the actions
+    plan_ms: float = 0.0
 
     @property
     def converged(self) -> bool:
@@ -42,9 +44,13 @@ def reconcile(desired: Desired, drivers: Drivers, observe: Callable[[], Observed
               sleep: Callable[[float], None] = time.sleep) -> Result:
     result = Result()
     for _ in range(MAX_PASSES):
+        start = time.perf_counter()
         observed = observe()
+        result.observe_ms += _ms(start)
         drivers.prepare(observed)
+        start = time.perf_counter()
         result.last_plan = current = plan(desired, observed)
+        result.plan_ms += _ms(start)
         todo = [a for a in current.actions if a not in result.failures]
         if not todo:
             break

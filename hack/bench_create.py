@@ -121,6 +121,7 @@ class Bench:
         self.state = args.state
         self.specs.mkdir(parents=True, exist_ok=True)
         self.disk_size = parse_quantity(args.disk_size)
+        self.overhead: dict[str, float] = {}
         for mode, seed in (("cold", "none"), ("warm", "{from: 'rootfs:/root'}")):
             (self.specs / f"image-{mode}.yaml").write_text(
                 f"apiVersion: warmvm/v1\nkind: Image\nmetadata: {{name: {mode}}}\nspec:\n"
@@ -147,8 +148,11 @@ class Bench:
         stream = io.StringIO()
         log = Lifecycle("json", stream)
         store = Store(self.state)
+        start = time.perf_counter()
         with store.lock(10):
+            locked = time.perf_counter()
             desired = load(self.specs)
+            loaded = time.perf_counter()
             assert not desired.errors, desired.errors
             host = open_host(store, True)
             host.boot_timeout = self.args.boot_timeout
@@ -158,6 +162,8 @@ class Bench:
             finally:
                 drivers.close()
         records = [json.loads(line) for line in stream.getvalue().splitlines()]
+        self.overhead = {"lock_ms": (locked - start) * 1000, "load_ms": (loaded - locked) * 1000,
+                         "observe_ms": result.observe_ms, "plan_ms": result.plan_ms}
         if not result.converged:
             failed = [r for r in records if r.get("outcome") == "failed"]
             raise SystemExit(f"bench: reconcile did not converge: {failed[-3:]}")
@@ -223,7 +229,8 @@ class Bench:
         return {"vm": name, "ip": ms("ip_assign"), "tap": ms("tap_claim"), "disk": ms("disk_clone", "disk_scratch"),
                 "qemu_start": ms("vm_start"), "boot": boot, "controller": (started - t0) * 1000,
                 "total": (ready[name] - t0) * 1000, "disk_path": path,
-                "tap_from": next((r.get("from") for r in mine if r["stage"] == "tap_claim"), None)}
+                "tap_from": next((r.get("from") for r in mine if r["stage"] == "tap_claim"), None),
+                **self.overhead}  # the whole reconcile's, outside the actions
 
 
 # --- reporting ----------------------------------------------------------------------
