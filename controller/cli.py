@@ -14,20 +14,22 @@ import os
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from . import views
 from .errors import WarmvmError
-from .host import open_host
 from .layout import Layout
 from .lifecycle import Lifecycle
-from .model import Desired
-from .plan import plan
-from .reconcile import reconcile
-from .specs import load
 from .ssh import ssh_argv
 from .store import Store
 from .vmm import VmFiles
 from .vmstate import read_record
+
+if TYPE_CHECKING:
+    from .model import Desired
+
+# pydantic and the planner cost ~300 ms to import: only the commands that use them import them,
+# so `warmvm ssh` and `warmvm logs` start at once
+VIEW_NAMES = ("networks", "pool", "images", "vms")
 
 EXIT_OK, EXIT_ERROR, EXIT_PENDING = 0, 1, 2
 
@@ -63,7 +65,7 @@ def parser() -> argparse.ArgumentParser:
     sub.add_parser("plan", parents=[common], help="show what reconcile would change")
     sub.add_parser("reconcile", parents=[common], help="converge the host to the specs")
     get = sub.add_parser("get", parents=[common], help="show state")
-    get.add_argument("what", choices=views.VIEWS)
+    get.add_argument("what", choices=VIEW_NAMES)
     get.add_argument("-o", "--output", choices=("table", "json"), default="table")
     ssh = sub.add_parser("ssh", parents=[common], help="run a command in a VM (or a shell)")
     ssh.add_argument("vm")
@@ -88,6 +90,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def load_specs(args: argparse.Namespace) -> Desired:
+    from .specs import load
     if not args.specs.is_dir():
         raise WarmvmError(f"{args.specs}: spec directory does not exist")
     desired = load(args.specs)
@@ -97,6 +100,8 @@ def load_specs(args: argparse.Namespace) -> Desired:
 
 
 def cmd_plan(args: argparse.Namespace, log: Lifecycle) -> int:
+    from .host import open_host
+    from .plan import plan
     desired = load_specs(args)
     current = plan(desired, open_host(Store(args.state), False, args.clone_method).observer(desired)())
     for action in current.actions:
@@ -114,6 +119,8 @@ def cmd_plan(args: argparse.Namespace, log: Lifecycle) -> int:
 
 
 def cmd_reconcile(args: argparse.Namespace, log: Lifecycle) -> int:
+    from .host import open_host
+    from .reconcile import reconcile
     start = time.perf_counter()
     store = Store(args.state)
     with store.lock(args.lock_timeout):
@@ -143,6 +150,10 @@ def cmd_reconcile(args: argparse.Namespace, log: Lifecycle) -> int:
 
 
 def cmd_get(args: argparse.Namespace, log: Lifecycle) -> int:
+    from . import views
+    from .host import open_host
+    from .model import Desired
+    from .specs import load
     desired = load(args.specs) if args.specs.is_dir() else Desired()
     rows = views.VIEWS[args.what](desired, open_host(Store(args.state), False, args.clone_method).observer(desired)())
     if args.output == "json":

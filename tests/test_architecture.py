@@ -35,3 +35,8 @@ def test_planning_module_imports_no_driver(module: str) -> None:
 
 def test_the_contract_would_catch_a_driver_import() -> None:
     assert local_imports("apply") & DRIVERS, "the check must see what apply.py imports"
+
+
+def test_cli_names_every_view() -> None:
+    from controller import cli, views
+    assert set(cli.VIEW_NAMES) == set(views.VIEWS)
