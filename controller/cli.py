@@ -1,4 +1,4 @@
-"""Command line: `warmvm plan|reconcile|get ...` (also `python -m controller`).
+"""Command line: `warmvm plan|reconcile|watch|get|ssh|logs` (also `python -m controller`).
 
 The outermost shell: parses arguments, loads specs, takes the lock, wires the
 drivers, and turns every expected failure into one line on stderr and an exit
@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import sys
 import time
 from pathlib import Path
@@ -70,6 +71,11 @@ def parser() -> argparse.ArgumentParser:
     ssh = sub.add_parser("ssh", parents=[common], help="run a command in a VM (or a shell)")
     ssh.add_argument("vm")
     ssh.add_argument("argv", nargs=argparse.REMAINDER, metavar="-- COMMAND", help="the command to run")
+    watch = sub.add_parser("watch", parents=[common], help="reconcile on every spec change, and periodically")
+    watch.add_argument("--interval", type=float, default=30.0, metavar="SECONDS",
+                       help="reconcile at least this often, changes or not (default 30)")
+    watch.add_argument("--poll", type=float, default=0.5, metavar="SECONDS",
+                       help="how often to look for spec changes (default 0.5)")
     logs = sub.add_parser("logs", parents=[common], help="a VM's serial console")
     logs.add_argument("vm")
     logs.add_argument("-f", "--follow", action="store_true")
@@ -149,6 +155,40 @@ def cmd_reconcile(args: argparse.Namespace, log: Lifecycle) -> int:
     return EXIT_OK if ok else EXIT_ERROR
 
 
+def cmd_watch(args: argparse.Namespace, log: Lifecycle) -> int:
+    """The daemon: reconcile when a spec file changes, and every --interval anyway, since the world
+    drifts too (a QEMU dies, someone deletes a TAP). SIGTERM or Ctrl-C: the pass under way finishes,
+    then it exits."""
+    stopping: list[int] = []
+    signal.signal(signal.SIGTERM, lambda signum, _: stopping.append(signum))
+    signal.signal(signal.SIGINT, lambda signum, _: stopping.append(signum))
+    seen: tuple[tuple[str, int, int], ...] | None = None
+    due = 0.0
+    while not stopping:
+        current = _spec_signature(args.specs)
+        if current != seen or time.monotonic() >= due:
+            try:
+                cmd_reconcile(args, log)
+            except WarmvmError as e:  # e.g. the lock held by a one-shot reconcile: try again later
+                print(f"warmvm: {e}", file=sys.stderr)
+            seen, due = current, time.monotonic() + args.interval
+        time.sleep(args.poll)
+    return EXIT_OK
+
+
+def _spec_signature(root: Path) -> tuple[tuple[str, int, int], ...]:
+    """What changes when any spec file is added, removed or written (cheap: stat only)."""
+    from .specfile import spec_files
+    out = []
+    for path in spec_files(root) if root.is_dir() else []:
+        try:
+            st = path.stat()
+        except FileNotFoundError:
+            continue
+        out.append((str(path), st.st_mtime_ns, st.st_size))
+    return tuple(out)
+
+
 def cmd_get(args: argparse.Namespace, log: Lifecycle) -> int:
     from . import views
     from .host import open_host
@@ -191,4 +231,5 @@ def cmd_logs(args: argparse.Namespace, log: Lifecycle) -> int:
                 time.sleep(0.2)
 
 
-COMMANDS = {"plan": cmd_plan, "reconcile": cmd_reconcile, "get": cmd_get, "ssh": cmd_ssh, "logs": cmd_logs}
+COMMANDS = {"plan": cmd_plan, "reconcile": cmd_reconcile, "watch": cmd_watch, "get": cmd_get, "ssh": cmd_ssh,
+            "logs": cmd_logs}

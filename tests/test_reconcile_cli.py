@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 import json
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 from controller.rtnl import dump_links
 from controller.store import Store
 
-from .conftest import network_spec, vm_spec, warmvm, write
+from .conftest import REPO, network_spec, vm_spec, warmvm, write
 
 
 def our_links() -> dict[str, str]:
@@ -71,3 +76,28 @@ def test_json_log_and_get_output(netns: str, workdir: tuple[Path, Path]) -> None
     assert vms[0]["name"] == "vm-a" and vms[0]["tap"].startswith("tap-pool-")
     nets = json.loads(warmvm(specs, state, "get", "networks", "-o", "json").stdout)
     assert nets[0]["idle"] == 2 and nets[0]["vms"] == 1 and nets[0]["bridgeState"] == "up"
+
+
+def test_watch_converges_on_every_spec_change_and_stops_on_sigterm(netns: str, workdir: tuple[Path, Path]) -> None:
+    specs, state = workdir
+    cmd = [sys.executable, "-m", "controller", "--specs", str(specs), "--state", str(state),
+           "watch", "--poll", "0.05", "--interval", "600"]
+    daemon = subprocess.Popen(cmd, cwd=REPO, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                              stderr=subprocess.PIPE, text=True)
+    try:
+        write(specs / "net.yaml", network_spec(size=2))
+        wait_for(lambda: len([a for a in our_links().values() if a == "warmvm:pool:default"]) == 2)
+        write(specs / "net.yaml", network_spec(size=5))
+        wait_for(lambda: len([a for a in our_links().values() if a == "warmvm:pool:default"]) == 5)
+    finally:
+        daemon.send_signal(signal.SIGTERM)
+        _, err = daemon.communicate(timeout=30)
+    assert daemon.returncode == 0, err
+    assert err.count("reconcile: converged") >= 2
+
+
+def wait_for(condition: Callable[[], bool], timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.05)
