@@ -200,6 +200,19 @@ def _inode_count(size: int, entries: int) -> int:
     return max(dense, entries + entries // 4 + 64)
 
 
+@contextlib.contextmanager
+def _removed_on_failure(path: Path, what: str) -> Iterator[None]:
+    """A half-written `path` is removed if the block fails; an OSError becomes a DiskError."""
+    try:
+        yield
+    except OSError as e:
+        path.unlink(missing_ok=True)
+        raise DiskError(f"{path}: {what}: {e.strerror}") from e
+    except DiskError:
+        path.unlink(missing_ok=True)
+        raise
+
+
 def build_ext4(out: Path, size: int, src_dir: Path | None = None, label: str = "") -> None:
     """Creates a sparse ext4 of exactly size bytes at out, populated from src_dir.
 
@@ -214,18 +227,12 @@ def build_ext4(out: Path, size: int, src_dir: Path | None = None, label: str = "
             "-N", str(_inode_count(size, entries)), "-E", "lazy_itable_init=1,lazy_journal_init=1"]
     args += ["-L", label] if label else []
     args += ["-d", str(src_dir)] if src_dir is not None else []
-    try:
+    with _removed_on_failure(out, "cannot create"):
         with open(out, "wb") as f:
             f.truncate(size)
         _run([*args, str(out)], out)
         if src_dir is not None:
             _copy_root_attrs(out, src_dir)
-    except OSError as e:
-        out.unlink(missing_ok=True)
-        raise DiskError(f"{out}: cannot create: {e.strerror}") from e
-    except DiskError:
-        out.unlink(missing_ok=True)
-        raise
 
 
 def _copy_root_attrs(image: Path, src_dir: Path) -> None:
@@ -325,7 +332,7 @@ def clone(src: Path, dest: Path, method: CloneMethod, size: int) -> None:
         raise DiskError(f"{src}: clone source must be a raw image")
     if virtual_size(src) != size:
         raise DiskError(f"{dest}: size {size} differs from seed {src} ({virtual_size(src)}); derive a sized seed first")
-    try:
+    with _removed_on_failure(dest, f"{method.value} clone of {src} failed"):
         if method is CloneMethod.REFLINK:
             with open(src, "rb") as s, open(dest, "wb") as d:
                 fcntl.ioctl(d.fileno(), FICLONE, s.fileno())
@@ -334,12 +341,6 @@ def clone(src: Path, dest: Path, method: CloneMethod, size: int) -> None:
                   str(dest), str(size)], dest)
         else:  # coreutils 9 reflinks by default: force a real copy
             _run(["cp", "--reflink=never", "--sparse=always", str(src), str(dest)], dest)
-    except OSError as e:
-        dest.unlink(missing_ok=True)
-        raise DiskError(f"{dest}: {method.value} clone of {src} failed: {e.strerror}") from e
-    except DiskError:
-        dest.unlink(missing_ok=True)
-        raise
 
 
 def _resize(image: Path) -> None:
