@@ -17,6 +17,7 @@ import errno
 import os
 import socket
 import struct
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from ipaddress import IPv4Address
@@ -34,6 +35,7 @@ IFLA_INFO_KIND = 1
 IFA_LOCAL = 2
 RTEXT_FILTER_SKIP_STATS = 1 << 3
 IFF_UP = 0x1
+DUMP_ATTEMPTS = 30
 NLA_TYPE_MASK = 0x3FFF  # strips NLA_F_NESTED / NLA_F_NET_BYTEORDER
 
 _NLMSG = struct.Struct("=IHHII")
@@ -72,12 +74,14 @@ def dump_addresses() -> list[Address]:
 
 
 def _retrying(dump: Callable[[], list[T]]) -> list[T]:
-    for _ in range(5):
+    """A dump the kernel flags as interrupted (the device list changed under it) is taken again,
+    with a short backoff, so that another tool's burst of changes does not fail a pass."""
+    for attempt in range(DUMP_ATTEMPTS):
         try:
             return dump()
         except DumpInterrupted:
-            continue
-    raise OSError("netlink dump kept being interrupted by concurrent changes")
+            time.sleep(0.001 * attempt)
+    raise OSError(f"netlink dump interrupted {DUMP_ATTEMPTS} times in a row by concurrent changes")
 
 
 def _socket() -> socket.socket:
@@ -220,11 +224,12 @@ def _messages(data: bytes) -> Iterator[tuple[int, int, memoryview]]:
         offset += (length + 3) & ~3
 
 
-def parse_links(chunks: list[bytes]) -> Iterator[Link]:
-    """Links from raw RTM_NEWLINK dump messages."""
+def parse_links(chunks: list[bytes], strict: bool = True) -> Iterator[Link]:
+    """Links from raw RTM_NEWLINK dump messages; `strict`: refuse a dump the kernel flags as
+    interrupted (it may miss or repeat devices)."""
     for data in chunks:
         for mtype, flags, payload in _messages(data):
-            if flags & NLM_F_DUMP_INTR:
+            if strict and flags & NLM_F_DUMP_INTR:
                 raise DumpInterrupted()
             if mtype == RTM_NEWLINK:
                 yield _parse_link(payload)
