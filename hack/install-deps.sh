@@ -2,7 +2,7 @@
 # Installs the host packages warmvm drives: QEMU, e2fsprogs, xfsprogs (reflink
 # test file systems), the SSH client, iproute2. Idempotent; quiet when all present.
 set -euo pipefail
-pkgs=(qemu-system-x86 qemu-utils e2fsprogs xfsprogs openssh-client iproute2 dpkg-dev)
+pkgs=(qemu-system-x86 qemu-utils e2fsprogs xfsprogs openssh-client iproute2)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
