@@ -44,7 +44,7 @@ def plan_seed_cleanup(desired: Desired, images: dict[str, ImageState], disks: di
 def _in_use(desired: Desired, state: ImageState, name: str) -> set[Path]:
     """The seed files new VMs of this image would use: the ready seed and all its sizes (a size
     made once is likely wanted again as VMs come and go; each costs the seed's data once)."""
-    if name not in desired.images:
+    if name not in desired.images or desired.images[name].seed is None:
         return set()
     ready = state.ready()
     if ready is None:
