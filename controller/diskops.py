@@ -8,7 +8,6 @@ a disk without a record is never used, only rebuilt.
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import tempfile
@@ -20,10 +19,10 @@ from typing import Any
 
 from . import disks
 from .actions import DiskClone, DiskDelete, DiskGrow, DiskScratch, SeedDelete, SeedGenerate, SeedSize
-from .errors import PermanentError
+from .errors import PermanentError, TemporaryError
 from .layout import Layout
 from .model import Image
-from .store import atomic_write, fsync_dir
+from .store import fsync_dir, read_json, write_json
 
 AUTHORIZED_KEYS = "/.ssh/authorized_keys"  # the work disk is the guest's /root
 MiB = 1 << 20
@@ -33,9 +32,10 @@ Progress = Callable[[str], Any]
 
 
 class DiskOps:
-    def __init__(self, layout: Layout, pubkey: str, progress: Progress | None = None) -> None:
+    def __init__(self, layout: Layout, pubkey: str, reflink: bool, progress: Progress | None = None) -> None:
         self.layout = layout
         self.pubkey = pubkey
+        self.reflink = reflink  # whether the state directory clones by reflink (probed once, by the host)
         self.progress = progress
 
     # --- seeds -----------------------------------------------------------------
@@ -49,15 +49,16 @@ class DiskOps:
                 with self._busy(f"generating work seed for image {a.image.name} ({content / MiB:.0f} MiB)"):
                     self._build(self.layout.seed(a.image.name, a.fingerprint), size, src, check=True)
         except disks.DiskError as e:
-            _write_json(record, {"fingerprint": a.fingerprint, "error": str(e), "time": time.time()})
+            write_json(record, {"fingerprint": a.fingerprint, "error": str(e), "time": time.time()})
             raise PermanentError(f"seed not built, VMs take the slow path: {e}") from None
-        _write_json(record, {"fingerprint": a.fingerprint, "error": None, "time": time.time(), "size": size})
+        write_json(record, {"fingerprint": a.fingerprint, "error": None, "time": time.time(), "size": size})
         return {"size": size, "content": content}
 
     def seed_size(self, a: SeedSize) -> Details:
         base = self.layout.seed(a.image.name, a.fingerprint)
         with self._building(self.layout.seed(a.image.name, a.fingerprint, a.size)) as tmp:
-            method = self._raw_clone_method()
+            # a sized seed must stay raw (qcow2 overlays are backed by it): reflink, or a real copy
+            method = disks.CloneMethod.REFLINK if self.reflink else disks.CloneMethod.SPARSE
             self._disk_call(lambda: disks.clone(base, tmp, method, disks.virtual_size(base)))
             self._disk_call(lambda: disks.grow(tmp, a.size))
         return {"size": a.size, "method": method.value}
@@ -93,11 +94,13 @@ class DiskOps:
         return {"path": "scratch", "size": a.size}
 
     def disk_grow(self, a: DiskGrow) -> Details:
-        record = _read_json(self.layout.disk_record(a.vm))
+        record = read_json(self.layout.disk_record(a.vm))
+        if record is None:
+            raise TemporaryError(f"vm/{a.vm}: its work disk is not recorded")
         self._disk_call(lambda: disks.grow(Path(record["path"]), a.size))
         record.update(size=a.size, seed=None if disks.disk_format(Path(record["path"])) is disks.DiskFormat.RAW
                       else record.get("seed"))
-        _write_json(self.layout.disk_record(a.vm), record)
+        write_json(self.layout.disk_record(a.vm), record)
         return {"size": a.size}
 
     def disk_delete(self, a: DiskDelete) -> Details:
@@ -147,12 +150,8 @@ class DiskOps:
         finally:
             shutil.rmtree(stage, ignore_errors=True)
 
-    def _raw_clone_method(self) -> disks.CloneMethod:
-        methods = disks.detect_clone_methods(self.layout.tmp)
-        return disks.CloneMethod.REFLINK if disks.CloneMethod.REFLINK in methods else disks.CloneMethod.SPARSE
-
     def _record(self, vm: str, image: str, path: Path, size: int, taken: str, seed: Path | None) -> None:
-        _write_json(self.layout.disk_record(vm), {"image": image, "path": str(path), "size": size, "taken": taken,
+        write_json(self.layout.disk_record(vm), {"image": image, "path": str(path), "size": size, "taken": taken,
                                                   "seed": str(seed) if seed else None, "created": time.time()})
 
     @contextmanager
@@ -180,11 +179,3 @@ def clean_tmp(layout: Layout) -> None:
     """Leftovers of a killed run (we hold the lock, so nothing else is building)."""
     if layout.tmp.is_dir():
         shutil.rmtree(layout.tmp)
-
-
-def _write_json(path: Path, data: dict[str, Any]) -> None:
-    atomic_write(path, json.dumps(data, indent=2, sort_keys=True).encode() + b"\n")
-
-
-def _read_json(path: Path) -> dict[str, Any]:
-    return json.loads(path.read_text())

@@ -32,6 +32,7 @@ class Host:
     layout: Layout
     pubkey: str
     clone_method: str
+    reflink: bool = False  # the state directory clones by reflink
     boot_timeout: float = 60.0
 
     def observer(self, desired: Desired) -> Callable[[], Observed]:
@@ -39,7 +40,7 @@ class Host:
 
     def drivers(self, progress: Progress | None = None) -> Drivers:
         net = NetlinkDriver()
-        return Drivers(net=net, disks=DiskOps(self.layout, self.pubkey, progress),
+        return Drivers(net=net, disks=DiskOps(self.layout, self.pubkey, self.reflink, progress),
                        vms=VmOps(self.layout, net, self.boot_timeout))
 
 
@@ -56,7 +57,8 @@ def open_host(store: Store, prepare: bool, clone_method: str = "auto") -> Host:
     if clone_method != "auto" and clone_method not in available:
         raise PermanentError(f"--clone-method {clone_method}: not available on {store.root} "
                              f"(available: {', '.join(available)})")
-    return Host(layout, pubkey, available[0] if clone_method == "auto" else clone_method)
+    return Host(layout, pubkey, available[0] if clone_method == "auto" else clone_method,
+                reflink="reflink" in available)
 
 
 def ensure_ssh_key(key: Path) -> None:

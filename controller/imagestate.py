@@ -18,6 +18,7 @@ from pathlib import Path
 
 from .layout import SEED, Layout
 from .model import Image
+from .store import read_json
 
 SEED_FORMAT = 1
 
@@ -112,7 +113,7 @@ def _seed_files(directory: Path) -> dict[str, SeedFiles]:
 
 
 def _failures(record: Path) -> dict[str, str]:
-    data = _read_json(record)
+    data = read_json(record)
     if data and data.get("error"):
         return {data["fingerprint"]: data["error"]}
     return {}
@@ -122,16 +123,9 @@ def observe_disks(layout: Layout) -> dict[str, DiskState]:
     out = {}
     vms = layout.root / "vms"
     for vm_dir in sorted(vms.iterdir()) if vms.is_dir() else []:
-        data = _read_json(layout.disk_record(vm_dir.name))
+        data = read_json(layout.disk_record(vm_dir.name))
         if not data or not Path(data["path"]).exists():
             continue  # a disk without its record was never finished: it is rebuilt
         out[vm_dir.name] = DiskState(vm_dir.name, data["image"], Path(data["path"]), data["size"], data["taken"],
                                      Path(data["seed"]) if data.get("seed") else None, data["created"])
     return out
-
-
-def _read_json(path: Path) -> dict | None:  # type: ignore[type-arg]
-    try:
-        return json.loads(path.read_text())
-    except (FileNotFoundError, json.JSONDecodeError):
-        return None

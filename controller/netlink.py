@@ -19,7 +19,7 @@ import os
 import random
 import socket
 import struct
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from ipaddress import IPv4Interface
 from typing import TYPE_CHECKING, Any
 
@@ -52,6 +52,7 @@ class NetlinkDriver:
         self.allocators: dict[str, NameAllocator] = {}
         self.name_calls = 0  # TUNSETIFF attempts: the kernel calls spent on naming
         self.claimed: dict[str, str] = {}  # VM -> TAP, for claims made since the last observation
+        self._names: frozenset[str] = frozenset()  # every device name in the last observation
 
     @property
     def ipr(self) -> IPRoute:
@@ -94,15 +95,15 @@ class NetlinkDriver:
             raise PermanentError(f"{name}: exists and is not ours (mark {link.alias!r}); not touching it")
         index = link.index if link else None
         if index is None:
-            self._call("create bridge", name, lambda: self.ipr.link("add", ifname=name, kind="bridge"))
+            _guard(f"{name}: create bridge", lambda: self.ipr.link("add", ifname=name, kind="bridge"))
             index = _index(name)
             assert index is not None
             # the kernel ignores IFLA_IFALIAS on creation; mark at once
-            self._call("mark bridge", name, lambda: self.ipr.link("set", index=index, ifalias=str(mark)))
-        self._call("bring up", name, lambda: self.ipr.link("set", index=index, state="up"))
+            _guard(f"{name}: mark bridge", lambda: self.ipr.link("set", index=index, ifalias=str(mark)))
+        _guard(f"{name}: bring up", lambda: self.ipr.link("set", index=index, state="up"))
         have = {f"{a.get('address')}/{a['prefixlen']}" for a in self.ipr.get_addr(index=index, family=socket.AF_INET)}
         if str(gateway) not in have:
-            self._call("add address", name, lambda: self.ipr.addr(
+            _guard(f"{name}: add address", lambda: self.ipr.addr(
                 "add", index=index, address=str(gateway.ip), prefixlen=gateway.network.prefixlen))
 
     def delete_bridge(self, name: str, mark: Mark) -> None:
@@ -126,7 +127,7 @@ class NetlinkDriver:
         try:
             for _ in range(count):
                 held.append(self._open_fresh(prefix))
-            self._raw("attach new TAP", lambda: rtnl.set_links(
+            _guard("attach new TAP", lambda: rtnl.set_links(
                 [LinkChange(name, str(mark), master, up=True) for name, _ in held]))
             for _, fd in held:
                 fcntl.ioctl(fd, TUNSETPERSIST, 1)
@@ -173,21 +174,21 @@ class NetlinkDriver:
         """Re-mark one of our TAPs (claim or release), attaching it to `bridge` and up."""
         self._check_owned([name], expect)
         master = self.bridge_index(bridge) if bridge else None
-        self._raw("mark", lambda: rtnl.set_links([LinkChange(name, str(mark), master, up=True)]))
+        _guard("mark", lambda: rtnl.set_links([LinkChange(name, str(mark), master, up=True)]))
 
     def delete(self, names: Sequence[str], mark: Mark) -> None:
         """Delete our devices carrying `mark`; many at once go by device group."""
         self._check_owned(names, mark)
         if len(names) < GROUP_DELETE_MIN:
-            self._raw("delete", lambda: rtnl.delete_links(list(names)))
+            _guard("delete", lambda: rtnl.delete_links(list(names)))
             return
         group = self.rng.randrange(1 << 20, 1 << 31)
-        self._raw("tag for deletion", lambda: rtnl.set_links([LinkChange(n, group=group) for n in names]))
+        _guard("tag for deletion", lambda: rtnl.set_links([LinkChange(n, group=group) for n in names]))
         members = {link.name for link in rtnl.dump_links() if link.group == group}
         if members != set(names):
             raise PermanentError(f"device group {group} holds devices we did not tag: "
                                  f"{sorted(members ^ set(names))[:5]}; not deleting")
-        self._raw("delete group", lambda: rtnl.delete_group(group))
+        _guard("delete group", lambda: rtnl.delete_group(group))
 
     def _check_owned(self, names: Sequence[str], mark: Mark) -> None:
         """Right before we touch them: each device still exists and still carries our mark."""
@@ -200,29 +201,29 @@ class NetlinkDriver:
             if link.alias != str(mark):
                 raise PermanentError(f"{name}: carries mark {link.alias!r}, expected {str(mark)!r}; not touching it")
 
-    @staticmethod
-    def _raw(what: str, fn: Any) -> None:
-        try:
-            fn()
-        except OSError as e:
-            hint = " (a bridge holds at most 1023 ports)" if e.errno == errno.EXFULL else ""
-            raise PermanentError(f"{what}: {e.strerror}{hint}") from None
-
     def bridge_index(self, bridge: str) -> int:
         index = _index(bridge)
         if index is None:
             raise TemporaryError(f"bridge {bridge} does not exist yet")
         return index
 
-    def _call(self, what: str, name: str, fn: Any) -> Any:
-        from pyroute2.netlink.exceptions import NetlinkError
-        try:
-            return fn()
-        except NetlinkError as e:
-            message = f"{name}: {what}: {os.strerror(e.code) if e.code else e}"
-            if e.code == errno.EXFULL:
-                raise PermanentError(message + " (a bridge holds at most 1023 ports)") from None
-            raise PermanentError(message) from None
+
+def _guard(what: str, fn: Callable[[], Any]) -> Any:
+    """Runs a netlink change; the kernel's refusal, raw (OSError) or through pyroute2, becomes one line."""
+    try:
+        return fn()
+    except OSError as e:  # rtnl's errors name the device in strerror
+        code, reason = e.errno or 0, e.strerror or str(e)
+    except _pyroute2_error() as e:  # evaluated only on failure: the raw path never imports pyroute2
+        code = int(getattr(e, "code", 0) or 0)
+        reason = os.strerror(code) if code else str(e)
+    hint = " (a bridge holds at most 1023 ports)" if code == errno.EXFULL else ""
+    raise PermanentError(f"{what}: {reason}{hint}")
+
+
+def _pyroute2_error() -> type[Exception]:
+    from pyroute2.netlink.exceptions import NetlinkError
+    return NetlinkError
 
 
 def _index(name: str) -> int | None:

@@ -58,7 +58,6 @@ class NetState:
     bridges: dict[str, BridgeState]  # every bridge-named device, keyed by name
     taps: tuple[TapState, ...]  # warmvm's TAPs only
     names: frozenset[str]  # every device name in the namespace
-    foreign: frozenset[str]  # names of devices without a warmvm mark
 
     def idle_taps(self, network: str) -> list[TapState]:
         return sorted((t for t in self.taps if t.idle and t.mark.network == network), key=_index_order)
@@ -78,18 +77,15 @@ def net_state(links: Iterable[Link], addresses: Iterable[Address]) -> NetState:
             ports[link.master] = ports.get(link.master, 0) + 1
     bridges: dict[str, BridgeState] = {}
     taps: list[TapState] = []
-    foreign: set[str] = set()
     for link in links:
         mark = parse_mark(link.alias)
-        if mark is None:
-            foreign.add(link.name)
         if link.kind == "bridge" or (mark and mark.role == "bridge"):
             owner = mark.network if mark and mark.role == "bridge" and link.kind == "bridge" else None
             bridges[link.name] = BridgeState(link.name, link.index, owner, link.up,
                                              frozenset(addrs.get(link.index, ())), ports.get(link.index, 0))
         elif mark and link.kind == "tun" and mark.role in ("pool", "vm"):
             taps.append(TapState(link.name, link.index, mark, link.master, link.up))
-    return NetState(bridges, tuple(taps), frozenset(l.name for l in links), frozenset(foreign))
+    return NetState(bridges, tuple(taps), frozenset(l.name for l in links))
 
 
 def _index_order(tap: TapState) -> tuple[int, str]:

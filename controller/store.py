@@ -59,19 +59,21 @@ class Store:
         finally:
             os.close(fd)
 
-    def read(self, *parts: str) -> Any | None:
-        try:
-            return json.loads(self.path(*parts).read_text())
-        except FileNotFoundError:
-            return None
-        except (json.JSONDecodeError, UnicodeDecodeError) as e:
-            raise PermanentError(f"{self.path(*parts)}: unreadable record: {e}") from None
 
-    def write(self, data: Any, *parts: str) -> None:
-        atomic_write(self.path(*parts), json.dumps(data, indent=2, sort_keys=True).encode() + b"\n")
 
-    def remove(self, *parts: str) -> None:
-        self.path(*parts).unlink(missing_ok=True)
+def read_json(path: Path) -> dict[str, Any] | None:
+    """A record, or None when there is none (a torn one cannot exist: records are renamed into place)."""
+    try:
+        data = json.loads(path.read_text())
+    except FileNotFoundError:
+        return None
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise PermanentError(f"{path}: unreadable record: {e}") from None
+    return data if isinstance(data, dict) else None
+
+
+def write_json(path: Path, data: dict[str, Any], durable: bool = True) -> None:
+    atomic_write(path, json.dumps(data, indent=2, sort_keys=True).encode() + b"\n", durable=durable)
 
 
 def atomic_write(path: Path, data: bytes, mode: int = 0o600, durable: bool = True) -> None:

@@ -7,12 +7,11 @@ SSH first answered, failed attempts). Whether QEMU runs is always observed.
 
 from __future__ import annotations
 
-import json
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 from .layout import Layout
-from .store import atomic_write
+from .store import read_json, write_json
 from .vmm import VmFiles, running_pid
 
 
@@ -48,16 +47,15 @@ class VmState:
 
 
 def read_record(path: Path) -> VmRecord | None:
-    try:
-        data = json.loads(path.read_text())
-    except (FileNotFoundError, json.JSONDecodeError):
+    data = read_json(path)
+    if data is None:
         return None
     return VmRecord(**{k: v for k, v in data.items() if k in VmRecord.__dataclass_fields__})
 
 
 def write_record(path: Path, record: VmRecord, durable: bool = True) -> None:
     """`durable=False` for boot state (pid, readiness): it means nothing after the machine crashes."""
-    atomic_write(path, json.dumps(asdict(record), indent=2, sort_keys=True).encode() + b"\n", durable=durable)
+    write_json(path, asdict(record), durable)
 
 
 def observe_vms(layout: Layout) -> dict[str, VmState]:

@@ -114,6 +114,10 @@ def bench_image(root_mib: int, files: int) -> Path:
 
 # --- driving the controller -------------------------------------------------------
 
+class NotConverged(Exception):
+    pass
+
+
 class Bench:
     def __init__(self, args: argparse.Namespace, image: Path) -> None:
         self.args = args
@@ -165,9 +169,20 @@ class Bench:
         self.overhead = {"lock_ms": (locked - start) * 1000, "load_ms": (loaded - locked) * 1000,
                          "observe_ms": result.observe_ms, "plan_ms": result.plan_ms}
         if not result.converged:
-            failed = [r for r in records if r.get("outcome") == "failed"]
-            raise SystemExit(f"bench: reconcile did not converge: {failed[-3:]}")
+            trouble = [r for r in records if r.get("outcome") in ("failed", "retry")]
+            pending = [a.describe() for a in result.last_plan.actions] if result.last_plan else []
+            raise NotConverged(f"reconcile did not converge: {trouble[-3:]}; still planned: {pending[:5]}")
         return records
+
+    def settle(self) -> None:
+        """An unmeasured reconcile (set-up, clean-up). One that does not converge gets one more call,
+        as the daemon's next pass would, and says so: once in about a dozen suite runs one did not,
+        for a reason not found yet."""
+        try:
+            self.reconcile()
+        except NotConverged as e:
+            print(f"bench: warning: {e}; reconciling again", file=sys.stderr)
+            self.reconcile()
 
     def prepare(self, modes: list[str]) -> None:
         """Warm mode's seed and the seed grown to the disk size, made before anything is measured:
@@ -176,14 +191,14 @@ class Bench:
         self.network(0)
         for prep in (["prep-0"], ["prep-1"]) if "warm" in modes else ():
             self.vms("warm", prep, running=False)
-            self.reconcile()
+            self.settle()
         self.vms("warm", [])
-        self.reconcile()
+        self.settle()
 
     def create(self, mode: str, run: int) -> list[dict[str, float]]:
         k = self.args.vms
         self.network(k if mode == "warm" else 0)
-        self.reconcile()  # the pool at its size for this mode (not measured)
+        self.settle()  # the pool at its size for this mode (not measured)
         names = [f"{mode}-{run}-{i}" for i in range(k)]
         ready: dict[str, float] = {}
         t0 = time.time()
@@ -196,7 +211,7 @@ class Bench:
             p.join(timeout=self.args.boot_timeout)
         out = [self._stages(name, records, t0, ready) for name in names]
         self.vms(mode, [])
-        self.reconcile()  # stop and remove them (not measured)
+        self.settle()  # stop and remove them (not measured)
         return out
 
     def _poll_ssh(self, name: str, t0: float, ready: dict[str, float]) -> None:
@@ -321,4 +336,7 @@ def chart(report: dict[str, Any], path: Path) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except NotConverged as e:
+        raise SystemExit(f"bench: {e}") from None
