@@ -17,16 +17,15 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from .errors import WarmvmError
-from .layout import Layout
-from .lifecycle import Lifecycle
-from .ssh import ssh_argv
-from .store import Store
-from .vmm import VmFiles
-from .vmstate import read_record
+from .core.errors import WarmvmError
+from .core.events import Lifecycle
+from .statedir.layout import Layout
+from .statedir.store import Store
+from .vms.observe import read_record
+from .vms.ssh import ssh_argv
 
 if TYPE_CHECKING:
-    from .model import Desired
+    from .core.model import Desired
 
 # pydantic and the planner cost ~300 ms to import: only the commands that use them import them,
 # so `warmvm ssh` and `warmvm logs` start at once
@@ -96,18 +95,18 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def load_specs(args: argparse.Namespace) -> Desired:
-    from .specs import load
+    from .wiring import load_specs
     if not args.specs.is_dir():
         raise WarmvmError(f"{args.specs}: spec directory does not exist")
-    desired = load(args.specs)
+    desired = load_specs(args.specs)
     for error in desired.errors:
         print(error, file=sys.stderr)
     return desired
 
 
 def cmd_plan(args: argparse.Namespace, log: Lifecycle) -> int:
-    from .host import open_host
-    from .plan import plan
+    from .core.plan import plan
+    from .wiring import open_host
     desired = load_specs(args)
     current = plan(desired, open_host(Store(args.state), False, args.clone_method).observer(desired)())
     for action in current.actions:
@@ -125,8 +124,8 @@ def cmd_plan(args: argparse.Namespace, log: Lifecycle) -> int:
 
 
 def cmd_reconcile(args: argparse.Namespace, log: Lifecycle) -> int:
-    from .host import open_host
-    from .reconcile import reconcile
+    from .core.reconcile import reconcile
+    from .wiring import open_host
     start = time.perf_counter()
     store = Store(args.state)
     with store.lock(args.lock_timeout):
@@ -178,7 +177,7 @@ def cmd_watch(args: argparse.Namespace, log: Lifecycle) -> int:
 
 def _spec_signature(root: Path) -> tuple[tuple[str, int, int], ...]:
     """What changes when any spec file is added, removed or written (cheap: stat only)."""
-    from .specfile import spec_files
+    from .specs.documents import spec_files
     out = []
     for path in spec_files(root) if root.is_dir() else []:
         try:
@@ -191,10 +190,9 @@ def _spec_signature(root: Path) -> tuple[tuple[str, int, int], ...]:
 
 def cmd_get(args: argparse.Namespace, log: Lifecycle) -> int:
     from . import views
-    from .host import open_host
-    from .model import Desired
-    from .specs import load
-    desired = load(args.specs) if args.specs.is_dir() else Desired()
+    from .core.model import Desired
+    from .wiring import load_specs, open_host
+    desired = load_specs(args.specs) if args.specs.is_dir() else Desired()
     rows = views.VIEWS[args.what](desired, open_host(Store(args.state), False, args.clone_method).observer(desired)())
     if args.output == "json":
         print(json.dumps(rows, indent=2, default=str))
@@ -205,7 +203,7 @@ def cmd_get(args: argparse.Namespace, log: Lifecycle) -> int:
 
 def cmd_ssh(args: argparse.Namespace, log: Lifecycle) -> int:
     layout = Layout(args.state)
-    record = read_record(layout.vm_record(args.vm))
+    record = read_record(layout.vm(args.vm).record)
     if record is None:
         raise WarmvmError(f"vm/{args.vm}: no such VM in {args.state}")
     command = args.argv[1:] if args.argv[:1] == ["--"] else args.argv
@@ -216,7 +214,7 @@ def cmd_ssh(args: argparse.Namespace, log: Lifecycle) -> int:
 
 
 def cmd_logs(args: argparse.Namespace, log: Lifecycle) -> int:
-    console = VmFiles(Layout(args.state).vm_dir(args.vm)).console
+    console = Layout(args.state).vm(args.vm).console
     if not console.exists():
         raise WarmvmError(f"vm/{args.vm}: no console log in {console.parent}")
     with open(console, "rb") as f:

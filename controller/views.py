@@ -5,9 +5,9 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from .model import Desired
-from .observed import Observed
-from .vms import phase
+from .core.model import Desired
+from .core.state import Observed
+from .vms.plan import phase
 
 Row = dict[str, Any]
 

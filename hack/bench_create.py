@@ -33,14 +33,13 @@ from typing import Any
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from controller import disks  # noqa: E402
-from controller.host import open_host  # noqa: E402
-from controller.lifecycle import Lifecycle  # noqa: E402
-from controller.reconcile import reconcile  # noqa: E402
-from controller.schema import parse_quantity  # noqa: E402
-from controller.specs import load  # noqa: E402
-from controller.ssh import port_open, ssh_argv  # noqa: E402
-from controller.store import Store  # noqa: E402
+from controller.core.events import Lifecycle  # noqa: E402
+from controller.core.reconcile import reconcile  # noqa: E402
+from controller.disks import ext4 as disks  # noqa: E402
+from controller.specs.schema import parse_quantity  # noqa: E402
+from controller.statedir.store import Store  # noqa: E402
+from controller.vms.ssh import port_open, ssh_argv  # noqa: E402
+from controller.wiring import load_specs, open_host  # noqa: E402
 
 STAGES = ["ip", "tap", "disk", "qemu_start", "boot", "controller", "total"]
 LABELS = {"ip": "IP lease", "tap": "TAP", "disk": "work disk", "qemu_start": "QEMU start",
@@ -155,7 +154,7 @@ class Bench:
         start = time.perf_counter()
         with store.lock(10):
             locked = time.perf_counter()
-            desired = load(self.specs)
+            desired = load_specs(self.specs)
             loaded = time.perf_counter()
             assert not desired.errors, desired.errors
             host = open_host(store, True)

@@ -21,15 +21,15 @@ import tempfile
 import time
 from pathlib import Path
 
-from controller.host import open_host
-from controller.lifecycle import Lifecycle
-from controller.netlink import IFF_NO_PI, IFF_TAP, IFF_TUN_EXCL, TUNSETIFF, TUNSETPERSIST, NetlinkDriver
-from controller.observed import observe_net
-from controller.ownership import pool_mark
-from controller.reconcile import reconcile
-from controller.rtnl import dump_links
-from controller.specs import load
-from controller.store import Store
+from controller.core.events import Lifecycle
+from controller.core.reconcile import reconcile
+from controller.core.state import Observed
+from controller.network.driver import IFF_NO_PI, IFF_TAP, IFF_TUN_EXCL, TUNSETIFF, TUNSETPERSIST, NetworkDriver
+from controller.network.marks import pool_mark
+from controller.network.observe import observe_net
+from controller.network.rtnl import dump_links
+from controller.statedir.store import Store
+from controller.wiring import load_specs, open_host
 
 SIOCGIFFLAGS = 0x8913
 NETWORK = """apiVersion: warmvm/v1
@@ -45,7 +45,7 @@ def run(specs: Path, size: int, prefix: str = "tap-pool-") -> float:
     drivers = host.drivers()
     log = Lifecycle(stream=open(os.devnull, "w"))
     start = time.perf_counter()
-    desired = load(specs)
+    desired = load_specs(specs)
     result = reconcile(desired, drivers, host.observer(desired), log)
     elapsed = time.perf_counter() - start
     drivers.close()
@@ -105,8 +105,8 @@ def main() -> None:
 
         for i in range(args.taps):
             raw_tap(f"tap-pool-{i}")  # foreign: no mark
-        driver = NetlinkDriver()
-        driver.observed_names(observe_net().names)
+        driver = NetworkDriver()
+        driver.prepare(Observed(net=observe_net()))
         start = time.perf_counter()
         driver.create_taps("tap-pool-", args.names, pool_mark("bench"), "wvbench0")
         out["alloc_ms"] = (time.perf_counter() - start) * 1000

@@ -6,7 +6,8 @@ import random
 
 import pytest
 
-from controller.pool import NameAllocator
+from controller.core.errors import PermanentError
+from controller.network.names import NameAllocator
 
 
 def test_new_names_go_past_the_highest_used_index() -> None:
@@ -32,5 +33,5 @@ def test_wraps_to_lowest_free_index_at_the_name_limit() -> None:
     prefix = "tap-pool-abcd"  # leaves 2 digits: indices 0..99
     alloc = NameAllocator(prefix, [f"{prefix}{i}" for i in range(1, 100)])
     assert alloc.propose() == f"{prefix}0"
-    with pytest.raises(LookupError):
+    with pytest.raises(PermanentError, match="every tap-pool-abcdN name is in use"):
         alloc.propose()

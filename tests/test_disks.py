@@ -18,8 +18,9 @@ from pathlib import Path
 
 import pytest
 
-from controller import disks
-from controller.disks import CloneMethod, DiskError, DiskFormat
+from controller.core.errors import PermanentError
+from controller.disks import ext4 as disks
+from controller.disks.ext4 import CloneMethod, DiskFormat
 
 MiB = 1 << 20
 REPO = Path(__file__).resolve().parent.parent
@@ -133,13 +134,13 @@ def test_empty_disk_has_no_files(tmp_path: Path) -> None:
 def test_content_that_does_not_fit_raises_and_leaves_no_file(tmp_path: Path, src: Path) -> None:
     (src / "big.bin").write_bytes(random.Random(1).randbytes(12 * MiB))
     out = tmp_path / "small.raw"
-    with pytest.raises(DiskError, match="small.raw.*mkfs.ext4 failed.*allocate block"):
+    with pytest.raises(PermanentError, match="small.raw.*mkfs.ext4 failed.*allocate block"):
         disks.build_ext4(out, 8 * MiB, src)
     assert not out.exists()
 
 
 def test_size_that_is_not_a_block_multiple_is_refused(tmp_path: Path) -> None:
-    with pytest.raises(DiskError, match="multiple of 4096"):
+    with pytest.raises(PermanentError, match="multiple of 4096"):
         disks.build_ext4(tmp_path / "odd.raw", 64 * MiB + 512, None)
 
 
@@ -187,7 +188,7 @@ def test_injected_key_is_readable_with_its_mode_and_owner(tmp_path: Path, src: P
 
 
 def test_inject_under_a_file_is_refused(seed: Path) -> None:
-    with pytest.raises(DiskError, match="not a directory"):
+    with pytest.raises(PermanentError, match="not a directory"):
         disks.inject_file(seed, "/run.sh/key", b"x", 0o600)
 
 
@@ -208,7 +209,7 @@ def test_is_ext4_only_for_ext4_images(tmp_path: Path, seed: Path) -> None:
 def test_debugfs_on_a_non_ext4_file_raises(tmp_path: Path) -> None:
     junk = tmp_path / "junk"
     junk.write_bytes(b"\0" * 64 * 1024)
-    with pytest.raises(DiskError, match="junk: debugfs failed"):
+    with pytest.raises(PermanentError, match="junk: debugfs failed"):
         disks.ext4_has_dir(junk, "/root")
 
 
@@ -225,15 +226,15 @@ def test_root_directory_is_extracted_from_a_rootfs_without_mounting(tmp_path: Pa
     disks.extract_dir(rootfs, "/root", tmp_path / "extracted")
     assert disks.read_dir_tree(tmp_path / "extracted") == disks.read_dir_tree(src)
     assert (tmp_path / "extracted").stat().st_mode & 0o7777 == 0o700
-    with pytest.raises(DiskError, match="already exists"):
+    with pytest.raises(PermanentError, match="already exists"):
         disks.extract_dir(rootfs, "/root", tmp_path / "extracted")
-    with pytest.raises(DiskError, match="no directory /home"):
+    with pytest.raises(PermanentError, match="no directory /home"):
         disks.extract_dir(rootfs, "/home", tmp_path / "home")
 
 
 def test_fsck_reports_a_damaged_file_system(tmp_path: Path, seed: Path) -> None:
     sh("debugfs", "-w", "-R", "clri /projects/app/README", str(seed))
-    with pytest.raises(DiskError, match="seed.raw: e2fsck failed"):
+    with pytest.raises(PermanentError, match="seed.raw: e2fsck failed"):
         disks.fsck(seed)
 
 
@@ -264,7 +265,7 @@ def test_qcow2_clone_is_tiny_and_backed_by_the_seed(tmp_path: Path, seed: Path) 
 
 
 def test_clone_at_another_size_than_the_seed_is_refused(tmp_path: Path, seed: Path) -> None:
-    with pytest.raises(DiskError, match="differs from seed"):
+    with pytest.raises(PermanentError, match="differs from seed"):
         disks.clone(seed, tmp_path / "vm.raw", CloneMethod.SPARSE, 128 * MiB)
     assert not (tmp_path / "vm.raw").exists()
 
@@ -343,7 +344,7 @@ def test_grow_qcow2_overlay_flattens_it_and_leaves_the_seed_alone(tmp_path: Path
     before = sha(seed)
     disk = tmp_path / "vm.qcow2"
     disks.clone(seed, disk, CloneMethod.QCOW2, 64 * MiB)
-    disks.grow(disk, 256 * MiB)
+    disks.grow(disk, 256 * MiB, DiskFormat.QCOW2)
     assert disks.disk_format(disk) is DiskFormat.RAW
     assert disks.virtual_size(disk) == 256 * MiB
     assert disks.ext4_info(disk).size == 256 * MiB
@@ -360,7 +361,8 @@ def test_shrink_is_refused(tmp_path: Path, seed: Path, method: CloneMethod) -> N
     disk = tmp_path / "vm.disk"
     disks.clone(seed, disk, method, 64 * MiB)
     before = sha(disk)
-    with pytest.raises(DiskError, match="vm.disk: shrinking .* refused"):
-        disks.grow(disk, 32 * MiB)
+    fmt = DiskFormat.QCOW2 if method is CloneMethod.QCOW2 else DiskFormat.RAW
+    with pytest.raises(PermanentError, match="vm.disk: shrinking .* refused"):
+        disks.grow(disk, 32 * MiB, fmt)
     assert sha(disk) == before
     assert disks.virtual_size(disk) == 64 * MiB

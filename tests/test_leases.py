@@ -5,8 +5,8 @@ from __future__ import annotations
 from ipaddress import IPv4Address, IPv4Network
 from pathlib import Path
 
-from controller.model import VM, Network, Source
-from controller.vms import _lease
+from controller.core.model import VM, Network, Source
+from controller.vms.plan import _lease
 
 NET = Network("default", "wvbr0", IPv4Network("10.88.0.0/29"), 0, "tap-pool-", Source("x", 1))
 

@@ -1,45 +1,154 @@
 """Planner cases as data: tests/plan/<case>.yaml holds specs, observed state and the expected plan.
 
-The planner is pure, so a case needs no kernel: observed links are listed by
-hand (as the dump would report them) and the plan is compared line by line.
+The planner is pure, so a case needs no kernel, no disk and no QEMU: the
+observed state is written out by hand (links as the dump reports them,
+seeds, disks and VM records as observation would find them) and the plan is
+compared line by line. The reader is strict: every part of the observed
+state (`links`, `images`, `disks`, `vms`, `clone_method`) a planner reads
+must be given, even if empty; a part left out raises as soon as a planner
+touches it, so no case passes on facts it never stated. The image files a
+spec names are given under `files` (anything not listed does not exist).
+
+Case format (quantities as in specs: 64Mi, 1Gi):
+
+    specs: |            the spec files' text (one file)
+    files:              the image files specs may name, relative to the spec file
+      vmlinuz: kernel
+      rootfs.ext4: {ext4: [/root]}      an ext4 image and the directories it holds
+      root: dir
+    observed:
+      links:     [{name, kind, alias, master, up}]
+      addresses: [{dev, cidr}]
+      clone_method: qcow2
+      images:    {IMAGE: {inputs: FP|null, seeds: {FP: {size, mtime, sized: [SIZE...]}}, failed: {FP: why}}}
+      disks:     {VM: {image, size, taken, format, seed: FP-SIZE|null}}
+      vms:       {VM: {network, ip, alive, ready, pid, spec: current|HASH, attempts, failure}}
+    actions: [...]   held_back: [...]   problems: [...]
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import pytest
 import yaml
 
-from controller.netstate import Address, Link, net_state
-from controller.observed import Observed
-from controller.plan import plan
-from controller.specs import load
-from controller.vmstate import VmRecord, VmState
+from controller.core.plan import plan
+from controller.core.state import Observed
+from controller.disks.state import DiskRecord, DiskState, ImageState, SeedFiles
+from controller.network.state import Address, Link, net_state
+from controller.specs.load import load
+from controller.specs.schema import parse_quantity
+from controller.vms.plan import spec_hash
+from controller.vms.state import VmRecord, VmState
 
 CASES = sorted((Path(__file__).parent / "plan").glob("*.yaml"))
+STATE = Path("/state")
 
 
-def observed_from(data: dict[str, Any]) -> Observed:
-    entries = data.get("links", [])
+class Missing:
+    """Stands for a part of the observed state a case did not give: touching it fails the case."""
+
+    def __init__(self, what: str) -> None:
+        self.what = what
+
+    def _fail(self, *_: Any, **__: Any) -> NoReturn:
+        raise AssertionError(f"the planner read observed.{self.what}, which this case does not give")
+
+    __getattr__ = __iter__ = __contains__ = __getitem__ = __len__ = __bool__ = _fail
+
+
+class Files:
+    """The image probe, answered from the case's `files` (relative to the spec file)."""
+
+    def __init__(self, base: Path, files: dict[str, Any]) -> None:
+        self.facts = {(base / name).resolve(): fact for name, fact in files.items()}
+
+    def is_file(self, path: Path) -> bool:
+        return path in self.facts and self.facts[path] != "dir"
+
+    def is_dir(self, path: Path) -> bool:
+        return self.facts.get(path) == "dir"
+
+    def is_kernel(self, path: Path) -> bool:
+        return self.facts.get(path) == "kernel"
+
+    def is_ext4(self, path: Path) -> bool:
+        return isinstance(self.facts.get(path), dict) and "ext4" in self.facts[path]
+
+    def has_dir(self, rootfs: Path, inner: str) -> bool:
+        return self.is_ext4(rootfs) and inner in self.facts[rootfs]["ext4"]
+
+
+def _net(data: dict[str, Any]) -> Any:
+    if "links" not in data:
+        return Missing("net")
+    entries = data["links"]
     index = {e["name"]: i + 2 for i, e in enumerate(entries)}
     links = [Link(index[e["name"]], e["name"], e.get("kind"), e.get("alias"),
                   index[e["master"]] if e.get("master") else None, e.get("up", True), 0) for e in entries]
     addresses = [Address(index[a["dev"]], a["cidr"]) for a in data.get("addresses", [])]
-    vms = {name: VmState(name, VmRecord(v["network"], v["ip"], "52:54:00:00:00:01", 0.0, pid=v.get("pid"),
-                                        ready=1.0 if v.get("ready") else None, spec=v.get("spec", "")),
-                         alive=v.get("alive", False))
-           for name, v in data.get("vms", {}).items()}
-    return Observed(net=net_state(links, addresses), vms=vms)
+    return net_state(links, addresses)
+
+
+def _images(data: dict[str, Any]) -> Any:
+    if "images" not in data:
+        return Missing("images")
+    out = {}
+    for name, image in (data["images"] or {}).items():
+        seeds = {}
+        for fp, seed in (image["seeds"] or {}).items():
+            directory = STATE / "images" / name
+            sized = {parse_quantity(s): directory / f"seed-{fp}-{parse_quantity(s)}.ext4" for s in seed["sized"]}
+            seeds[fp] = SeedFiles(directory / f"seed-{fp}.ext4", parse_quantity(seed["size"]), seed["mtime"], sized)
+        out[name] = ImageState(name, image["inputs"], seeds, image["failed"] or {})
+    return out
+
+
+def _disks(data: dict[str, Any]) -> Any:
+    if "disks" not in data:
+        return Missing("disks")
+    out = {}
+    for vm, disk in (data["disks"] or {}).items():
+        seed = f"images/{disk['image']}/seed-{disk['seed']}.ext4" if disk["seed"] else None
+        record = DiskRecord(disk["image"], parse_quantity(disk["size"]), disk["taken"], disk["format"], seed, 0.0)
+        out[vm] = DiskState(vm, STATE / "vms" / vm / "disk.img", record, STATE / seed if seed else None)
+    return out
+
+
+def _vms(data: dict[str, Any], specs: dict[str, Any]) -> Any:
+    if "vms" not in data:
+        return Missing("vms")
+    out = {}
+    for name, v in (data["vms"] or {}).items():
+        spec = spec_hash(specs[name]) if v.get("spec") == "current" else v.get("spec", "")
+        record = VmRecord(v["network"], v["ip"], "52:54:00:00:00:01", 0.0, spec=spec, pid=v.get("pid"),
+                          ready=1.0 if v.get("ready") else None, boots=v.get("boots", 1 if v.get("pid") else 0),
+                          attempts=v.get("attempts", 0), failure=v.get("failure"))
+        out[name] = VmState(name, record, alive=v["alive"])
+    return out
+
+
+def observed_from(data: dict[str, Any], specs: dict[str, Any]) -> Observed:
+    return Observed(net=_net(data), images=_images(data), disks=_disks(data),
+                    clone_method=data.get("clone_method", Missing("clone_method")), vms=_vms(data, specs))
 
 
 @pytest.mark.parametrize("case", CASES, ids=[c.stem for c in CASES])
 def test_plan_case(case: Path, tmp_path: Path) -> None:
     data = yaml.safe_load(case.read_text())
     (tmp_path / "specs.yaml").write_text(data.get("specs") or "")
-    desired = load(tmp_path)
-    result = plan(desired, observed_from(data.get("observed") or {}))
+    desired = load(tmp_path, Files(tmp_path, data.get("files") or {}))
+    assert [str(e) for e in desired.errors] == [e.replace("FILE", str(tmp_path / "specs.yaml"))
+                                                for e in data.get("spec_errors", [])]
+    result = plan(desired, observed_from(data["observed"], desired.vms))
     assert [a.describe() for a in result.actions] == data.get("actions", [])
     assert [a.describe() for a in result.held_back] == data.get("held_back", [])
     assert list(result.problems) == data.get("problems", [])
+
+
+def test_a_case_that_leaves_out_a_fact_the_planner_reads_fails() -> None:
+    observed = observed_from({"links": []}, {})  # no images, disks or vms given
+    with pytest.raises(AssertionError, match="observed.vms"):
+        plan(load(Path("/nonexistent"), Files(Path("/"), {})), observed)

@@ -9,12 +9,13 @@ import sys
 import time
 from pathlib import Path
 
-from controller import rtnl
-from controller.netlink import NetlinkDriver
-from controller.netstate import Link
-from controller.observed import observe_net
-from controller.ownership import pool_mark, vm_mark
-from controller.rtnl import dump_links
+from controller.core.state import Observed
+from controller.network import rtnl
+from controller.network.driver import NetworkDriver
+from controller.network.marks import pool_mark, vm_mark
+from controller.network.observe import observe_net
+from controller.network.rtnl import dump_links
+from controller.network.state import Link
 
 from .conftest import REPO, network_spec, vm_spec, warmvm, write
 
@@ -134,8 +135,8 @@ def test_foreign_devices_with_pool_names_are_never_touched(netns: str, workdir: 
 
 
 def _allocate(count: int, queue: multiprocessing.Queue) -> None:  # type: ignore[type-arg]
-    driver = NetlinkDriver()
-    driver.observed_names(observe_net().names)  # both start from the same snapshot
+    driver = NetworkDriver()
+    driver.prepare(Observed(net=observe_net()))  # both start from the same snapshot
     names = driver.create_taps("tap-pool-", count, pool_mark("default"), "wvbr0")
     queue.put((names, driver.name_calls))
     driver.close()

@@ -10,8 +10,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from controller.rtnl import dump_links
-from controller.store import Store
+from controller.network.rtnl import dump_links
+from controller.statedir.store import Store
 
 from .conftest import REPO, network_spec, vm_spec, warmvm, write
 

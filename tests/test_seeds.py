@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from controller import disks
+from controller.disks import ext4 as disks
 
 from .conftest import REPO, network_spec, vm_spec, warmvm, write
 
@@ -80,6 +80,10 @@ def disk_record(state: Path, vm: str) -> dict:  # type: ignore[type-arg]
     return json.loads((state / "vms" / vm / "disk.json").read_text())
 
 
+def disk_path(state: Path, vm: str) -> Path:
+    return state / "vms" / vm / "disk.img"
+
+
 def expected_tree(state: Path) -> dict[str, bytes | str | None]:
     tree: dict[str, bytes | str | None] = {"bin": None, "data": None, ".ssh": None}
     tree.update(ROOT_FILES)
@@ -89,7 +93,7 @@ def expected_tree(state: Path) -> dict[str, bytes | str | None]:
 
 def assert_disk_holds_the_image_root(state: Path, vm: str, size: int) -> None:
     record = disk_record(state, vm)
-    path = Path(record["path"])
+    path = disk_path(state, vm)
     assert disks.virtual_size(path) == size and record["size"] == size
     assert disks.read_tree(path) == expected_tree(state)
     disks.fsck(path)
@@ -164,14 +168,14 @@ def test_seed_is_regenerated_when_the_rootfs_changes(image_env: tuple[Path, Path
     write(specs / "vm-a.yaml", vm_spec("vm-a", running="false", diskSize="64Mi"))
     reconcile(specs, state)
     reconcile(specs, state)
-    old_tree = disks.read_tree(Path(disk_record(state, "vm-a")["path"]))
+    old_tree = disks.read_tree(disk_path(state, "vm-a"))
     make_rootfs(specs / "img" / "rootfs.ext4", {**ROOT_FILES, "README": b"new release\n"}, tmp_path / "v2")
     records = reconcile(specs, state)
     assert "seed_generate" in stages(records)
     write(specs / "vm-b.yaml", vm_spec("vm-b", running="false", diskSize="64Mi"))
     reconcile(specs, state)
-    assert disks.read_tree(Path(disk_record(state, "vm-b")["path"]))["README"] == b"new release\n"
-    assert disks.read_tree(Path(disk_record(state, "vm-a")["path"])) == old_tree, "old VMs keep their disks"
+    assert disks.read_tree(disk_path(state, "vm-b"))["README"] == b"new release\n"
+    assert disks.read_tree(disk_path(state, "vm-a")) == old_tree, "old VMs keep their disks"
 
 
 def test_disk_grows_and_refuses_to_shrink(image_env: tuple[Path, Path]) -> None:
@@ -185,14 +189,14 @@ def test_disk_grows_and_refuses_to_shrink(image_env: tuple[Path, Path]) -> None:
     write(specs / "vm.yaml", vm_spec("vm-a", running="false", diskSize="64Mi"))
     result = warmvm(specs, state, "reconcile")
     assert result.returncode == 1 and "shrinking is refused" in result.stderr
-    assert disks.virtual_size(Path(disk_record(state, "vm-a")["path"])) == 128 << 20
+    assert disks.virtual_size(disk_path(state, "vm-a")) == 128 << 20
 
 
 def test_removed_vm_loses_its_disk_and_removed_image_its_seeds(image_env: tuple[Path, Path]) -> None:
     specs, state = image_env
     write(specs / "vm.yaml", vm_spec("vm-a", running="false", diskSize="64Mi"))
     reconcile(specs, state)
-    disk = Path(disk_record(state, "vm-a")["path"])
+    disk = disk_path(state, "vm-a")
     (specs / "vm.yaml").unlink()
     assert "disk_delete" in stages(reconcile(specs, state))
     assert not disk.exists()

@@ -6,7 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from controller.specs import load
+from controller.disks.observe import ImageFiles
+from controller.specs.load import load
 
 from .conftest import network_spec, vm_spec, warmvm, write
 
@@ -48,7 +49,7 @@ CASES = {
 def test_bad_input_gives_one_line_naming_file_line_and_field(case: str, tmp_path: Path) -> None:
     text, expected = CASES[case]
     write(tmp_path / "specs" / "net.yaml", text)
-    desired = load(tmp_path / "specs")
+    desired = load(tmp_path / "specs", ImageFiles())
     messages = [str(e) for e in desired.errors]
     assert any(expected in m for m in messages), messages
     assert all("\n" not in m for m in messages)
@@ -66,7 +67,7 @@ def test_cli_reports_bad_input_without_traceback(tmp_path: Path) -> None:
 def test_duplicate_objects_name_both_files(tmp_path: Path) -> None:
     write(tmp_path / "a.yaml", NET)
     write(tmp_path / "b" / "c.yml", NET)
-    errors = [str(e) for e in load(tmp_path).errors]
+    errors = [str(e) for e in load(tmp_path, ImageFiles()).errors]
     assert len(errors) == 1
     assert "c.yml:4: metadata.name: Network 'default' is defined twice" in errors[0]
     assert "a.yaml:1" in errors[0]
@@ -74,7 +75,7 @@ def test_duplicate_objects_name_both_files(tmp_path: Path) -> None:
 
 def test_vm_naming_a_missing_network(tmp_path: Path) -> None:
     write(tmp_path / "net.yaml", NET + "---\n" + vm_spec("vm-a", network="nope"))
-    desired = load(tmp_path)
+    desired = load(tmp_path, ImageFiles())
     assert [str(e) for e in desired.errors] == [f"{tmp_path}/net.yaml:16: spec.network: Network 'nope' does not exist"]
     assert "default" in desired.networks and not desired.vms
 
@@ -83,27 +84,27 @@ def test_vm_needs_a_network_when_there_are_several(tmp_path: Path) -> None:
     write(tmp_path / "a.yaml", NET)
     write(tmp_path / "b.yaml", network_spec(name="other", bridge="wvbr1", cidr="10.89.0.0/24"))
     write(tmp_path / "vm.yaml", vm_spec("vm-a"))
-    assert "vm.yaml:5: spec.network: required: there are 2 networks" in str(load(tmp_path).errors[0])
+    assert "vm.yaml:5: spec.network: required: there are 2 networks" in str(load(tmp_path, ImageFiles()).errors[0])
 
 
 def test_overlapping_cidrs(tmp_path: Path) -> None:
     write(tmp_path / "a.yaml", NET)
     write(tmp_path / "b.yaml", network_spec(name="other", bridge="wvbr1", cidr="10.88.0.0/16"))
-    errors = [str(e) for e in load(tmp_path).errors]
+    errors = [str(e) for e in load(tmp_path, ImageFiles()).errors]
     assert len(errors) == 1 and "b.yaml:7: spec.cidr: 10.88.0.0/16 overlaps network 'default'" in errors[0]
 
 
 def test_pool_plus_vms_must_fit_on_the_bridge(tmp_path: Path) -> None:
     write(tmp_path / "a.yaml", network_spec(size=1023) + "---\n" + vm_spec("vm-a"))
-    errors = [str(e) for e in load(tmp_path).errors]
+    errors = [str(e) for e in load(tmp_path, ImageFiles()).errors]
     assert "spec.tapPool.size: 1023 idle TAPs + 1 VMs exceed the 1023 ports a bridge holds" in errors[0]
 
 
 def test_identity_is_kind_and_name_not_file(tmp_path: Path) -> None:
     write(tmp_path / "one.yaml", NET + "---\n" + vm_spec("vm-a"))
-    first = load(tmp_path)
+    first = load(tmp_path, ImageFiles())
     (tmp_path / "one.yaml").rename(tmp_path / "moved.yml")
-    second = load(tmp_path)
+    second = load(tmp_path, ImageFiles())
     assert set(first.networks) == set(second.networks) and set(first.vms) == set(second.vms)
     assert first.vms["vm-a"].network == "default"
 
@@ -111,7 +112,7 @@ def test_identity_is_kind_and_name_not_file(tmp_path: Path) -> None:
 def test_valid_objects_survive_beside_invalid_ones(tmp_path: Path) -> None:
     write(tmp_path / "good.yaml", NET)
     write(tmp_path / "bad.yaml", "kind: [\n")
-    desired = load(tmp_path)
+    desired = load(tmp_path, ImageFiles())
     assert "default" in desired.networks and not desired.complete
 
 
@@ -130,12 +131,12 @@ def test_bad_vm_input(case: str, tmp_path: Path) -> None:
     spec, expected = VM_CASES[case]
     write(tmp_path / "net.yaml", NET)
     write(tmp_path / "vm.yaml", vm_spec("vm-a", **spec))
-    errors = [str(e) for e in load(tmp_path).errors]
+    errors = [str(e) for e in load(tmp_path, ImageFiles()).errors]
     assert len(errors) == 1 and expected in errors[0], errors
 
 
 def test_one_ip_is_never_given_to_two_vms(tmp_path: Path) -> None:
     write(tmp_path / "net.yaml", NET)
     write(tmp_path / "vm.yaml", vm_spec("vm-a", ip="10.88.0.7") + "---\n" + vm_spec("vm-b", ip="10.88.0.7"))
-    errors = [str(e) for e in load(tmp_path).errors]
+    errors = [str(e) for e in load(tmp_path, ImageFiles()).errors]
     assert errors == [f"{tmp_path}/vm.yaml:13: spec.ip: 10.88.0.7 is already taken by VM 'vm-a'"]

@@ -17,7 +17,8 @@ from pathlib import Path
 
 import pytest
 
-from controller.vmm import VmFiles, running_pid
+from controller.statedir.layout import VmFiles
+from controller.vms.qemu import running_pid
 
 from .conftest import REPO, network_spec, vm_spec, warmvm, write
 

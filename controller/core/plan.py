@@ -1,0 +1,83 @@
+"""Planning: desired + observed -> ordered actions. Pure: no I/O, no clock.
+
+Every domain planner has the same signature, (desired, observed) -> (actions,
+problems); this module runs them, binds what one domain's actions decide for
+another's (the TAP a VM claims, the format of the disk made for it), and
+orders the result. An empty plan means converged. Actions are ordered by
+phase: what a new VM waits for (its IP, TAP, disk and QEMU, VM by VM), then
+the waits for SSH, then what only keeps the host warm (refilling the pool,
+generating seeds), then cleaning up. While any spec is invalid, actions that
+delete are held back (and reported), since the broken file may still
+describe what they would delete.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+
+from ..disks.actions import DiskClone, DiskGrow, DiskScratch
+from ..disks.plan import plan_disks, plan_seeds
+from ..network.actions import TapClaim
+from ..network.plan import plan_networks
+from ..vms.actions import VmAwait, VmStart
+from ..vms.plan import plan_vms
+from .actions import PHASE_START, PHASE_VM, Action
+from .model import Desired
+from .state import Observed
+
+Planner = Callable[[Desired, Observed], tuple[list[Action], list[str]]]
+PLANNERS: tuple[Planner, ...] = (plan_networks, plan_disks, plan_vms, plan_seeds)
+
+
+def _order(action: Action) -> tuple[int, str, int]:
+    """Phase order, but each new VM's steps together, VM by VM: its QEMU starts as soon as its
+    own disk is ready, and its boot overlaps the provisioning of the VMs after it."""
+    if action.phase in (PHASE_VM, PHASE_START):
+        return (PHASE_VM, getattr(action, "vm", ""), action.step)
+    return (action.phase, "", 0)
+
+
+@dataclass(frozen=True)
+class Plan:
+    actions: tuple[Action, ...]
+    problems: tuple[str, ...] = ()
+    held_back: tuple[Action, ...] = ()  # deletions suppressed while specs are invalid
+
+    @property
+    def empty(self) -> bool:
+        return not self.actions
+
+
+def plan(desired: Desired, observed: Observed) -> Plan:
+    actions: list[Action] = []
+    problems: list[str] = []
+    for planner in PLANNERS:
+        acts, probs = planner(desired, observed)
+        actions += acts
+        problems += probs
+    actions = _bind(actions)
+    actions.sort(key=_order)
+    if desired.complete:
+        return Plan(tuple(actions), tuple(problems))
+    keep = tuple(a for a in actions if not a.deletes)
+    held = tuple(a for a in actions if a.deletes)
+    return Plan(keep, tuple(problems), held)
+
+
+def _bind(actions: list[Action]) -> list[Action]:
+    """A VM starting in this pass gets the TAP and disk format its own earlier steps decide; one
+    whose TAP is still to be named by the allocator starts in the next pass, from observed state."""
+    taps = {a.vm: a.tap for a in actions if isinstance(a, TapClaim)}
+    formats = {a.vm: a.format for a in actions if isinstance(a, DiskClone | DiskScratch | DiskGrow)}
+    unbound: set[str] = set()
+    out: list[Action] = []
+    for action in actions:
+        if isinstance(action, VmStart):
+            action = replace(action, tap=taps.get(action.vm, action.tap),
+                             disk_format=formats.get(action.vm, action.disk_format))
+            if action.tap is None or action.disk_format is None:
+                unbound.add(action.vm)
+                continue
+        out.append(action)
+    return [a for a in out if not (isinstance(a, VmAwait) and a.vm in unbound)]

@@ -1,0 +1,103 @@
+"""The reconcile loop: observe, plan, apply a pass, observe again, until empty.
+
+Level-triggered like controller-runtime's Reconcile: every pass starts from a
+fresh observation, never from what the previous pass believed it did. Each
+applied action ends in one outcome: done, retry (a TemporaryError: planned
+again on the next pass, after `backoff` of its attempts, capped), or failed
+(a PermanentError: not retried within the run).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+from .actions import Action
+from .apply import Drivers
+from .errors import MAX_DELAY, PermanentError, TemporaryError, backoff
+from .events import Lifecycle
+from .model import Desired
+from .plan import Plan, plan
+from .state import Observed
+
+MAX_PASSES = 12
+MAX_PARALLEL = 32
+
+
+@dataclass
+class Result:
+    passes: int = 0
+    applied: int = 0
+    failures: dict[Action, str] = field(default_factory=dict)
+    attempts: dict[Action, int] = field(default_factory=dict)  # temporary failures so far, for the backoff
+    last_plan: Plan | None = None
+    observe_ms: float = 0.0  # over all passes: where time goes outside the actions
+    plan_ms: float = 0.0
+
+    @property
+    def converged(self) -> bool:
+        return self.last_plan is not None and self.last_plan.empty and not self.failures
+
+
+def reconcile(desired: Desired, drivers: Drivers, observe: Callable[[], Observed], log: Lifecycle,
+              sleep: Callable[[float], None] = time.sleep) -> Result:
+    result = Result()
+    for _ in range(MAX_PASSES):
+        start = time.perf_counter()
+        observed = observe()
+        result.observe_ms += _ms(start)
+        drivers.prepare(observed)
+        start = time.perf_counter()
+        result.last_plan = current = plan(desired, observed)
+        result.plan_ms += _ms(start)
+        todo = [a for a in current.actions if a not in result.failures]
+        if not todo:
+            break
+        result.passes += 1
+        delay = 0.0
+        for batch in _batches(todo):
+            if len(batch) == 1:
+                delay = max(delay, _apply_one(batch[0], drivers, log, result))
+                continue
+            with ThreadPoolExecutor(max_workers=min(len(batch), MAX_PARALLEL)) as pool:
+                delays = list(pool.map(lambda a: _apply_one(a, drivers, log, result), batch))
+            delay = max(delay, *delays)
+        if delay:
+            sleep(min(delay, MAX_DELAY))
+    return result
+
+
+def _batches(actions: list[Action]) -> list[list[Action]]:
+    """Runs of adjacent parallel actions together; every other action alone, in order."""
+    out: list[list[Action]] = []
+    for action in actions:
+        if action.parallel and out and out[-1][0].parallel and type(out[-1][0]) is type(action):
+            out[-1].append(action)
+        else:
+            out.append([action])
+    return out
+
+
+def _apply_one(action: Action, drivers: Drivers, log: Lifecycle, result: Result) -> float:
+    """Applies one action and logs it; returns how long to wait before retrying it (0: no retry)."""
+    start = time.perf_counter()
+    try:
+        details = drivers.apply(action)
+    except TemporaryError as e:
+        attempt = result.attempts[action] = result.attempts.get(action, 0) + 1
+        log.event(action.kind, action.subject, "retry", _ms(start), error=str(e))
+        return e.delay if e.delay is not None else backoff(attempt)
+    except PermanentError as e:
+        result.failures[action] = str(e)
+        log.event(action.kind, action.subject, "failed", _ms(start), error=str(e))
+        return 0.0
+    result.applied += 1
+    result.failures.pop(action, None)
+    log.event(action.kind, action.subject, "ok", _ms(start), **details)
+    return 0.0
+
+
+def _ms(start: float) -> float:
+    return (time.perf_counter() - start) * 1000

@@ -1,0 +1,130 @@
+"""Reads seeds, work disks and image files into the disk domain's observed state.
+
+A seed's fingerprint covers what it is built from (the rootfs or source
+directory, as stat data), the public key injected into it, its size and the
+seed format, so any change to them means a new seed. `ImageFiles` is the
+probe spec loading is given for the checks it makes of an image's files.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+
+from ..core.errors import WarmvmError
+from ..core.model import Image
+from ..statedir.layout import SEED, Layout
+from ..statedir.store import read_json
+from . import ext4
+from .state import DiskRecord, DiskState, ImageState, SeedFiles
+
+SEED_FORMAT = 1
+
+
+def fingerprint(image: Image, pubkey: str) -> str | None:
+    if image.seed is None:
+        return None
+    parts: list[object] = [SEED_FORMAT, image.seed.size, pubkey]
+    if image.seed.from_rootfs is not None:
+        st = image.rootfs.stat()
+        parts += ["rootfs", str(image.rootfs), image.seed.from_rootfs, st.st_size, st.st_mtime_ns, st.st_ino]
+    else:
+        assert image.seed.from_dir is not None
+        parts += ["dir", str(image.seed.from_dir), _tree_stat(image.seed.from_dir)]
+    return hashlib.sha256(json.dumps(parts, default=str).encode()).hexdigest()[:16]
+
+
+def _tree_stat(root: Path) -> list[tuple[str, int, int, int]]:
+    out = []
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames.sort()
+        for name in sorted(filenames) + dirnames:
+            st = os.lstat(os.path.join(dirpath, name))
+            out.append((os.path.relpath(os.path.join(dirpath, name), root), st.st_size, st.st_mtime_ns, st.st_mode))
+    return out
+
+
+def observe_images(layout: Layout, images: dict[str, Image], pubkey: str) -> dict[str, ImageState]:
+    """Every image with a spec or a directory in the state (a removed image's seeds linger until freed)."""
+    names = set(images)
+    if layout.images.is_dir():
+        names |= {p.name for p in layout.images.iterdir() if p.is_dir()}
+    out = {}
+    for name in sorted(names):
+        image = images.get(name)
+        inputs = fingerprint(image, pubkey) if image else None
+        out[name] = ImageState(name, inputs, _seed_files(layout.image_dir(name)), _failures(layout.seed_record(name)))
+    return out
+
+
+def _seed_files(directory: Path) -> dict[str, SeedFiles]:
+    bases: dict[str, os.stat_result] = {}
+    sized: dict[str, dict[int, Path]] = {}
+    try:
+        entries = list(os.scandir(directory))
+    except FileNotFoundError:
+        return {}
+    for entry in entries:
+        m = SEED.match(entry.name)
+        if not m:
+            continue
+        if m.group(2):
+            sized.setdefault(m.group(1), {})[int(m.group(2))] = Path(entry.path)
+        else:
+            bases[m.group(1)] = entry.stat()
+    return {fp: SeedFiles(directory / f"seed-{fp}.ext4", st.st_size, st.st_mtime, sized.get(fp, {}))
+            for fp, st in bases.items()}
+
+
+def _failures(record: Path) -> dict[str, str]:
+    data = read_json(record)
+    if data and data.get("error"):
+        return {data["fingerprint"]: data["error"]}
+    return {}
+
+
+def read_disk_record(path: Path) -> DiskRecord | None:
+    data = read_json(path)
+    return DiskRecord.from_dict(data, str(path)) if data is not None else None
+
+
+def observe_disks(layout: Layout) -> dict[str, DiskState]:
+    out = {}
+    for vm_dir in sorted(layout.vms.iterdir()) if layout.vms.is_dir() else []:
+        files = layout.vm(vm_dir.name)
+        record = read_disk_record(files.disk_record)
+        if record is None or not files.disk.exists():
+            continue  # a disk without its record was never finished: it is rebuilt
+        seed = layout.resolve(record.seed) if record.seed else None
+        out[vm_dir.name] = DiskState(vm_dir.name, files.disk, record, seed)
+    return out
+
+
+class ImageFiles:
+    """The checks spec loading makes of an image's files, done on the real files."""
+
+    def is_file(self, path: Path) -> bool:
+        return path.is_file()
+
+    def is_dir(self, path: Path) -> bool:
+        return path.is_dir()
+
+    def is_kernel(self, path: Path) -> bool:
+        """An x86 bzImage: the boot protocol's "HdrS" magic at offset 0x202."""
+        try:
+            with open(path, "rb") as f:
+                f.seek(0x202)
+                return f.read(4) == b"HdrS"
+        except OSError:
+            return False
+
+    def is_ext4(self, path: Path) -> bool:
+        return ext4.is_ext4(path)
+
+    def has_dir(self, rootfs: Path, inner: str) -> bool:
+        try:
+            return ext4.ext4_has_dir(rootfs, inner)
+        except WarmvmError:
+            return False

@@ -1,0 +1,118 @@
+"""Disk planning: work seeds and VM work disks. Pure.
+
+Work disks: the fast path clones the image's sized seed (by the best clone
+method this host has); the slow path, for images without a ready seed,
+builds a new ext4 of the disk's size from the image's /root. Either way the
+disk holds the same files. A disk grows when its VM's diskSize grows (while
+the VM is stopped); shrinking is refused. A disk is deleted when its VM's
+spec goes (once the VM is stopped).
+
+Seeds: an image's seed is its /root as a small ext4, built once per set of
+inputs (fingerprint) so that VM work disks are clones instead of file systems
+built from scratch. A seed grown to a disk size ("sized seed") is derived
+once per size in use, so a VM's disk is a plain clone with nothing left to
+resize. While a new seed is missing the newest older one stays in use; a
+failed generation is not retried until the inputs change (the error is
+shown). Seeds are freed once nothing uses them: a qcow2 work disk is backed
+by its seed file, so that file lives as long as the disk.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from ..core.actions import Action
+from ..core.model import VM, Desired
+from ..core.state import Observed
+from .actions import DiskClone, DiskDelete, DiskGrow, DiskScratch, SeedDelete, SeedGenerate, SeedSize
+from .state import DiskState, ImageState
+
+
+def plan_disks(desired: Desired, observed: Observed) -> tuple[list[Action], list[str]]:
+    """Work disks; a running VM's disk is neither grown nor deleted under it."""
+    images, disks, clone_method, running = observed.images, observed.disks, observed.clone_method, observed.running
+    actions: list[Action] = []
+    problems: list[str] = []
+    for vm in sorted(desired.vms.values(), key=lambda v: v.name):
+        if vm.image is None:
+            continue
+        disk = disks.get(vm.name)
+        if disk is None:
+            acts, problem = _new_disk(vm, desired, images[vm.image], clone_method, actions)
+            actions += acts
+        else:
+            problem = _existing_disk(vm, disk, running, actions)
+        if problem:
+            problems.append(f"vm/{vm.name}: {problem}")
+    for name in sorted(set(disks) - set(desired.vms)):
+        if name not in running:
+            actions.append(DiskDelete(name))
+    return actions, problems
+
+
+def _new_disk(vm: VM, desired: Desired, state: ImageState, method: str,
+              planned: list[Action]) -> tuple[list[Action], str | None]:
+    image = desired.images[vm.image]  # type: ignore[index]
+    ready = state.ready() if image.seed else None
+    if ready is None:
+        return [DiskScratch(vm.name, image, vm.disk_size)], None
+    seed = state.seeds[ready]
+    if vm.disk_size < seed.size:
+        return [], (f"diskSize {_mib(vm.disk_size)} is smaller than the work seed of image {image.name!r} "
+                    f"({_mib(seed.size)})")
+    actions: list[Action] = []
+    sizing = SeedSize(image, ready, vm.disk_size)
+    if vm.disk_size not in seed.sized and sizing not in planned:
+        actions.append(sizing)
+    actions.append(DiskClone(vm.name, image, ready, vm.disk_size, method))
+    return actions, None
+
+
+def _existing_disk(vm: VM, disk: DiskState, running: frozenset[str], actions: list[Action]) -> str | None:
+    if vm.disk_size < disk.size:
+        return f"diskSize {_mib(vm.disk_size)} is smaller than its disk ({_mib(disk.size)}): shrinking is refused"
+    if vm.disk_size > disk.size:
+        if vm.name in running:
+            return (f"diskSize grows to {_mib(vm.disk_size)} once the VM is stopped "
+                    "(set running: false, reconcile, then running: true)")
+        actions.append(DiskGrow(vm.name, vm.disk_size))
+    return None
+
+
+def _mib(size: int) -> str:
+    return f"{size / (1 << 20):g}Mi"
+
+
+def plan_seeds(desired: Desired, observed: Observed) -> tuple[list[Action], list[str]]:
+    """Seeds to generate for current inputs, then seed files nothing uses any more."""
+    actions: list[Action] = []
+    for image in sorted(desired.images.values(), key=lambda i: i.name):
+        state = observed.images[image.name]
+        if state.inputs is not None and state.inputs not in state.seeds and state.inputs not in state.failed:
+            actions.append(SeedGenerate(image, state.inputs))
+    return actions + plan_seed_cleanup(desired, observed.images, observed.disks), []
+
+
+def plan_seed_cleanup(desired: Desired, images: dict[str, ImageState], disks: dict[str, DiskState]) -> list[Action]:
+    actions: list[Action] = []
+    backing = {d.seed for d in disks.values() if d.seed is not None}
+    for name, state in sorted(images.items()):
+        if name not in desired.images and any(d.image == name for d in disks.values()):
+            continue  # its VMs' disks still exist: they go first
+        keep = _in_use(desired, state, name) | backing
+        files = [f for seed in state.seeds.values() for f in (seed.base, *seed.sized.values()) if f not in keep]
+        if files:
+            actions.append(SeedDelete(name, tuple(sorted(files))))
+    return actions
+
+
+def _in_use(desired: Desired, state: ImageState, name: str) -> set[Path]:
+    """The seed files new VMs of this image would use: the ready seed and all its sizes (a size
+    made once is likely wanted again as VMs come and go; each costs the seed's data once)."""
+    if name not in desired.images or desired.images[name].seed is None:
+        return set()
+    ready = state.ready()
+    if ready is None:
+        return set()
+    seed = state.seeds[ready]
+    return {seed.base, *seed.sized.values()}

@@ -1,0 +1,90 @@
+"""Network actions: bridges, the pool, and TAPs handed to VMs and back."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from ipaddress import IPv4Interface
+from typing import ClassVar
+
+from ..core.actions import PHASE_CLEANUP, PHASE_SETUP, PHASE_WARM, Action
+
+
+@dataclass(frozen=True)
+class BridgeEnsure(Action):
+    kind: ClassVar[str] = "bridge_ensure"
+    about: ClassVar[tuple[str, str]] = ("network", "network")
+    phase: ClassVar[int] = PHASE_SETUP
+    network: str
+    bridge: str
+    gateway: IPv4Interface
+
+
+@dataclass(frozen=True)
+class BridgeDelete(Action):
+    kind: ClassVar[str] = "bridge_delete"
+    about: ClassVar[tuple[str, str]] = ("network", "network")
+    phase: ClassVar[int] = PHASE_CLEANUP
+    deletes: ClassVar[bool] = True
+    network: str
+    bridge: str
+
+
+@dataclass(frozen=True)
+class PoolGrow(Action):
+    kind: ClassVar[str] = "pool_grow"
+    about: ClassVar[tuple[str, str]] = ("pool", "network")
+    phase: ClassVar[int] = PHASE_WARM
+    network: str
+    bridge: str
+    prefix: str
+    count: int
+
+
+@dataclass(frozen=True)
+class PoolShrink(Action):
+    kind: ClassVar[str] = "pool_shrink"
+    about: ClassVar[tuple[str, str]] = ("pool", "network")
+    phase: ClassVar[int] = PHASE_CLEANUP
+    deletes: ClassVar[bool] = True
+    network: str
+    taps: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class TapAttach(Action):
+    """Re-attach and bring up one of our TAPs that drifted (detached or down)."""
+
+    kind: ClassVar[str] = "tap_attach"
+    about: ClassVar[tuple[str, str]] = ("tap", "tap")
+    phase: ClassVar[int] = PHASE_SETUP
+    network: str
+    bridge: str
+    tap: str
+    vm: str | None = None  # the VM holding it; None: an idle pool TAP
+
+
+@dataclass(frozen=True)
+class TapClaim(Action):
+    """Give a VM its TAP: an idle one from the pool, or a new one when the pool is empty."""
+
+    kind: ClassVar[str] = "tap_claim"
+    step: ClassVar[int] = 1
+    vm: str
+    network: str
+    bridge: str
+    prefix: str
+    tap: str | None  # the idle TAP it takes; None: a new one, named by the allocator (the VM starts next pass)
+
+
+@dataclass(frozen=True)
+class TapRelease(Action):
+    """A VM's TAP goes back to its pool (`keep`), or is deleted when the pool is full."""
+
+    kind: ClassVar[str] = "tap_release"
+    phase: ClassVar[int] = PHASE_CLEANUP
+    deletes: ClassVar[bool] = True
+    vm: str
+    network: str
+    bridge: str
+    tap: str
+    keep: bool

@@ -1,0 +1,1 @@
+"""Spec files -> validated desired state (documents: YAML with line numbers; schema; load)."""

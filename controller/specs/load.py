@@ -1,0 +1,309 @@
+"""Spec loading: YAML documents under specs/ -> validated `Desired` state.
+
+The first stage of the pipeline (load -> observe -> plan -> apply), pure but
+for reading the spec files (documents.py): the checks it makes of the files
+an image names (a kernel, an ext4 rootfs, a directory inside it) are asked
+of an `ImageProbe` passed in. Each object is checked against its schema
+(schema.py); checks across objects (duplicates, references, overlapping
+CIDRs, one default image, IPs) follow. Every problem becomes a SpecError
+naming FILE:LINE: FIELD; valid objects are still returned so they can
+converge in the same pass.
+"""
+
+from __future__ import annotations
+
+import difflib
+from ipaddress import IPv4Address
+from pathlib import Path
+from typing import Any, Protocol
+
+from pydantic import BaseModel, ValidationError
+
+from ..core.errors import SpecError
+from ..core.model import VM, Desired, Image, Network, Source, WorkSeed
+from .documents import Document, FieldPath, dotted, read_documents, spec_files
+from .schema import (
+    API_VERSION,
+    BRIDGE_MAX_PORTS,
+    MAX_MEMORY,
+    MIN_MEMORY,
+    NAME,
+    SCHEMAS,
+    ImageSpec,
+    Metadata,
+    NetworkSpec,
+    Schema,
+    VMSpec,
+    WorkSeedSpec,
+)
+
+
+class ImageProbe(Protocol):
+    """What spec loading asks of the files an image names (disks/observe.py has the real one)."""
+
+    def is_file(self, path: Path) -> bool: ...
+
+    def is_dir(self, path: Path) -> bool: ...
+
+    def is_kernel(self, path: Path) -> bool: ...
+
+    def is_ext4(self, path: Path) -> bool: ...
+
+    def has_dir(self, rootfs: Path, inner: str) -> bool: ...
+
+
+def load(root: Path, probe: ImageProbe) -> Desired:
+    """Load and validate every spec under `root`; never raises for bad input."""
+    loader = _Loader(root, probe)
+    for path in spec_files(root):
+        docs, errors = read_documents(path, loader.shown(path))
+        loader.errors.extend(errors)
+        for doc in docs:
+            loader.add(doc)
+    return loader.finish()
+
+
+_ENVELOPE = ("apiVersion", "kind", "metadata", "spec")
+
+
+class _Loader:
+    def __init__(self, root: Path, probe: ImageProbe) -> None:
+        self.root = root
+        self.probe = probe
+        self.errors: list[SpecError] = []
+        self.objects: dict[tuple[str, str], tuple[Document, Schema]] = {}
+        self.invalid: set[tuple[str, str]] = set()  # kind+name seen but invalid: referencing it is no new error
+
+    def shown(self, path: Path) -> str:
+        try:
+            return str(path.relative_to(Path.cwd()))
+        except ValueError:
+            return str(path)
+
+    def error(self, doc: Document, path: FieldPath, message: str) -> None:
+        self.errors.append(SpecError(self.shown(doc.file), doc.line_of(path), dotted(path), message))
+
+    def add(self, doc: Document) -> None:
+        body = doc.body
+        if not isinstance(body, dict):
+            return self.error(doc, (), "a spec must be a mapping with apiVersion, kind, metadata and spec")
+        unknown = sorted(set(body) - set(_ENVELOPE), key=str)
+        for key in unknown:
+            self.error(doc, (str(key),), "unknown field" + _suggest(str(key), list(_ENVELOPE)))
+        if body.get("apiVersion") != API_VERSION:
+            return self.error(doc, ("apiVersion",), f"must be {API_VERSION!r}, got {body.get('apiVersion')!r}")
+        kind = body.get("kind")
+        if kind not in SCHEMAS:
+            return self.error(doc, ("kind",), f"unknown kind {kind!r}; expected one of {', '.join(SCHEMAS)}")
+        name = self._name(doc, kind)
+        if name is None or unknown:
+            return
+        key = (kind, name)
+        spec = self._validate(doc, SCHEMAS[kind], body.get("spec") or {}, ("spec",))
+        if key in self.objects:
+            first = self.objects[key][0]
+            self.invalid.add(key)
+            return self.error(doc, ("metadata", "name"),
+                              f"{kind} {name!r} is defined twice: here and at {self.shown(first.file)}:{first.line}")
+        if spec is None:
+            self.invalid.add(key)
+            return
+        self.objects[key] = (doc, spec)
+
+    def _name(self, doc: Document, kind: str) -> str | None:
+        meta = self._validate(doc, Metadata, doc.body.get("metadata"), ("metadata",))
+        if not isinstance(meta, Metadata):
+            return None
+        if len(meta.name) > 63 or not NAME.match(meta.name):
+            self.error(doc, ("metadata", "name"),
+                       f"{meta.name!r} is not a valid name (lowercase letters, digits and '-', at most 63)")
+            self.invalid.add((kind, meta.name))
+            return None
+        return meta.name
+
+    def _validate(self, doc: Document, schema: type[Schema], data: Any, at: FieldPath) -> Schema | None:
+        try:
+            return schema.model_validate(data)
+        except ValidationError as e:
+            for err in e.errors():
+                self._pydantic_error(doc, schema, at, err)
+            return None
+
+    def _pydantic_error(self, doc: Document, schema: type[Schema], at: FieldPath, err: Any) -> None:
+        loc = tuple(p for p in err["loc"] if not (isinstance(p, str) and ("[" in p or p in ("function-before",))))
+        path = at + loc
+        if err["type"] == "extra_forbidden":
+            message = "unknown field" + _suggest(str(loc[-1]), _known_fields(schema, loc[:-1]))
+        elif err["type"] == "missing":
+            message = "required field is missing"
+        elif err["type"] in ("model_type", "model_attributes_type"):
+            message = "must be a mapping"
+        else:
+            message = err["msg"].removeprefix("Value error, ")
+        self.error(doc, path, message)
+
+    def finish(self) -> Desired:
+        networks: dict[str, Network] = {}
+        images: dict[str, Image] = {}
+        for (_, name), (doc, spec) in self.objects.items():
+            if isinstance(spec, NetworkSpec):
+                networks[name] = self._network(name, doc, spec)
+            elif isinstance(spec, ImageSpec) and (image := self._image(name, doc, spec)) is not None:
+                images[name] = image
+        self._check_networks(networks)
+        default = self._default_image(images)
+        vms: dict[str, VM] = {}
+        for (_, name), (doc, spec) in self.objects.items():
+            if isinstance(spec, VMSpec) and (vm := self._vm(name, doc, spec, networks, images, default)) is not None:
+                vms[name] = vm
+        self._check_capacity(networks, vms)
+        return Desired(networks, images, vms, tuple(self.errors))
+
+    def _source(self, doc: Document) -> Source:
+        return Source(self.shown(doc.file), doc.line)
+
+    def _network(self, name: str, doc: Document, spec: NetworkSpec) -> Network:
+        return Network(name, spec.bridge, spec.cidr, spec.tap_pool.size, spec.tap_pool.prefix, self._source(doc))
+
+    def _check_networks(self, networks: dict[str, Network]) -> None:
+        seen: list[Network] = []
+        for net in networks.values():
+            doc = self.objects[("Network", net.name)][0]
+            for other in seen:
+                if net.cidr.overlaps(other.cidr):
+                    self.error(doc, ("spec", "cidr"),
+                               f"{net.cidr} overlaps network {other.name!r} ({other.cidr}) at {other.source}")
+                if net.bridge == other.bridge:
+                    self.error(doc, ("spec", "bridge"),
+                               f"bridge {net.bridge!r} is also used by network {other.name!r} at {other.source}")
+            seen.append(net)
+
+    def _image(self, name: str, doc: Document, spec: ImageSpec) -> Image | None:
+        base = doc.file.parent
+        ok = True
+
+        def path(field: str, value: str) -> Path:
+            nonlocal ok
+            p = (base / value).resolve()
+            if not self.probe.is_file(p):
+                self.error(doc, ("spec", field), f"{value!r} does not exist (looked at {p})")
+                ok = False
+            return p
+
+        kernel = path("kernel", spec.kernel)
+        initrd = path("initrd", spec.initrd) if spec.initrd else None
+        rootfs = path("rootfs", spec.rootfs)
+        if ok and not self.probe.is_kernel(kernel):
+            self.error(doc, ("spec", "kernel"), f"{spec.kernel!r} is not a Linux kernel image (no bzImage header)")
+            ok = False
+        if ok and not self.probe.is_ext4(rootfs):
+            self.error(doc, ("spec", "rootfs"), f"{spec.rootfs!r} is not an ext4 image")
+            ok = False
+        seed = None
+        if spec.work_seed is not None:
+            seed = self._seed(doc, spec.work_seed, base)
+            ok = ok and seed is not None
+        if ok and seed is not None and seed.from_rootfs is not None and \
+                not self.probe.has_dir(rootfs, seed.from_rootfs):
+            self.error(doc, ("spec", "workSeed", "from"), f"{seed.from_rootfs!r} is not a directory in {spec.rootfs!r}")
+            ok = False
+        if not ok:
+            self.invalid.add(("Image", name))
+            return None
+        return Image(name, kernel, initrd, rootfs, seed, spec.default, self._source(doc))
+
+    def _seed(self, doc: Document, spec: WorkSeedSpec, base: Path) -> WorkSeed | None:
+        if spec.from_.startswith("rootfs:"):
+            inner = spec.from_.removeprefix("rootfs:")
+            if not inner.startswith("/"):
+                self.error(doc, ("spec", "workSeed", "from"),
+                           f"{spec.from_!r}: the path inside the rootfs must be absolute")
+                return None
+            return WorkSeed(inner, None, spec.size)
+        directory = (base / spec.from_).resolve()
+        if not self.probe.is_dir(directory):
+            self.error(doc, ("spec", "workSeed", "from"), f"{spec.from_!r} is not a directory (looked at {directory})")
+            return None
+        return WorkSeed(None, directory, spec.size)
+
+    def _default_image(self, images: dict[str, Image]) -> str | None:
+        defaults = [i for i in images.values() if i.default]
+        for extra in defaults[1:]:
+            doc = self.objects[("Image", extra.name)][0]
+            self.error(doc, ("spec", "default"),
+                       f"a second default image; {defaults[0].name!r} at {defaults[0].source} is default already")
+        return defaults[0].name if len(defaults) == 1 else None
+
+    def _vm(self, name: str, doc: Document, spec: VMSpec, networks: dict[str, Network],
+            images: dict[str, Image], default: str | None) -> VM | None:
+        network = self._reference(doc, "network", spec.network, networks, "Network")
+        image = self._reference(doc, "image", spec.image or default, images, "Image",
+                                missing_ok=not images and spec.image is None)
+        if spec.memory < MIN_MEMORY or spec.memory > MAX_MEMORY:
+            self.error(doc, ("spec", "memory"), f"{spec.memory >> 20}Mi is out of range (64Mi to 1Ti)")
+            return None
+        if network is None or (image is None and (spec.image or images)):
+            return None
+        seed = images[image].seed if image else None
+        if seed is not None and seed.size is not None and spec.disk_size < seed.size:
+            self.error(doc, ("spec", "diskSize"), f"{spec.disk_size >> 20}Mi is smaller than the work seed "
+                                                  f"of image {image!r} ({seed.size >> 20}Mi)")
+            return None
+        if spec.ip is not None:
+            net = networks[network]
+            if spec.ip not in net.cidr or spec.ip in (net.cidr.network_address, net.cidr.broadcast_address,
+                                                      net.gateway):
+                self.error(doc, ("spec", "ip"), f"{spec.ip} is not a free host address of network {network!r} "
+                                                f"({net.cidr}, gateway {net.gateway})")
+                return None
+        return VM(name, network, image, spec.disk_size, spec.vcpus, spec.memory, spec.accel,
+                  spec.running, spec.ip, self._source(doc))
+
+    def _reference(self, doc: Document, field: str, wanted: str | None, known: dict[str, Any],
+                   kind: str, missing_ok: bool = False) -> str | None:
+        if wanted is None:
+            if len(known) == 1 and kind == "Network":
+                return next(iter(known))
+            if not missing_ok:
+                hint = "there is no default image" if kind == "Image" else f"there are {len(known)} networks"
+                self.error(doc, ("spec", field), f"required: {hint}")
+            return None
+        if wanted not in known:
+            if (kind, wanted) not in self.invalid:
+                self.error(doc, ("spec", field), f"{kind} {wanted!r} does not exist")
+            return None
+        return wanted
+
+    def _check_capacity(self, networks: dict[str, Network], vms: dict[str, VM]) -> None:
+        for net in networks.values():
+            users = sum(1 for vm in vms.values() if vm.network == net.name)
+            if net.pool_size + users > BRIDGE_MAX_PORTS:
+                doc = self.objects[("Network", net.name)][0]
+                self.error(doc, ("spec", "tapPool", "size"),
+                           f"{net.pool_size} idle TAPs + {users} VMs exceed the "
+                           f"{BRIDGE_MAX_PORTS} ports a bridge holds")
+        taken: dict[tuple[str, IPv4Address], str] = {}
+        for vm in sorted(vms.values(), key=lambda v: v.name):
+            if vm.ip is None:
+                continue
+            if (vm.network, vm.ip) in taken:
+                doc = self.objects[("VM", vm.name)][0]
+                self.error(doc, ("spec", "ip"), f"{vm.ip} is already taken by VM {taken[(vm.network, vm.ip)]!r}")
+            else:
+                taken[(vm.network, vm.ip)] = vm.name
+
+
+def _known_fields(schema: type[Schema], loc: FieldPath) -> list[str]:
+    model: Any = schema
+    for part in loc:
+        field = next((f for n, f in model.model_fields.items() if (f.alias or n) == part), None)
+        inner = getattr(field, "annotation", None) if field else None
+        if not (isinstance(inner, type) and issubclass(inner, BaseModel)):
+            return []
+        model = inner
+    return [f.alias or n for n, f in model.model_fields.items()]
+
+
+def _suggest(word: str, choices: list[str]) -> str:
+    close = difflib.get_close_matches(word, choices, n=1)
+    return f" (did you mean {close[0]!r}?)" if close else ""

@@ -1,0 +1,108 @@
+"""Where things live in the state directory. Pure path conventions, in one place.
+
+    lock                          the reconciler lock
+    host.json                     facts about this host, cached per boot (is KVM usable)
+    ssh/id_ed25519[.pub]          the host's key pair for the guests
+    images/IMAGE/seed-FP.ext4     base work seed built from inputs with fingerprint FP
+    images/IMAGE/seed-FP-SIZE.ext4   the same seed grown to SIZE bytes (one per disk size in use)
+    images/IMAGE/seed.json        the last seed generation (fingerprint, error)
+    vms/VM/disk.img               the VM's work disk (qcow2 overlay or raw: see disk.json)
+    vms/VM/disk.json              how it was made (image, seed, path taken, format, size)
+    vms/VM/vm.json                its IP lease, MAC and current boot
+    vms/VM/qemu.pid, qmp.sock, console.log, qemu.log   its QEMU
+    tmp/                          scratch space on the same file system (renamed from)
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+SEED = re.compile(r"^seed-([0-9a-f]{16})(?:-(\d+))?\.ext4$")
+
+
+@dataclass(frozen=True)
+class VmFiles:
+    """One VM's directory and the files its QEMU uses."""
+
+    directory: Path
+
+    @property
+    def disk(self) -> Path:
+        return self.directory / "disk.img"
+
+    @property
+    def disk_record(self) -> Path:
+        return self.directory / "disk.json"
+
+    @property
+    def record(self) -> Path:
+        return self.directory / "vm.json"
+
+    @property
+    def pidfile(self) -> Path:
+        return self.directory / "qemu.pid"
+
+    @property
+    def qmp(self) -> Path:
+        return self.directory / "qmp.sock"
+
+    @property
+    def console(self) -> Path:
+        return self.directory / "console.log"
+
+    @property
+    def log(self) -> Path:
+        return self.directory / "qemu.log"
+
+
+@dataclass(frozen=True)
+class Layout:
+    root: Path
+
+    @property
+    def lock(self) -> Path:
+        return self.root / "lock"
+
+    @property
+    def host_facts(self) -> Path:
+        return self.root / "host.json"
+
+    @property
+    def tmp(self) -> Path:
+        return self.root / "tmp"
+
+    @property
+    def ssh_key(self) -> Path:
+        return self.root / "ssh" / "id_ed25519"
+
+    @property
+    def images(self) -> Path:
+        return self.root / "images"
+
+    @property
+    def vms(self) -> Path:
+        return self.root / "vms"
+
+    def image_dir(self, image: str) -> Path:
+        return self.images / image
+
+    def seed(self, image: str, fingerprint: str, size: int | None = None) -> Path:
+        suffix = f"-{size}" if size is not None else ""
+        return self.image_dir(image) / f"seed-{fingerprint}{suffix}.ext4"
+
+    def seed_record(self, image: str) -> Path:
+        return self.image_dir(image) / "seed.json"
+
+    def vm(self, name: str) -> VmFiles:
+        return VmFiles(self.vms / name)
+
+    def relative(self, path: Path) -> str:
+        """How records name a file of the state directory: relative to its root, so that the
+        directory can be reached by any spelling (or moved) without records going stale."""
+        return str(path.relative_to(self.root))
+
+    def resolve(self, recorded: str) -> Path:
+        """A path a record names (relative; an absolute one from older records stays as it was)."""
+        return self.root / recorded

@@ -1,0 +1,1 @@
+"""VM domain: IP leases, QEMU boots, readiness and removal (plan, state, observe, driver; qemu, ssh)."""

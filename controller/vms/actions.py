@@ -1,0 +1,77 @@
+"""VM actions: an IP lease, a QEMU started, awaited, stopped, and a VM forgotten."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from ipaddress import IPv4Address, IPv4Interface
+from typing import ClassVar
+
+from ..core.actions import PHASE_AWAIT, PHASE_CLEANUP, PHASE_SETUP, PHASE_START, Action
+from ..core.model import Image
+
+REMOVED = "spec removed"
+
+
+@dataclass(frozen=True)
+class IpAssign(Action):
+    """Lease the VM its address (and create its record): the first step of a new VM."""
+
+    kind: ClassVar[str] = "ip_assign"
+    step: ClassVar[int] = 0
+    vm: str
+    network: str
+    ip: IPv4Address
+
+
+@dataclass(frozen=True)
+class VmStart(Action):
+    """Spawn the VM's QEMU on its TAP and work disk, both named here (from observed state, or from
+    the TAP claim and disk action planned before it in the same pass)."""
+
+    kind: ClassVar[str] = "vm_start"
+    phase: ClassVar[int] = PHASE_START
+    step: ClassVar[int] = 3
+    vm: str
+    image: Image
+    tap: str | None
+    disk_format: str | None  # raw | qcow2, as recorded when the disk was made
+    address: IPv4Interface
+    gateway: IPv4Address
+    vcpus: int
+    memory: int
+    accel: str
+    spec: str
+
+
+@dataclass(frozen=True)
+class VmAwait(Action):
+    """Wait for SSH to answer; past the boot deadline, kill it (the next pass starts it again)."""
+
+    kind: ClassVar[str] = "vm_await"
+    phase: ClassVar[int] = PHASE_AWAIT
+    parallel: ClassVar[bool] = True  # VMs boot side by side: each is seen ready when it is
+    vm: str
+    ip: IPv4Address
+
+
+@dataclass(frozen=True)
+class VmStop(Action):
+    kind: ClassVar[str] = "vm_stop"
+    phase: ClassVar[int] = PHASE_SETUP  # a VM being replaced or removed stops before anything else
+    parallel: ClassVar[bool] = True  # each may wait for its guest to power off
+    vm: str
+    reason: str
+
+    @property
+    def deletes(self) -> bool:  # type: ignore[override]
+        return self.reason == REMOVED
+
+
+@dataclass(frozen=True)
+class VmForget(Action):
+    """The last step of a removed VM: its record goes, and with it its IP lease."""
+
+    kind: ClassVar[str] = "vm_forget"
+    phase: ClassVar[int] = PHASE_CLEANUP
+    deletes: ClassVar[bool] = True
+    vm: str

@@ -1,0 +1,152 @@
+"""The VM driver: VM actions through QEMU (qemu.py) and SSH (ssh.py), plus the VM's record.
+
+Each handler reads the record, acts, and writes the record back atomically.
+A VM starts on the TAP and disk format its action names (never guessed from
+the disk's content). A boot that never answers SSH is killed here (its QEMU
+would otherwise hold a core forever under TCG) and counted; the planner
+starts it again, up to BOOT_ATTEMPTS, with the runner's backoff in between.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..core.actions import Details, Handlers
+from ..core.errors import PermanentError, TemporaryError, backoff
+from ..core.state import Observed
+from ..statedir.layout import Layout, VmFiles
+from ..statedir.store import atomic_write, write_json
+from . import qemu, ssh
+from .actions import IpAssign, VmAwait, VmForget, VmStart, VmStop
+from .observe import read_record
+from .qemu import Machine
+from .state import BOOT_ATTEMPTS, VmRecord
+
+
+@dataclass
+class VmDriver:
+    layout: Layout
+    boot_timeout: float = 60.0
+    stop_timeout: float = 3.0
+
+    def handlers(self) -> Handlers:
+        return {IpAssign: self.ip_assign, VmStart: self.vm_start, VmAwait: self.vm_await, VmStop: self.vm_stop,
+                VmForget: self.vm_forget}
+
+    def prepare(self, observed: Observed) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+    def files(self, vm: str) -> VmFiles:
+        return self.layout.vm(vm)
+
+    def _record(self, vm: str) -> VmRecord:
+        record = read_record(self.files(vm).record)
+        if record is None:
+            raise TemporaryError(f"vm/{vm}: no record yet")
+        return record
+
+    def _save(self, vm: str, record: VmRecord, durable: bool = False) -> None:
+        """Boot state is not fsynced (it dies with the machine); the IP lease is."""
+        write_json(self.files(vm).record, record.to_dict(), durable)
+
+    def ip_assign(self, a: IpAssign) -> Details:
+        old = read_record(self.files(a.vm).record)
+        created = old.created if old else time.time()
+        self.files(a.vm).directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+        self._save(a.vm, VmRecord(a.network, str(a.ip), qemu.mac_for(a.vm), created), durable=True)
+        return {"ip": str(a.ip)}
+
+    def vm_start(self, a: VmStart) -> Details:
+        if a.tap is None or a.disk_format is None:
+            raise TemporaryError(f"vm/{a.vm}: its TAP or work disk is not ready")
+        record = self._record(a.vm)
+        files = self.files(a.vm)
+        accel = self._accel(a.accel)
+        machine = Machine(a.vm, a.image.kernel, a.image.initrd, a.image.rootfs, files.disk, a.disk_format,
+                          a.tap, record.mac, a.address, str(a.gateway), a.vcpus, a.memory, accel,
+                          qemu.host_tsc_khz())
+        pid = qemu.start(machine, files)
+        self._save(a.vm, record.with_(pid=pid, started=time.time(), accel=accel, ready=None,
+                                      boots=record.boots + 1, spec=a.spec))
+        return {"accel": accel, "tap": a.tap, "pid": pid, "restart": record.boots > 0 or None}
+
+    def vm_await(self, a: VmAwait) -> Details:
+        record = self._record(a.vm)
+        files = self.files(a.vm)
+        started = record.started or time.time()
+        deadline = time.monotonic() + max(0.0, started + self.boot_timeout - time.time())
+        if ssh.wait_ready(self.layout.ssh_key, str(a.ip), deadline,
+                          lambda: qemu.running_pid(files, record.pid) is not None):
+            now = time.time()
+            first = record.create_to_ready_ms is None
+            create_to_ready = (now - record.created) * 1000 if record.create_to_ready_ms is None \
+                else record.create_to_ready_ms
+            self._save(a.vm, record.with_(ready=now, attempts=0, failure=None, create_to_ready_ms=create_to_ready))
+            return {"boot_ms": round((now - started) * 1000, 1),
+                    "create_to_ready_ms": round(create_to_ready, 1) if first else None}
+        return self._failed_boot(a.vm, record, files)
+
+    def _failed_boot(self, vm: str, record: VmRecord, files: VmFiles) -> Details:
+        died = qemu.running_pid(files, record.pid) is None
+        qemu.kill(files, record.pid)
+        tail = qemu.console_tail(files, 1)
+        if died:
+            reason = f"QEMU exited: {qemu.failure_reason(files) or 'no message'}"
+        else:
+            reason = f"no SSH within {self.boot_timeout:g}s; " + (f"console: {tail}" if tail else "console is empty")
+        attempts = record.attempts + 1
+        self._save(vm, record.with_(pid=None, ready=None, attempts=attempts, failure=reason))
+        if attempts >= BOOT_ATTEMPTS:
+            raise PermanentError(f"boot failed {attempts} times, giving up: {reason}")
+        raise TemporaryError(f"boot {attempts} of {BOOT_ATTEMPTS} failed: {reason}", delay=backoff(attempts, base=2.0))
+
+    def vm_stop(self, a: VmStop) -> Details:
+        record = read_record(self.files(a.vm).record)
+        how = qemu.stop(self.files(a.vm), record.pid if record else None, self.stop_timeout)
+        if record is not None:
+            self._save(a.vm, record.with_(pid=None, ready=None))
+        return {"reason": a.reason, "how": how}
+
+    def vm_forget(self, a: VmForget) -> Details:
+        record = read_record(self.files(a.vm).record)
+        qemu.kill(self.files(a.vm), record.pid if record else None)  # never leave a QEMU without its files
+        shutil.rmtree(self.files(a.vm).directory, ignore_errors=True)
+        return {}
+
+    def _accel(self, wanted: str) -> str:
+        usable = self._kvm_usable()
+        if wanted == "kvm" and not usable:
+            raise PermanentError("accel: kvm was asked for, but KVM is not usable on this host")
+        if wanted == "auto":
+            return "kvm" if usable else "tcg"
+        return wanted
+
+    def _kvm_usable(self) -> bool:
+        """Detected once per host boot and cached in the state directory."""
+        cache = self.layout.host_facts
+        key = f"{platform.release()}|{_boot_id()}"
+        try:
+            data = json.loads(cache.read_text())
+            if data.get("key") == key:
+                return bool(data["kvm"])
+        except (FileNotFoundError, json.JSONDecodeError, KeyError):
+            pass
+        usable = qemu.kvm_usable()
+        atomic_write(cache, json.dumps({"key": key, "kvm": usable}).encode())
+        return usable
+
+
+def _boot_id() -> str:
+    try:
+        return Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+    except OSError:
+        return str(os.getpid())

@@ -1,0 +1,127 @@
+"""VM planning: leases, boots, readiness and removal. Pure.
+
+A VM with an image gets an IP lease (its first step), then (through the pool
+and disk planners) its TAP and work disk, then QEMU, then a wait for SSH. A
+QEMU that died is started again; one that never answers SSH is killed by the
+wait and started again, up to BOOT_ATTEMPTS times, then the VM is Failed
+until its spec changes. A VM whose spec goes is stopped; once stopped, its
+TAP and disk are released by their planners, and then its record (and IP).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from ipaddress import IPv4Address, IPv4Interface
+
+from ..core.actions import Action
+from ..core.model import VM, Desired, Network
+from ..core.state import Observed
+from .actions import REMOVED, IpAssign, VmAwait, VmForget, VmStart, VmStop
+from .state import BOOT_ATTEMPTS, VmState
+
+
+def spec_hash(vm: VM) -> str:
+    """What a running VM was started with; a change means a restart (the image is not in it:
+    a new image or seed affects new VMs only)."""
+    key = f"{vm.network}|{vm.vcpus}|{vm.memory}|{vm.accel}"
+    return hashlib.sha256(key.encode()).hexdigest()[:12]
+
+
+def plan_vms(desired: Desired, observed: Observed) -> tuple[list[Action], list[str]]:
+    actions: list[Action] = []
+    problems: list[str] = []
+    leased = {(s.record.network, IPv4Address(s.record.ip)): n for n, s in observed.vms.items()}
+    for vm in sorted(desired.vms.values(), key=lambda v: v.name):
+        if vm.image is None:
+            continue  # a network-only VM: it holds a TAP and nothing else
+        net = desired.networks[vm.network]
+        state = observed.vms.get(vm.name)
+        if state is None or state.record.network != vm.network:
+            ip = _lease(vm, net, leased)
+            if ip is None:
+                problems.append(f"vm/{vm.name}: no free address in {net.cidr}"
+                                + (f" ({vm.ip} is leased to {leased.get((vm.network, vm.ip))})" if vm.ip else ""))
+                continue
+            leased[(vm.network, ip)] = vm.name
+            actions.append(IpAssign(vm.name, vm.network, ip))
+            actions += _boot(vm, desired, net, ip, observed)
+            continue
+        acts, problem = _converge(vm, desired, net, state, observed)
+        actions += acts
+        if problem:
+            problems.append(f"vm/{vm.name}: {problem}")
+    for name, state in sorted(observed.vms.items()):
+        if name not in desired.vms:
+            actions += _remove(name, state, observed)
+    return actions, problems
+
+
+def _lease(vm: VM, net: Network, leased: dict[tuple[str, IPv4Address], str]) -> IPv4Address | None:
+    if vm.ip is not None:
+        return vm.ip if leased.get((vm.network, vm.ip), vm.name) == vm.name else None
+    for host in net.cidr.hosts():
+        if host != net.gateway and (vm.network, host) not in leased:
+            return host
+    return None
+
+
+def _boot(vm: VM, desired: Desired, net: Network, ip: IPv4Address, observed: Observed) -> list[Action]:
+    """Start and await; the TAP and disk format come from what is observed, or else from this
+    pass's own claim and disk actions (bound by the core planner)."""
+    if not vm.running or vm.image is None:
+        return []
+    address = IPv4Interface(f"{ip}/{net.cidr.prefixlen}")
+    image = desired.images[vm.image]
+    tap = observed.net.vm_taps().get(vm.name)
+    disk = observed.disks.get(vm.name)
+    return [VmStart(vm.name, image, tap.name if tap else None, disk.format if disk else None, address,
+                    net.gateway, vm.vcpus, vm.memory, vm.accel, spec_hash(vm)),
+            VmAwait(vm.name, ip)]
+
+
+def _converge(vm: VM, desired: Desired, net: Network, state: VmState,
+              observed: Observed) -> tuple[list[Action], str | None]:
+    record = state.record
+    ip = IPv4Address(record.ip)
+    if vm.ip is not None and vm.ip != ip:
+        return [], f"spec.ip {vm.ip} differs from its lease {ip}: an address is never changed under a VM"
+    if not vm.running:
+        return ([VmStop(vm.name, "running: false")] if state.alive else []), None
+    if state.alive and record.spec != spec_hash(vm):
+        return [VmStop(vm.name, "spec changed")], None
+    if state.alive:
+        return ([] if state.ready else [VmAwait(vm.name, ip)]), None
+    if record.attempts >= BOOT_ATTEMPTS and record.spec == spec_hash(vm):
+        return [], f"Failed: {record.failure}"
+    return _boot(vm, desired, net, ip, observed), None
+
+
+def _remove(name: str, state: VmState, observed: Observed) -> list[Action]:
+    if state.alive:
+        return [VmStop(name, REMOVED)]
+    holds_tap = name in observed.net.vm_taps()
+    if name not in observed.disks and not holds_tap:
+        return [VmForget(name)]
+    return []
+
+
+def phase(name: str, vm: VM | None, observed: Observed) -> tuple[str, str]:
+    """The VM's phase as users see it, and why, derived from what is observed."""
+    state = observed.vms.get(name)
+    if vm is None:
+        return ("Stopping", "spec removed") if state and state.alive else ("Stopping", "releasing its resources")
+    if vm.image is None:
+        return ("Running", "network only") if name in observed.net.vm_taps() else ("Pending", "")
+    if state is None:
+        return "Pending", ""
+    record = state.record
+    if state.ready:
+        return "Running", ""
+    if state.alive:
+        return "Booting", ""
+    if not vm.running:
+        provisioned = name in observed.disks and name in observed.net.vm_taps()
+        return ("Stopped", "running: false") if provisioned else ("Provisioning", "")
+    if record.attempts >= BOOT_ATTEMPTS and record.spec == spec_hash(vm):
+        return "Failed", record.failure or ""
+    return "Provisioning", record.failure or ""

@@ -1,0 +1,239 @@
+"""QEMU processes for the VM driver: started detached, recognised, stopped.
+
+QEMU is spawned in a session of its own with its output in the VM's
+directory, and outlives the controller. Start returns as soon as QEMU is
+exec'd: its own initialisation (70-80 ms here with -daemonize waiting for it)
+is part of the guest's boot, and a QEMU that fails is seen by the readiness
+wait, with qemu.log's last line as the reason. Its pid file, QMP socket
+(0600) and serial log live in the VM's state directory. A pid alone is no
+proof (pids are reused), so a process is ours only if its command line
+carries this VM's own pid-file path. Stopping asks the guest over QMP
+(system_powerdown), then kills after a timeout.
+
+QMP is spoken directly (a JSON line protocol of three messages here) rather
+than through the asyncio qemu.qmp package, which would be the only asyncio in
+the controller.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import signal
+import socket
+import time
+from dataclasses import dataclass
+from ipaddress import IPv4Interface
+from pathlib import Path
+
+from ..core.errors import PermanentError
+from ..statedir.layout import VmFiles
+
+QEMU = "qemu-system-x86_64"
+KVM_GET_API_VERSION, KVM_CREATE_VM = 0xAE00, 0xAE01
+
+
+@dataclass(frozen=True)
+class Machine:
+    """Everything one QEMU invocation needs."""
+
+    name: str
+    kernel: Path
+    initrd: Path | None
+    rootfs: Path
+    disk: Path
+    disk_format: str  # raw | qcow2
+    tap: str
+    mac: str
+    address: IPv4Interface  # the guest's address with its prefix length
+    gateway: str
+    vcpus: int
+    memory: int
+    accel: str  # kvm | tcg
+    tsc_khz: int | None = None  # the host's TSC rate, which a TCG guest needs told (see host_tsc_khz)
+
+
+def mac_for(name: str) -> str:
+    """A stable, locally administered MAC derived from the VM's name."""
+    digest = hashlib.sha256(name.encode()).digest()
+    return "52:54:00:" + ":".join(f"{b:02x}" for b in digest[:3])
+
+
+def qemu_argv(m: Machine, files: VmFiles) -> list[str]:
+    cpu = ["-accel", "kvm", "-cpu", "host"] if m.accel == "kvm" else ["-accel", "tcg", "-cpu", "max"]
+    # cryptomgr.notests: the kernel's crypto self-tests cost 0.5 s of a TCG boot and test nothing of ours
+    append = (f"console=ttyS0 quiet cryptomgr.notests warmvm.ip={m.address} warmvm.gw={m.gateway} "
+              f"warmvm.hostname={m.name}")
+    if m.accel == "tcg" and m.tsc_khz:
+        append += f" tsc_early_khz={m.tsc_khz}"
+    argv = [QEMU, "-name", f"warmvm-{m.name}", "-M", "microvm,rtc=on", *cpu,
+            "-m", str(m.memory >> 20), "-smp", str(m.vcpus), "-nodefaults", "-no-user-config",
+            "-display", "none", "-serial", f"file:{files.console}",
+            "-qmp", f"unix:{files.qmp},server=on,wait=off",
+            "-kernel", str(m.kernel), "-append", append,
+            "-drive", f"id=root,file={m.rootfs},format=raw,if=none,readonly=on",
+            "-device", "virtio-blk-device,drive=root,serial=warmvm-root",
+            "-drive", f"id=work,file={m.disk},format={m.disk_format},if=none",
+            "-device", "virtio-blk-device,drive=work,serial=warmvm-work",
+            "-netdev", f"tap,id=n0,ifname={m.tap},script=no,downscript=no",
+            "-device", f"virtio-net-device,netdev=n0,mac={m.mac}",
+            "-pidfile", str(files.pidfile)]
+    if m.initrd is not None:
+        argv[argv.index("-kernel") + 2:argv.index("-kernel") + 2] = ["-initrd", str(m.initrd)]
+    return argv
+
+
+def start(m: Machine, files: VmFiles) -> int:
+    """Spawns QEMU detached (own session, output to qemu.log) and returns its pid at once."""
+    files.directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+    for stale in (files.pidfile, files.qmp):
+        stale.unlink(missing_ok=True)
+    files.console.write_bytes(b"")
+    argv = qemu_argv(m, files)
+    binary = shutil.which(argv[0])
+    if binary is None:
+        raise PermanentError(f"{argv[0]} is not installed (make setup installs it)")
+    old = os.umask(0o077)  # the QMP socket and logs: owner only
+    try:
+        pid = os.posix_spawn(binary, argv, os.environ, setsid=True, file_actions=[
+            (os.POSIX_SPAWN_OPEN, 0, "/dev/null", os.O_RDONLY, 0),
+            (os.POSIX_SPAWN_OPEN, 1, str(files.log), os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600),
+            (os.POSIX_SPAWN_DUP2, 1, 2)])
+    finally:
+        os.umask(old)
+    return pid
+
+
+def running_pid(files: VmFiles, pid: int | None) -> int | None:
+    """`pid` if it is alive and really this VM's QEMU, else None."""
+    if pid is None:
+        return None
+    try:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return None
+    if state == "Z":
+        _reap(pid)
+        return None
+    return pid if f"\0-pidfile\0{files.pidfile}\0".encode() in cmdline else None
+
+
+def _reap(pid: int) -> None:
+    """A QEMU we spawned in this process and that died is our zombie until reaped."""
+    try:
+        os.waitpid(pid, os.WNOHANG)
+    except ChildProcessError:
+        pass
+
+
+def failure_reason(files: VmFiles) -> str:
+    """Why QEMU exited: the last line it printed."""
+    try:
+        lines = [line for line in files.log.read_text(errors="replace").splitlines() if line.strip()]
+    except OSError:
+        return ""
+    return lines[-1] if lines else ""
+
+
+def stop(files: VmFiles, pid: int | None, timeout: float) -> str:
+    """Stops the VM: ACPI power-down over QMP, SIGKILL after `timeout`. Returns how it ended."""
+    pid = running_pid(files, pid)
+    if pid is None:
+        return "not running"
+    how = "powerdown"
+    try:
+        qmp(files.qmp, "system_powerdown")
+    except OSError:
+        how = "killed"
+    if not _wait_gone(files, pid, timeout if how == "powerdown" else 0):
+        how = "killed"
+        kill(files, pid)
+    files.pidfile.unlink(missing_ok=True)
+    files.qmp.unlink(missing_ok=True)
+    return how
+
+
+def kill(files: VmFiles, pid: int | None) -> None:
+    if running_pid(files, pid) is not None:
+        os.kill(pid, signal.SIGKILL)  # type: ignore[arg-type]
+        _wait_gone(files, pid, 5.0)
+
+
+def _wait_gone(files: VmFiles, pid: int | None, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while running_pid(files, pid) is not None:
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(0.02)
+    return True
+
+
+def qmp(path: Path, command: str, timeout: float = 2.0) -> dict:  # type: ignore[type-arg]
+    """One QMP command: greeting, capabilities negotiation, the command, its reply."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        sock.settimeout(timeout)
+        sock.connect(str(path))
+        stream = sock.makefile("rwb")
+        json.loads(stream.readline())  # greeting
+        for execute in ("qmp_capabilities", command):
+            stream.write(json.dumps({"execute": execute}).encode() + b"\n")
+            stream.flush()
+            while True:
+                reply = json.loads(stream.readline())
+                if "event" not in reply:
+                    break
+            if "error" in reply:
+                raise OSError(f"QMP {execute}: {reply['error'].get('desc')}")
+        return reply  # type: ignore[no-any-return]
+
+
+def console_tail(files: VmFiles, lines: int = 15) -> str:
+    try:
+        data = files.console.read_bytes()[-8192:]
+    except OSError:
+        return ""
+    return "\n".join(data.decode(errors="replace").splitlines()[-lines:])
+
+
+def host_tsc_khz() -> int | None:
+    """The host's TSC rate in kHz. Under TCG the guest's TSC runs at it, and a guest left to
+    calibrate against the emulated PIT hangs in most boots ("Unable to calibrate against PIT")."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("cpu MHz"):
+                return int(float(line.split(":")[1]) * 1000)
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+def kvm_usable() -> bool:
+    """KVM that can run a stock guest kernel: /dev/kvm answering, and hardware virtualisation in the CPU.
+
+    A /dev/kvm that exists is no proof: under PVM (a host that is itself a
+    guest) it creates VMs, but Debian's kernel hangs in them, and the CPU
+    shows no vmx/svm flag.
+    """
+    import fcntl
+    try:
+        fd = os.open("/dev/kvm", os.O_RDWR | os.O_CLOEXEC)
+    except OSError:
+        return False
+    try:
+        if fcntl.ioctl(fd, KVM_GET_API_VERSION) != 12:
+            return False
+        os.close(fcntl.ioctl(fd, KVM_CREATE_VM, 0))
+    except OSError:
+        return False
+    finally:
+        os.close(fd)
+    flags = next((line for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("flags")), "")
+    return " vmx" in flags or " svm" in flags
+
+
+def _last_line(text: str) -> str:
+    lines = [line for line in text.strip().splitlines() if line.strip()]
+    return lines[-1] if lines else "(no output)"

@@ -1,0 +1,113 @@
+"""Wiring: the host as a command sees it, with its drivers, observers and spec probe.
+
+`open_host` builds what `plan` and `reconcile` need from the state
+directory, so the CLI (and the bench) stay thin. `prepare` makes the state
+the reconciler writes to (directory, key pair, tmp area) and is called only
+under the lock; plan never writes anything. This is the one module that
+knows every domain's observer and driver.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from .core.apply import Drivers
+from .core.errors import PermanentError, WarmvmError, os_error
+from .core.model import Desired
+from .core.state import Observed
+from .disks import ext4
+from .disks.driver import DiskDriver, Progress
+from .disks.observe import ImageFiles, observe_disks, observe_images
+from .network.driver import NetworkDriver
+from .network.observe import observe_net
+from .specs.load import load
+from .statedir.layout import Layout
+from .statedir.store import Store
+from .vms.driver import VmDriver
+from .vms.observe import observe_vms
+
+
+def load_specs(root: Path) -> Desired:
+    """The specs under `root`, their image files checked on this host."""
+    return load(root, ImageFiles())
+
+
+@dataclass
+class Host:
+    layout: Layout
+    pubkey: str
+    clone_method: str
+    reflink: bool = False  # the state directory clones by reflink
+    boot_timeout: float = 60.0
+
+    def observer(self, desired: Desired) -> Callable[[], Observed]:
+        return lambda: self.observe(desired)
+
+    def observe(self, desired: Desired) -> Observed:
+        try:
+            return Observed(net=observe_net(),
+                            images=observe_images(self.layout, desired.images, self.pubkey),
+                            disks=observe_disks(self.layout),
+                            clone_method=self.clone_method,
+                            vms=observe_vms(self.layout),
+                            now=time.time())
+        except OSError as e:
+            raise os_error("observing the host", e) from None
+
+    def drivers(self, progress: Progress | None = None) -> Drivers:
+        return Drivers([NetworkDriver(), DiskDriver(self.layout, self.pubkey, self.reflink, progress),
+                        VmDriver(self.layout, self.boot_timeout)])
+
+
+def open_host(store: Store, prepare: bool, clone_method: str = "auto") -> Host:
+    layout = Layout(store.root)
+    if prepare:
+        store.ensure()
+        clean_tmp(layout)
+        ensure_ssh_key(layout.ssh_key)
+        layout.tmp.mkdir(mode=0o700, exist_ok=True)
+    pub = layout.ssh_key.with_suffix(".pub")
+    pubkey = pub.read_text().strip() if pub.exists() else ""
+    available = _clone_methods(layout)
+    if clone_method != "auto" and clone_method not in available:
+        raise PermanentError(f"--clone-method {clone_method}: not available on {store.root} "
+                             f"(available: {', '.join(available)})")
+    return Host(layout, pubkey, available[0] if clone_method == "auto" else clone_method,
+                reflink="reflink" in available)
+
+
+def _clone_methods(layout: Layout) -> list[str]:
+    if not layout.tmp.is_dir():
+        return ["sparse"]
+    try:
+        return [m.value for m in ext4.detect_clone_methods(layout.tmp)]
+    except WarmvmError:
+        return ["sparse"]
+
+
+def clean_tmp(layout: Layout) -> None:
+    """Leftovers of a killed run (we hold the lock, so nothing else is building)."""
+    if layout.tmp.is_dir():
+        shutil.rmtree(layout.tmp)
+
+
+def ensure_ssh_key(key: Path) -> None:
+    """The host's key pair for its guests, made once (both files appear together or not at all)."""
+    if key.exists() and key.with_suffix(".pub").exists():
+        return
+    key.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=key.parent) as tmp:
+        made = Path(tmp) / key.name
+        proc = subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "warmvm", "-f", str(made)],
+                              capture_output=True, text=True, stdin=subprocess.DEVNULL, check=False)
+        if proc.returncode != 0:
+            raise PermanentError(f"ssh-keygen failed: {proc.stderr.strip()}")
+        made.with_suffix(".pub").replace(key.with_suffix(".pub"))
+        made.replace(key)  # last: the private key's presence means the pair is complete
+    key.chmod(0o600)
