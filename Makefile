@@ -6,7 +6,7 @@ WARMVM   := $(VENV)/bin/warmvm
 STAMP    := $(VENV)/.installed
 ARGS     ?=
 
-.PHONY: setup image reconcile plan test bench bench-pool bench-disk bench-create clean
+.PHONY: setup image reconcile plan test lint bench bench-pool bench-disk bench-create clean
 
 setup: $(STAMP)
 	@bash hack/install-deps.sh
@@ -28,6 +28,12 @@ plan: setup image
 
 test: setup
 	$(PY) -m pytest -q $(ARGS)
+
+# the layers (.importlinter), the linter and the types; .ci/run runs it after the tests
+lint: setup
+	$(VENV)/bin/lint-imports
+	$(VENV)/bin/ruff check controller tests hack
+	$(VENV)/bin/mypy --strict controller
 
 bench-pool: setup
 	bash hack/bench-pool.sh $(ARGS)

@@ -17,20 +17,22 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from .core.apply import Drivers
+from typing import TYPE_CHECKING
+
 from .core.errors import PermanentError, WarmvmError, os_error
 from .core.model import Desired
 from .core.state import Observed
 from .disks import ext4
-from .disks.driver import DiskDriver, Progress
 from .disks.observe import ImageFiles, observe_disks, observe_images
-from .network.driver import NetworkDriver
 from .network.observe import observe_net
 from .specs.load import load
 from .statedir.layout import Layout
 from .statedir.store import Store
-from .vms.driver import VmDriver
 from .vms.observe import observe_vms
+
+if TYPE_CHECKING:
+    from .core.apply import Drivers
+    from .disks.driver import Progress
 
 
 def load_specs(root: Path) -> Desired:
@@ -61,6 +63,11 @@ class Host:
             raise os_error("observing the host", e) from None
 
     def drivers(self, progress: Progress | None = None) -> Drivers:
+        # imported here: `plan` and `get` never apply anything, and start faster without them
+        from .core.apply import Drivers
+        from .disks.driver import DiskDriver
+        from .network.driver import NetworkDriver
+        from .vms.driver import VmDriver
         return Drivers([NetworkDriver(), DiskDriver(self.layout, self.pubkey, self.reflink, progress),
                         VmDriver(self.layout, self.boot_timeout)])
 

@@ -284,3 +284,23 @@ def test_vm_image_errors(image_env: tuple[Path, Path]) -> None:
     write(specs / "vm.yaml", vm_spec("vm-b", running="false", image="other", diskSize="16Mi"))
     errors = warmvm(specs, state, "plan").stderr
     assert "vm.yaml:8: spec.diskSize: 16Mi is smaller than the work seed of image 'other' (32Mi)" in errors
+
+
+def test_an_image_without_a_root_directory_fails_its_vm_in_one_line_not_a_traceback(
+        image_env: tuple[Path, Path], tmp_path: Path) -> None:
+    """`workSeed: none` and a rootfs with no /root: the disk cannot be built; the failure is an
+    outcome of that one action (a one-line reason, exit 1), never a traceback."""
+    specs, state = image_env
+    src = tmp_path / "bare"
+    (src / "etc").mkdir(parents=True)
+    disks.build_ext4(specs / "img" / "rootfs.ext4", 16 << 20, src)
+    write(specs / "image.yaml", image_spec(seed="none"))
+    write(specs / "vm.yaml", vm_spec("vm-a", running="false", diskSize="64Mi"))
+    result = warmvm(specs, state, "--log-format", "json", "reconcile")
+    assert result.returncode == 1
+    assert "Traceback" not in result.stderr
+    failed = [json.loads(line) for line in result.stderr.splitlines() if line.startswith("{")]
+    failed = [r for r in failed if r.get("outcome") == "failed"]
+    assert [r["stage"] for r in failed] == ["disk_scratch"]
+    assert "no directory /root" in failed[0]["error"]
+    assert not (state / "vms" / "vm-a" / "disk.img").exists()

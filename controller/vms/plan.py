@@ -36,6 +36,9 @@ def plan_vms(desired: Desired, observed: Observed) -> tuple[list[Action], list[s
             continue  # a network-only VM: it holds a TAP and nothing else
         net = desired.networks[vm.network]
         state = observed.vms.get(vm.name)
+        if state is not None and state.alive and state.record.network != vm.network:
+            actions.append(VmStop(vm.name, "spec changed"))  # moved: leased anew only once stopped
+            continue
         if state is None or state.record.network != vm.network:
             ip = _lease(vm, net, leased)
             if ip is None:
