@@ -27,7 +27,7 @@ from .vms.ssh import ssh_argv
 if TYPE_CHECKING:
     from .core.model import Desired
 
-# pydantic and the planner cost ~300 ms to import: only the commands that use them import them,
+# spec validation and the planner cost time to import: only the commands that use them import them,
 # so `warmvm ssh` and `warmvm logs` start at once
 VIEW_NAMES = ("networks", "pool", "images", "vms")
 

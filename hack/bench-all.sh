@@ -2,7 +2,7 @@
 # make bench: every benchmark the project has, then one summary.
 #   hack/bench-all.sh [OUTDIR]   (default state/bench-out)
 set -euo pipefail
-cd "$(dirname "$0")/.."
+source "$(dirname "$0")/lib.sh"
 out=${1:-state/bench-out}
 mkdir -p "$out"
 bash hack/bench-pool.sh --json "$out/pool.json"

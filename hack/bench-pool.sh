@@ -2,7 +2,7 @@
 # make bench-pool: the TAP pool benchmark, in a private network namespace that is
 # always removed (with every device in it), even on Ctrl-C or failure.
 set -euo pipefail
-cd "$(dirname "$0")/.."
+source "$(dirname "$0")/lib.sh"
 ns="wvbench-$$-$RANDOM"
 ip netns add "$ns"
 trap 'ip netns del "$ns" 2>/dev/null || true' EXIT INT TERM

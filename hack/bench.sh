@@ -6,7 +6,7 @@
 # the end (with every VM, device, mount and loop device in them), even on
 # Ctrl-C or failure. See hack/bench_create.py for what is measured.
 set -euo pipefail
-cd "$(dirname "$0")/.."
+source "$(dirname "$0")/lib.sh"
 
 state_fs=host
 args=("$@")

@@ -18,6 +18,8 @@ def main(out: Path) -> None:
     if pool:
         rows += [("pool: warm-up of 1000 TAPs", f"{pool['warmup_s']:.2f} s", "<= 1.5 s"),
                  ("pool: no-op reconcile, 1000 TAPs", f"{pool['noop_ms_median']:.1f} ms", "<= 100 ms"),
+                 ("start-up: warmvm plan, 100-TAP pool",
+                  f"{pool['plan_cli_ms_median']:.0f} ms (python alone {pool['python_ms_median']:.0f} ms)", "<= 150 ms"),
                  ("pool: kernel calls per name", f"{pool['alloc_calls_per_name']:.2f}", "<= 1.1"),
                  ("pool: libvirt-style probing", f"{pool['probe_calls_per_name']:.0f} calls/name", "-")]
     disk = load(out / "disk.json")

@@ -2,7 +2,7 @@
 
 Produced by `specs.load`, consumed by `plan`. Plain frozen dataclasses with
 every default already applied (a VM's network and image are resolved), so
-the planner never looks at YAML or pydantic.
+the planner never looks at YAML or the schema.
 """
 
 from __future__ import annotations

@@ -12,12 +12,9 @@ converge in the same pass.
 
 from __future__ import annotations
 
-import difflib
 from ipaddress import IPv4Address
 from pathlib import Path
 from typing import Any, Protocol
-
-from pydantic import BaseModel, ValidationError
 
 from ..core.errors import SpecError
 from ..core.model import VM, Desired, Image, Network, Source, WorkSeed
@@ -26,6 +23,7 @@ from .schema import (
     API_VERSION,
     BRIDGE_MAX_PORTS,
     MAX_MEMORY,
+    METADATA,
     MIN_MEMORY,
     NAME,
     SCHEMAS,
@@ -35,6 +33,7 @@ from .schema import (
     Schema,
     VMSpec,
     WorkSeedSpec,
+    suggest,
 )
 
 
@@ -71,7 +70,7 @@ class _Loader:
         self.root = root
         self.probe = probe
         self.errors: list[SpecError] = []
-        self.objects: dict[tuple[str, str], tuple[Document, Schema]] = {}
+        self.objects: dict[tuple[str, str], tuple[Document, NetworkSpec | ImageSpec | VMSpec]] = {}
         self.invalid: set[tuple[str, str]] = set()  # kind+name seen but invalid: referencing it is no new error
 
     def shown(self, path: Path) -> str:
@@ -89,7 +88,7 @@ class _Loader:
             return self.error(doc, (), "a spec must be a mapping with apiVersion, kind, metadata and spec")
         unknown = sorted(set(body) - set(_ENVELOPE), key=str)
         for key in unknown:
-            self.error(doc, (str(key),), "unknown field" + _suggest(str(key), list(_ENVELOPE)))
+            self.error(doc, (str(key),), "unknown field" + suggest(str(key), list(_ENVELOPE)))
         if body.get("apiVersion") != API_VERSION:
             return self.error(doc, ("apiVersion",), f"must be {API_VERSION!r}, got {body.get('apiVersion')!r}")
         kind = body.get("kind")
@@ -111,8 +110,8 @@ class _Loader:
         self.objects[key] = (doc, spec)
 
     def _name(self, doc: Document, kind: str) -> str | None:
-        meta = self._validate(doc, Metadata, doc.body.get("metadata"), ("metadata",))
-        if not isinstance(meta, Metadata):
+        meta: Metadata | None = self._validate(doc, METADATA, doc.body.get("metadata"), ("metadata",))
+        if meta is None:
             return None
         if len(meta.name) > 63 or not NAME.match(meta.name):
             self.error(doc, ("metadata", "name"),
@@ -121,26 +120,12 @@ class _Loader:
             return None
         return meta.name
 
-    def _validate(self, doc: Document, schema: type[Schema], data: Any, at: FieldPath) -> Schema | None:
-        try:
-            return schema.model_validate(data)
-        except ValidationError as e:
-            for err in e.errors():
-                self._pydantic_error(doc, schema, at, err)
-            return None
-
-    def _pydantic_error(self, doc: Document, schema: type[Schema], at: FieldPath, err: Any) -> None:
-        loc = tuple(p for p in err["loc"] if not (isinstance(p, str) and ("[" in p or p in ("function-before",))))
-        path = at + loc
-        if err["type"] == "extra_forbidden":
-            message = "unknown field" + _suggest(str(loc[-1]), _known_fields(schema, loc[:-1]))
-        elif err["type"] == "missing":
-            message = "required field is missing"
-        elif err["type"] in ("model_type", "model_attributes_type"):
-            message = "must be a mapping"
-        else:
-            message = err["msg"].removeprefix("Value error, ")
-        self.error(doc, path, message)
+    def _validate(self, doc: Document, schema: Schema[Any], data: Any, at: FieldPath) -> Any:
+        errors: list[tuple[FieldPath, str]] = []
+        value = schema.validate(data, at, errors)
+        for path, message in errors:
+            self.error(doc, path, message)
+        return value
 
     def finish(self) -> Desired:
         networks: dict[str, Network] = {}
@@ -291,19 +276,3 @@ class _Loader:
                 self.error(doc, ("spec", "ip"), f"{vm.ip} is already taken by VM {taken[(vm.network, vm.ip)]!r}")
             else:
                 taken[(vm.network, vm.ip)] = vm.name
-
-
-def _known_fields(schema: type[Schema], loc: FieldPath) -> list[str]:
-    model: Any = schema
-    for part in loc:
-        field = next((f for n, f in model.model_fields.items() if (f.alias or n) == part), None)
-        inner = getattr(field, "annotation", None) if field else None
-        if not (isinstance(inner, type) and issubclass(inner, BaseModel)):
-            return []
-        model = inner
-    return [f.alias or n for n, f in model.model_fields.items()]
-
-
-def _suggest(word: str, choices: list[str]) -> str:
-    close = difflib.get_close_matches(word, choices, n=1)
-    return f" (did you mean {close[0]!r}?)" if close else ""
