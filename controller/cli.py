@@ -25,11 +25,12 @@ from .vms.observe import read_record
 from .vms.ssh import ssh_argv
 
 if TYPE_CHECKING:
+    from .core.actions import Action
     from .core.model import Desired
 
 # spec validation and the planner cost time to import: only the commands that use them import them,
 # so `warmvm ssh` and `warmvm logs` start at once
-VIEW_NAMES = ("networks", "pool", "images", "vms")
+VIEW_NAMES = ("networks", "pool", "images", "vms", "trash")
 
 EXIT_OK, EXIT_ERROR, EXIT_PENDING = 0, 1, 2
 
@@ -54,7 +55,26 @@ def _common(defaults: bool) -> argparse.ArgumentParser:
                         help="how long a boot may take to answer SSH before it is killed and retried (default 60)")
     common.add_argument("--lock-timeout", type=float, default=default(5.0), metavar="SECONDS",
                         help="how long to wait for another reconciler (default 5)")
+    common.add_argument("--retain-removed", type=duration, metavar="DURATION",
+                        default=default(duration(os.environ.get("WARMVM_RETAIN_REMOVED", "24h"))),
+                        help="how long a removed VM's disk is kept in the trash, e.g. 24h, 90m, 0 "
+                             "(default 24h; 0 deletes it at once)")
+    common.add_argument("--confirm-removals", action="store_true", default=default(False),
+                        help="apply a pass that removes more than half of the VMs (held back otherwise)")
     return common
+
+
+def duration(text: str) -> float:
+    """Seconds from `90`, `90s`, `30m`, `24h` or `7d`."""
+    units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+    number, unit = (text[:-1], text[-1]) if text and text[-1] in units else (text, "s")
+    try:
+        value = float(number) * units[unit]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a duration (e.g. 24h, 90m, 0)") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{text!r}: a duration cannot be negative")
+    return value
 
 
 def parser() -> argparse.ArgumentParser:
@@ -95,13 +115,23 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def load_specs(args: argparse.Namespace) -> Desired:
+    from dataclasses import replace
+
+    from .core.model import Policy
     from .wiring import load_specs
     if not args.specs.is_dir():
         raise WarmvmError(f"{args.specs}: spec directory does not exist")
     desired = load_specs(args.specs)
     for error in desired.errors:
         print(error, file=sys.stderr)
-    return desired
+    return replace(desired, policy=Policy(args.retain_removed, args.confirm_removals))
+
+
+def _show_held(held: tuple[Action, ...], holds: tuple[str, ...]) -> None:
+    if held:
+        print(f"held back: {'; '.join(holds)}", file=sys.stderr)
+    for action in held:
+        print(f"(held back) {action.describe()}")
 
 
 def cmd_plan(args: argparse.Namespace, log: Lifecycle) -> int:
@@ -111,8 +141,7 @@ def cmd_plan(args: argparse.Namespace, log: Lifecycle) -> int:
     current = plan(desired, open_host(Store(args.state), False, args.clone_method).observer(desired)())
     for action in current.actions:
         print(action.describe())
-    for action in current.held_back:
-        print(f"(held back while specs are invalid) {action.describe()}")
+    _show_held(current.held_back, current.holds)
     for problem in current.problems:
         print(f"problem: {problem}", file=sys.stderr)
     log.summary(f"plan: {len(current.actions)} to apply, {len(current.held_back)} held back, "
@@ -143,9 +172,11 @@ def cmd_reconcile(args: argparse.Namespace, log: Lifecycle) -> int:
     problems = last.problems if last else ()
     for problem in problems:
         print(f"problem: {problem}", file=sys.stderr)
-    ok = result.converged and not desired.errors and not problems
-    state = "converged" if ok else "NOT converged"
+    if last is not None:
+        _show_held(last.held_back, last.holds)
     held = len(last.held_back) if last else 0
+    ok = result.converged and not desired.errors and not problems and not held
+    state = "converged" if ok else "NOT converged"
     log.summary(f"reconcile: {state}: {result.applied} applied, {len(result.failures)} failed, "
                 f"{held} held back, {len(desired.errors)} spec errors, {result.passes} passes, "
                 f"{(time.perf_counter() - start) * 1000:.1f}ms (lock wait {(locked - start) * 1000:.1f}, "
@@ -189,10 +220,13 @@ def _spec_signature(root: Path) -> tuple[tuple[str, int, int], ...]:
 
 
 def cmd_get(args: argparse.Namespace, log: Lifecycle) -> int:
+    from dataclasses import replace
+
     from . import views
-    from .core.model import Desired
+    from .core.model import Desired, Policy
     from .wiring import load_specs, open_host
     desired = load_specs(args.specs) if args.specs.is_dir() else Desired()
+    desired = replace(desired, policy=Policy(args.retain_removed, args.confirm_removals))
     rows = views.VIEWS[args.what](desired, open_host(Store(args.state), False, args.clone_method).observer(desired)())
     if args.output == "json":
         print(json.dumps(rows, indent=2, default=str))
@@ -202,7 +236,7 @@ def cmd_get(args: argparse.Namespace, log: Lifecycle) -> int:
 
 
 def cmd_ssh(args: argparse.Namespace, log: Lifecycle) -> int:
-    layout = Layout(args.state)
+    layout = Layout(Store(args.state).root)
     record = read_record(layout.vm(args.vm).record)
     if record is None:
         raise WarmvmError(f"vm/{args.vm}: no such VM in {args.state}")
@@ -214,7 +248,7 @@ def cmd_ssh(args: argparse.Namespace, log: Lifecycle) -> int:
 
 
 def cmd_logs(args: argparse.Namespace, log: Lifecycle) -> int:
-    console = Layout(args.state).vm(args.vm).console
+    console = Layout(Store(args.state).root).vm(args.vm).console
     if not console.exists():
         raise WarmvmError(f"vm/{args.vm}: no console log in {console.parent}")
     with open(console, "rb") as f:

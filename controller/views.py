@@ -87,8 +87,18 @@ def _age(seconds: float) -> str:
     return f"{seconds:.0f}s"
 
 
+def trash(desired: Desired, observed: Observed) -> list[Row]:
+    """Removed VMs' disks kept for the retention time: a VM of that name that comes back gets its own."""
+    retention = desired.policy.retain_removed
+    return [{"vm": e.vm, "removed": f"{_age(observed.now - e.removed_at)} ago",
+             "expiresIn": _age(max(0.0, e.removed_at + retention - observed.now)),
+             "size": _size(e.size), "ip": e.record.ip if e.record else "-",
+             "image": e.disk.image if e.disk else "-", "path": str(e.path)}
+            for e in sorted(observed.trash, key=lambda e: (e.vm, e.removed_at))]
+
+
 VIEWS: dict[str, Callable[[Desired, Observed], list[Row]]] = {
-    "networks": networks, "pool": pool, "vms": vms, "images": images}
+    "networks": networks, "pool": pool, "vms": vms, "images": images, "trash": trash}
 
 
 def table(rows: list[Row]) -> str:

@@ -27,7 +27,7 @@ from .network.observe import observe_net
 from .specs.load import load
 from .statedir.layout import Layout
 from .statedir.store import Store
-from .vms.observe import observe_vms
+from .vms.observe import observe_trash, observe_vms
 
 if TYPE_CHECKING:
     from .core.apply import Drivers
@@ -42,6 +42,7 @@ def load_specs(root: Path) -> Desired:
 @dataclass
 class Host:
     layout: Layout
+    instance: str | None  # this state directory's identity (None until the first reconcile makes it)
     pubkey: str
     clone_method: str
     reflink: bool = False  # the state directory clones by reflink
@@ -51,13 +52,16 @@ class Host:
         return lambda: self.observe(desired)
 
     def observe(self, desired: Desired) -> Observed:
+        broken: dict[str, str] = {}
         try:
-            return Observed(net=observe_net(),
+            return Observed(net=observe_net(self.instance),
                             images=observe_images(self.layout, desired.images, self.pubkey),
-                            disks=observe_disks(self.layout),
+                            disks=observe_disks(self.layout, broken),
                             clone_method=self.clone_method,
-                            vms=observe_vms(self.layout),
-                            now=time.time())
+                            vms=observe_vms(self.layout, broken),
+                            now=time.time(),
+                            trash=observe_trash(self.layout),
+                            broken=broken)
         except OSError as e:
             raise os_error("observing the host", e) from None
 
@@ -67,7 +71,9 @@ class Host:
         from .disks.driver import DiskDriver
         from .network.driver import NetworkDriver
         from .vms.driver import VmDriver
-        return Drivers([NetworkDriver(), DiskDriver(self.layout, self.pubkey, self.reflink, progress),
+        if self.instance is None:
+            raise PermanentError(f"{self.layout.root}: has no instance identity yet (only reconcile makes it)")
+        return Drivers([NetworkDriver(self.instance), DiskDriver(self.layout, self.pubkey, self.reflink, progress),
                         VmDriver(self.layout, self.boot_timeout)])
 
 
@@ -76,15 +82,16 @@ def open_host(store: Store, prepare: bool, clone_method: str = "auto") -> Host:
     if prepare:
         store.ensure()
         clean_tmp(layout)
-        ensure_ssh_key(layout.ssh_key)
         layout.tmp.mkdir(mode=0o700, exist_ok=True)
+        ensure_ssh_key(layout.ssh_key, layout.tmp)
+    instance = store.instance(create=prepare) if store.root.is_dir() else None
     pub = layout.ssh_key.with_suffix(".pub")
     pubkey = pub.read_text().strip() if pub.exists() else ""
     available = _clone_methods(layout)
     if clone_method != "auto" and clone_method not in available:
         raise PermanentError(f"--clone-method {clone_method}: not available on {store.root} "
                              f"(available: {', '.join(available)})")
-    return Host(layout, pubkey, available[0] if clone_method == "auto" else clone_method,
+    return Host(layout, instance, pubkey, available[0] if clone_method == "auto" else clone_method,
                 reflink="reflink" in available)
 
 
@@ -103,12 +110,12 @@ def clean_tmp(layout: Layout) -> None:
         shutil.rmtree(layout.tmp)
 
 
-def ensure_ssh_key(key: Path) -> None:
+def ensure_ssh_key(key: Path, scratch: Path) -> None:
     """The host's key pair for its guests, made once (both files appear together or not at all)."""
     if key.exists() and key.with_suffix(".pub").exists():
         return
     key.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=key.parent) as tmp:
+    with tempfile.TemporaryDirectory(dir=scratch) as tmp:
         made = Path(tmp) / key.name
         proc = subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "warmvm", "-f", str(made)],
                               capture_output=True, text=True, stdin=subprocess.DEVNULL, check=False)

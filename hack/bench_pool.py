@@ -111,7 +111,8 @@ def main() -> None:
         specs = Path(tmp) / "specs"
         specs.mkdir()
         out["warmup_s"] = run(specs, args.taps)
-        out["taps"] = len([l for l in dump_links() if l.alias == str(pool_mark("bench"))])
+        owner = Store(specs.parent / "state").instance(create=False)
+        out["taps"] = len([l for l in dump_links() if l.alias == str(pool_mark(owner, "bench"))])
         noop = [run(specs, args.taps) * 1000 for _ in range(args.runs)]
         out["noop_ms_median"], out["noop_ms_min"], out["noop_ms_max"] = statistics.median(noop), min(noop), max(noop)
         cli = []
@@ -127,10 +128,10 @@ def main() -> None:
 
         for i in range(args.taps):
             raw_tap(f"tap-pool-{i}")  # foreign: no mark
-        driver = NetworkDriver()
-        driver.prepare(Observed(net=observe_net()))
+        driver = NetworkDriver(owner or "")
+        driver.prepare(Observed(net=observe_net(owner)))
         start = time.perf_counter()
-        driver.create_taps("tap-pool-", args.names, pool_mark("bench"), "wvbench0")
+        driver.create_taps("tap-pool-", args.names, pool_mark(owner, "bench"), "wvbench0")
         out["alloc_ms"] = (time.perf_counter() - start) * 1000
         out["alloc_calls_per_name"] = driver.name_calls / args.names
         driver.close()

@@ -4,14 +4,15 @@ The planner is pure, so a case needs no kernel, no disk and no QEMU: the
 observed state is written out by hand (links as the dump reports them,
 seeds, disks and VM records as observation would find them) and the plan is
 compared line by line. The reader is strict: every part of the observed
-state (`links`, `images`, `disks`, `vms`, `clone_method`) a planner reads
-must be given, even if empty; a part left out raises as soon as a planner
+state (`links`, `images`, `disks`, `vms`, `trash`, `clone_method`, `now`) a
+planner reads must be given, even if empty (`broken` alone defaults to none); a part left out raises as soon as a planner
 touches it, so no case passes on facts it never stated. The image files a
 spec names are given under `files` (anything not listed does not exist).
 
 Case format (quantities as in specs: 64Mi, 1Gi):
 
     specs: |            the spec files' text (one file)
+    extra_files: {NAME: TEXT}   more spec files beside it
     files:              the image files specs may name, relative to the spec file
       vmlinuz: kernel
       rootfs.ext4: {ext4: [/root]}      an ext4 image and the directories it holds
@@ -23,19 +24,25 @@ Case format (quantities as in specs: 64Mi, 1Gi):
       images:    {IMAGE: {inputs: FP|null, seeds: {FP: {size, mtime, sized: [SIZE...]}}, failed: {FP: why}}}
       disks:     {VM: {image, size, taken, format, seed: FP-SIZE|null}}
       vms:       {VM: {network, ip, alive, ready, pid, spec: current|HASH, attempts, failure}}
+      trash:     [{vm, removed_at, ip, network, image, format, seed: FP-SIZE|null}]
+      now:       unix seconds, for the trash's expiry
+      broken:    {vm/NAME: why}
+    policy: {retain_removed: SECONDS, confirm_removals: BOOL}   (default: 24h, false)
     actions: [...]   held_back: [...]   problems: [...]
 """
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, NoReturn
 
 import pytest
 import yaml
 
+from controller.core.model import Policy
 from controller.core.plan import plan
-from controller.core.state import Observed
+from controller.core.state import Observed, TrashEntry
 from controller.disks.state import DiskRecord, DiskState, ImageState, SeedFiles
 from controller.network.state import Address, Link, net_state
 from controller.specs.load import load
@@ -45,6 +52,7 @@ from controller.vms.state import VmRecord, VmState
 
 CASES = sorted((Path(__file__).parent / "plan").glob("*.yaml"))
 STATE = Path("/state")
+INSTANCE = "c0ffee00"  # this instance's marks in cases: warmvm:c0ffee00:ROLE:NETWORK[:VM]
 
 
 class Missing:
@@ -57,6 +65,7 @@ class Missing:
         raise AssertionError(f"the planner read observed.{self.what}, which this case does not give")
 
     __getattr__ = __iter__ = __contains__ = __getitem__ = __len__ = __bool__ = _fail
+    __lt__ = __le__ = __gt__ = __ge__ = __add__ = __radd__ = __sub__ = __rsub__ = _fail
 
 
 class Files:
@@ -89,7 +98,7 @@ def _net(data: dict[str, Any]) -> Any:
     links = [Link(index[e["name"]], e["name"], e.get("kind"), e.get("alias"),
                   index[e["master"]] if e.get("master") else None, e.get("up", True), 0) for e in entries]
     addresses = [Address(index[a["dev"]], a["cidr"]) for a in data.get("addresses", [])]
-    return net_state(links, addresses)
+    return net_state(links, addresses, INSTANCE)
 
 
 def _images(data: dict[str, Any]) -> Any:
@@ -130,21 +139,41 @@ def _vms(data: dict[str, Any], specs: dict[str, Any]) -> Any:
     return out
 
 
+def _trash(data: dict[str, Any]) -> Any:
+    if "trash" not in data:
+        return Missing("trash")
+    out = []
+    for e in data["trash"]:
+        record = VmRecord(e["network"], e["ip"], "52:54:00:00:00:01", 0.0) if e.get("ip") else None
+        seed = f"images/{e['image']}/seed-{e['seed']}.ext4" if e.get("seed") else None
+        disk = DiskRecord(e["image"], 1 << 30, "seed:qcow2" if e["format"] == "qcow2" else "seed:reflink",
+                          e["format"], seed, 0.0) if e.get("image") else None
+        path = STATE / "trash" / f"{e['vm']}.{e['removed_at']}"
+        out.append(TrashEntry(e["vm"], e["removed_at"], path, record, disk, STATE / seed if seed else None, 1 << 20))
+    return tuple(out)
+
+
 def observed_from(data: dict[str, Any], specs: dict[str, Any]) -> Observed:
     return Observed(net=_net(data), images=_images(data), disks=_disks(data),
-                    clone_method=data.get("clone_method", Missing("clone_method")), vms=_vms(data, specs))
+                    clone_method=data.get("clone_method", Missing("clone_method")), vms=_vms(data, specs),
+                    now=data.get("now", Missing("now")), trash=_trash(data), broken=data.get("broken", {}))
 
 
 @pytest.mark.parametrize("case", CASES, ids=[c.stem for c in CASES])
 def test_plan_case(case: Path, tmp_path: Path) -> None:
     data = yaml.safe_load(case.read_text())
-    (tmp_path / "specs.yaml").write_text(data.get("specs") or "")
+    if data.get("specs"):  # no specs at all: no file (an empty one would hold removals back)
+        (tmp_path / "specs.yaml").write_text(data["specs"])
+    for name, text in (data.get("extra_files") or {}).items():
+        (tmp_path / name).write_text(text)
     desired = load(tmp_path, Files(tmp_path, data.get("files") or {}))
+    desired = replace(desired, policy=Policy(**data.get("policy", {})))
     assert [str(e) for e in desired.errors] == [e.replace("FILE", str(tmp_path / "specs.yaml"))
                                                 for e in data.get("spec_errors", [])]
     result = plan(desired, observed_from(data["observed"], desired.vms))
     assert [a.describe() for a in result.actions] == data.get("actions", [])
     assert [a.describe() for a in result.held_back] == data.get("held_back", [])
+    assert [h.replace(f"{tmp_path}/", "") for h in result.holds] == data.get("holds", [])
     assert list(result.problems) == data.get("problems", [])
 
 

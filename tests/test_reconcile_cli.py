@@ -8,8 +8,10 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 
+from controller.network.marks import parse_mark
 from controller.network.rtnl import dump_links
 from controller.statedir.store import Store
 
@@ -17,7 +19,9 @@ from .conftest import REPO, network_spec, vm_spec, warmvm, write
 
 
 def our_links() -> dict[str, str]:
-    return {l.name: l.alias for l in dump_links() if l.alias and l.alias.startswith("warmvm:")}
+    """Marked devices, each with its mark shown without the instance (one instance per test)."""
+    marks = {l.name: parse_mark(l.alias) for l in dump_links()}
+    return {name: str(replace(mark, instance=None)) for name, mark in marks.items() if mark is not None}
 
 
 def test_invalid_spec_never_deletes_what_it_used_to_describe(netns: str, workdir: tuple[Path, Path]) -> None:

@@ -192,16 +192,17 @@ def test_disk_grows_and_refuses_to_shrink(image_env: tuple[Path, Path]) -> None:
     assert disks.virtual_size(disk_path(state, "vm-a")) == 128 << 20
 
 
-def test_removed_vm_loses_its_disk_and_removed_image_its_seeds(image_env: tuple[Path, Path]) -> None:
+def test_with_no_retention_a_removed_vm_loses_its_disk_and_removed_image_its_seeds(
+        image_env: tuple[Path, Path]) -> None:
     specs, state = image_env
     write(specs / "vm.yaml", vm_spec("vm-a", running="false", diskSize="64Mi"))
     reconcile(specs, state)
     disk = disk_path(state, "vm-a")
     (specs / "vm.yaml").unlink()
-    assert "disk_delete" in stages(reconcile(specs, state))
+    assert "disk_delete" in stages(reconcile(specs, state, "--retain-removed", "0"))
     assert not disk.exists()
     (specs / "image.yaml").unlink()
-    reconcile(specs, state)
+    reconcile(specs, state, "--retain-removed", "0")
     assert not (state / "images" / "demo").exists()
 
 

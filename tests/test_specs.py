@@ -64,13 +64,26 @@ def test_cli_reports_bad_input_without_traceback(tmp_path: Path) -> None:
     assert result.stderr.splitlines()[0].endswith("net.yaml:9: spec.tapPool.size: Input should be a valid integer")
 
 
-def test_duplicate_objects_name_both_files(tmp_path: Path) -> None:
+def test_a_name_defined_twice_is_an_error_at_both_and_neither_is_applied(tmp_path: Path) -> None:
     write(tmp_path / "a.yaml", NET)
-    write(tmp_path / "b" / "c.yml", NET)
-    errors = [str(e) for e in load(tmp_path, ImageFiles()).errors]
-    assert len(errors) == 1
-    assert "c.yml:4: metadata.name: Network 'default' is defined twice" in errors[0]
-    assert "a.yaml:1" in errors[0]
+    write(tmp_path / "b" / "c.yml", NET.replace("10.88.0.0/24", "10.99.0.0/24"))
+    desired = load(tmp_path, ImageFiles())
+    errors = sorted(str(e) for e in desired.errors)
+    assert len(errors) == 2, errors
+    assert "a.yaml:4: metadata.name: Network 'default' is defined twice: here and at" in errors[0]
+    assert errors[0].endswith("c.yml:1")
+    assert "c.yml:4: metadata.name: Network 'default' is defined twice: here and at" in errors[1]
+    assert errors[1].endswith("a.yaml:1")
+    assert "default" not in desired.networks, "which file wins must not depend on file order"
+
+
+def test_an_empty_spec_file_is_named_so_that_removals_wait(tmp_path: Path) -> None:
+    write(tmp_path / "net.yaml", NET)
+    (tmp_path / "vm.yaml").write_text("")
+    (tmp_path / "comments.yaml").write_text("# nothing here yet\n---\n")
+    desired = load(tmp_path, ImageFiles())
+    assert not desired.errors
+    assert sorted(Path(f).name for f in desired.empty_files) == ["comments.yaml", "vm.yaml"]
 
 
 def test_vm_naming_a_missing_network(tmp_path: Path) -> None:

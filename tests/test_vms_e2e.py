@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import signal
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -20,7 +22,7 @@ import pytest
 from controller.statedir.layout import VmFiles
 from controller.vms.qemu import running_pid
 
-from .conftest import REPO, network_spec, vm_spec, warmvm, write
+from .conftest import REPO, network_spec, qemu_pids_under, vm_spec, warmvm, write
 
 pytestmark = pytest.mark.e2e
 IMAGE = Path(os.environ.get("WARMVM_TEST_IMAGE", REPO / "state" / "demo-image"))
@@ -47,7 +49,7 @@ def env(netns: str, tmp_path: Path, demo_image: Path) -> Iterator[tuple[Path, Pa
     yield specs, state
     for spec in specs.glob("*.yaml"):  # with no specs the product stops and removes every VM it made;
         spec.unlink()                  # the autouse no_leftover_qemu fixture is only the backstop
-    warmvm(specs, state, "reconcile")
+    warmvm(specs, state, "--confirm-removals", "--retain-removed", "0", "reconcile")
 
 
 def reconcile(specs: Path, state: Path) -> subprocess.CompletedProcess[str]:
@@ -96,6 +98,35 @@ def test_two_vms_boot_serve_their_work_disk_and_go_away_cleanly(env: tuple[Path,
     assert running_pid(b_files, b_pid) is None and not (state / "vms" / "vm-b").exists()
     pool = json.loads(warmvm(specs, state, "get", "pool", "-o", "json").stdout)
     assert {"tap": b_tap, "holder": "(idle)"}.items() <= next(p for p in pool if p["tap"] == b_tap).items()
+
+
+def test_kill_9_right_after_spawn_never_leaves_an_untracked_qemu(env: tuple[Path, Path]) -> None:
+    """The controller dies a few ms after spawning QEMU, before or after recording it, at random: the
+    QEMU is still found (through the pid file it writes), never doubled, and stopped when asked."""
+    specs, state = env
+    write(specs / "vm.yaml", vm_spec("vm-a", running="false"))
+    reconcile(specs, state)
+    rng = random.Random(int.from_bytes(os.urandom(4), "little"))
+    cmd = [sys.executable, "-m", "controller", "--specs", str(specs), "--state", str(state), "reconcile"]
+    for _ in range(6):
+        write(specs / "vm.yaml", vm_spec("vm-a"))
+        proc = subprocess.Popen(cmd, cwd=REPO, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                stderr=subprocess.DEVNULL)
+        try:
+            deadline = time.monotonic() + 30
+            while not qemu_pids_under(state) and time.monotonic() < deadline:
+                time.sleep(0.0005)
+            time.sleep(rng.uniform(0, 0.003))  # around the moment the spawn is recorded
+        finally:
+            proc.kill()
+            proc.wait()
+        assert len(qemu_pids_under(state)) == 1
+        rows = json.loads(warmvm(specs, state, "get", "vms", "-o", "json").stdout)
+        assert rows[0]["phase"] in ("Booting", "Running"), rows  # tracked, not lost
+        assert warmvm(specs, state, "plan").stdout.count("vm_start") == 0, "a second QEMU would be started"
+        write(specs / "vm.yaml", vm_spec("vm-a", running="false"))
+        reconcile(specs, state)
+        assert qemu_pids_under(state) == []
 
 
 def test_killed_qemu_is_started_again(env: tuple[Path, Path]) -> None:

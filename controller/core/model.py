@@ -72,13 +72,27 @@ class VM:
 
 
 @dataclass(frozen=True)
+class Policy:
+    """How forgiving removal is; set on the command line, not in specs."""
+
+    retain_removed: float = 86400.0  # seconds a removed VM's disk is kept in the trash (0: deleted at once)
+    confirm_removals: bool = False  # apply a pass that removes more than half of the VMs
+
+
+@dataclass(frozen=True)
 class Desired:
     networks: dict[str, Network] = field(default_factory=dict)
     images: dict[str, Image] = field(default_factory=dict)
     vms: dict[str, VM] = field(default_factory=dict)
     errors: tuple[SpecError, ...] = ()
+    empty_files: tuple[str, ...] = ()  # spec files holding no object at all: an editor mid-save, or a mistake
+    policy: Policy = Policy()
 
     @property
     def complete(self) -> bool:
         """True when every spec is valid: only then may the controller delete anything."""
         return not self.errors
+
+    @property
+    def objects(self) -> int:
+        return len(self.networks) + len(self.images) + len(self.vms)

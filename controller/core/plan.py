@@ -6,9 +6,14 @@ another's (the TAP a VM claims, the format of the disk made for it), and
 orders the result. An empty plan means converged. Actions are ordered by
 phase: what a new VM waits for (its IP, TAP, disk and QEMU, VM by VM), then
 the waits for SSH, then what only keeps the host warm (refilling the pool,
-generating seeds), then cleaning up. While any spec is invalid, actions that
-delete are held back (and reported), since the broken file may still
-describe what they would delete.
+generating seeds), then cleaning up.
+
+Deleting actions are held back (and reported, with why) while a removal may
+be an accident: while any spec is invalid (the broken file may still
+describe what they would delete), while a spec file is empty (an editor
+mid-save), while no spec describes anything at all but VMs exist (a wrong
+--specs), and when a pass would remove more than half of the VMs, more than
+one, until confirmed (`reconcile --confirm-removals`).
 """
 
 from __future__ import annotations
@@ -42,7 +47,8 @@ def _order(action: Action) -> tuple[int, str, int]:
 class Plan:
     actions: tuple[Action, ...]
     problems: tuple[str, ...] = ()
-    held_back: tuple[Action, ...] = ()  # deletions suppressed while specs are invalid
+    held_back: tuple[Action, ...] = ()  # deletions suppressed while a removal may be an accident
+    holds: tuple[str, ...] = ()  # why they are held back
 
     @property
     def empty(self) -> bool:
@@ -51,18 +57,35 @@ class Plan:
 
 def plan(desired: Desired, observed: Observed) -> Plan:
     actions: list[Action] = []
-    problems: list[str] = []
+    problems = [f"{key}: {why}" for key, why in sorted(observed.broken.items())]
     for planner in PLANNERS:
         acts, probs = planner(desired, observed)
         actions += acts
         problems += probs
     actions = _bind(actions)
     actions.sort(key=_order)
-    if desired.complete:
+    holds = holds_on_removal(desired, observed)
+    if not holds or not any(a.deletes for a in actions):
         return Plan(tuple(actions), tuple(problems))
     keep = tuple(a for a in actions if not a.deletes)
     held = tuple(a for a in actions if a.deletes)
-    return Plan(keep, tuple(problems), held)
+    return Plan(keep, tuple(problems), held, holds)
+
+
+def holds_on_removal(desired: Desired, observed: Observed) -> tuple[str, ...]:
+    """Why deleting actions must wait, if they must: the accidents a removal is most often."""
+    holds: list[str] = []
+    if not desired.complete:
+        holds.append("specs are invalid")
+    holds += [f"{name} is empty" for name in desired.empty_files]
+    confirmed = desired.policy.confirm_removals
+    if not desired.objects and not desired.errors and observed.vms and not confirmed:
+        holds.append(f"no spec describes anything, while {len(observed.vms)} VMs exist (wrong --specs?)")
+    removed = [name for name in observed.vms if name not in desired.vms]
+    if len(removed) > 1 and 2 * len(removed) > len(observed.vms) and not confirmed:
+        holds.append(f"{len(removed)} of {len(observed.vms)} VMs would be removed "
+                     "(confirm with: warmvm reconcile --confirm-removals)")
+    return tuple(holds)
 
 
 def _bind(actions: list[Action]) -> list[Action]:

@@ -64,9 +64,10 @@ class DiskDriver:
         except TemporaryError:
             raise  # e.g. a full file system: tried again, and the image is not marked as failed
         except PermanentError as e:
-            write_json(record, {"fingerprint": a.fingerprint, "error": str(e), "time": time.time()})
+            write_json(record, {"fingerprint": a.fingerprint, "error": str(e), "time": time.time()}, self.layout.tmp)
             raise PermanentError(f"seed not built, VMs take the slow path: {e}") from None
-        write_json(record, {"fingerprint": a.fingerprint, "error": None, "time": time.time(), "size": size})
+        write_json(record, {"fingerprint": a.fingerprint, "error": None, "time": time.time(), "size": size},
+                   self.layout.tmp)
         return {"size": size, "content": content}
 
     def seed_size(self, a: SeedSize) -> Details:
@@ -154,7 +155,7 @@ class DiskDriver:
             shutil.rmtree(stage, ignore_errors=True)
 
     def _record(self, vm: str, record: DiskRecord) -> None:
-        write_json(self.layout.vm(vm).disk_record, record.to_dict())
+        write_json(self.layout.vm(vm).disk_record, record.to_dict(), self.layout.tmp)
 
     @contextmanager
     def _busy(self, label: str) -> Iterator[None]:

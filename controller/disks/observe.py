@@ -74,8 +74,11 @@ def _seed_files(directory: Path) -> dict[str, SeedFiles]:
             sized.setdefault(m.group(1), {})[int(m.group(2))] = Path(entry.path)
         else:
             bases[m.group(1)] = entry.stat()
-    return {fp: SeedFiles(directory / f"seed-{fp}.ext4", st.st_size, st.st_mtime, sized.get(fp, {}))
-            for fp, st in bases.items()}
+    seeds = {fp: SeedFiles(directory / f"seed-{fp}.ext4", st.st_size, st.st_mtime, sized.get(fp, {}))
+             for fp, st in bases.items()}
+    for fp in sized.keys() - bases.keys():  # the base went: its sized seeds are still listed, to be freed
+        seeds[fp] = SeedFiles(None, 0, 0.0, sized[fp])
+    return seeds
 
 
 def _failures(record: Path) -> dict[str, str]:
@@ -90,11 +93,16 @@ def read_disk_record(path: Path) -> DiskRecord | None:
     return DiskRecord.from_dict(data, str(path)) if data is not None else None
 
 
-def observe_disks(layout: Layout) -> dict[str, DiskState]:
+def observe_disks(layout: Layout, broken: dict[str, str]) -> dict[str, DiskState]:
+    """Every finished work disk; one whose record cannot be read goes into `broken` instead."""
     out = {}
     for vm_dir in sorted(layout.vms.iterdir()) if layout.vms.is_dir() else []:
         files = layout.vm(vm_dir.name)
-        record = read_disk_record(files.disk_record)
+        try:
+            record = read_disk_record(files.disk_record)
+        except WarmvmError as e:
+            broken[f"vm/{vm_dir.name}"] = str(e)
+            continue
         if record is None or not files.disk.exists():
             continue  # a disk without its record was never finished: it is rebuilt
         seed = layout.resolve(record.seed) if record.seed else None

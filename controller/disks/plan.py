@@ -29,14 +29,18 @@ from .state import DiskState, ImageState
 
 
 def plan_disks(desired: Desired, observed: Observed) -> tuple[list[Action], list[str]]:
-    """Work disks; a running VM's disk is neither grown nor deleted under it."""
+    """Work disks; a running VM's disk is neither grown nor deleted under it. A removed VM's disk
+    goes to the trash with its VM (vms/plan.py) unless nothing is retained, and a VM that comes
+    back within the retention gets its own disk back instead of a new one."""
     images, disks, clone_method, running = observed.images, observed.disks, observed.clone_method, observed.running
     actions: list[Action] = []
     problems: list[str] = []
     for vm in sorted(desired.vms.values(), key=lambda v: v.name):
-        if vm.image is None:
+        if vm.image is None or f"vm/{vm.name}" in observed.broken:
             continue
         disk = disks.get(vm.name)
+        if disk is None and observed.restorable(vm.name, desired.policy.retain_removed):
+            continue
         if disk is None:
             acts, problem = _new_disk(vm, desired, images[vm.image], clone_method, actions)
             actions += acts
@@ -44,9 +48,10 @@ def plan_disks(desired: Desired, observed: Observed) -> tuple[list[Action], list
             problem = _existing_disk(vm, disk, running, actions)
         if problem:
             problems.append(f"vm/{vm.name}: {problem}")
-    for name in sorted(set(disks) - set(desired.vms)):
-        if name not in running:
-            actions.append(DiskDelete(name))
+    if desired.policy.retain_removed <= 0:
+        for name in sorted(set(disks) - set(desired.vms)):
+            if name not in running and f"vm/{name}" not in observed.broken:
+                actions.append(DiskDelete(name))
     return actions, problems
 
 
@@ -88,19 +93,23 @@ def plan_seeds(desired: Desired, observed: Observed) -> tuple[list[Action], list
     actions: list[Action] = []
     for image in sorted(desired.images.values(), key=lambda i: i.name):
         state = observed.images[image.name]
-        if state.inputs is not None and state.inputs not in state.seeds and state.inputs not in state.failed:
+        current = state.seeds.get(state.inputs) if state.inputs is not None else None
+        if state.inputs is not None and (current is None or current.base is None) and state.inputs not in state.failed:
             actions.append(SeedGenerate(image, state.inputs))
-    return actions + plan_seed_cleanup(desired, observed.images, observed.disks), []
+    trashed = frozenset(e.seed for e in observed.trash if e.seed is not None)
+    return actions + plan_seed_cleanup(desired, observed.images, observed.disks, trashed), []
 
 
-def plan_seed_cleanup(desired: Desired, images: dict[str, ImageState], disks: dict[str, DiskState]) -> list[Action]:
+def plan_seed_cleanup(desired: Desired, images: dict[str, ImageState], disks: dict[str, DiskState],
+                      trashed: frozenset[Path] = frozenset()) -> list[Action]:
+    """`trashed`: seed files backing a trashed qcow2 disk, which live as long as it does."""
     actions: list[Action] = []
-    backing = {d.seed for d in disks.values() if d.seed is not None}
+    backing = {d.seed for d in disks.values() if d.seed is not None} | trashed
     for name, state in sorted(images.items()):
         if name not in desired.images and any(d.image == name for d in disks.values()):
             continue  # its VMs' disks still exist: they go first
         keep = _in_use(desired, state, name) | backing
-        files = [f for seed in state.seeds.values() for f in (seed.base, *seed.sized.values()) if f not in keep]
+        files = [f for seed in state.seeds.values() for f in seed.files() if f not in keep]
         if files:
             actions.append(SeedDelete(name, tuple(sorted(files))))
     return actions
@@ -114,5 +123,4 @@ def _in_use(desired: Desired, state: ImageState, name: str) -> set[Path]:
     ready = state.ready()
     if ready is None:
         return set()
-    seed = state.seeds[ready]
-    return {seed.base, *seed.sized.values()}
+    return set(state.seeds[ready].files())

@@ -19,10 +19,13 @@ from ..core.errors import PermanentError
 
 @dataclass(frozen=True)
 class SeedFiles:
-    base: Path
+    base: Path | None  # None: only sized seeds are left of this fingerprint (kept while a disk is backed by one)
     size: int
     mtime: float
     sized: dict[int, Path] = field(default_factory=dict)
+
+    def files(self) -> list[Path]:
+        return [*([self.base] if self.base else []), *self.sized.values()]
 
 
 @dataclass(frozen=True)
@@ -34,9 +37,10 @@ class ImageState:
 
     def ready(self) -> str | None:
         """The seed to clone from: the current one, else the newest older one still on disk."""
-        if self.inputs in self.seeds:
+        usable = {fp: seed for fp, seed in self.seeds.items() if seed.base is not None}
+        if self.inputs in usable:
             return self.inputs
-        older = sorted(self.seeds.items(), key=lambda kv: kv[1].mtime, reverse=True)
+        older = sorted(usable.items(), key=lambda kv: kv[1].mtime, reverse=True)
         return older[0][0] if older else None
 
 

@@ -88,3 +88,16 @@ class TapRelease(Action):
     bridge: str
     tap: str
     keep: bool
+
+
+@dataclass(frozen=True)
+class DeviceAdopt(Action):
+    """Re-mark a device marked before marks named their instance as this instance's."""
+
+    kind: ClassVar[str] = "device_adopt"
+    about: ClassVar[tuple[str, str]] = ("network", "network")
+    phase: ClassVar[int] = PHASE_SETUP
+    network: str
+    device: str
+    role: str
+    vm: str | None = None

@@ -29,7 +29,7 @@ from ..core.actions import Details, Handlers
 from ..core.errors import PermanentError, TemporaryError, os_error
 from ..core.state import Observed
 from . import rtnl
-from .actions import BridgeDelete, BridgeEnsure, PoolGrow, PoolShrink, TapAttach, TapClaim, TapRelease
+from .actions import BridgeDelete, BridgeEnsure, DeviceAdopt, PoolGrow, PoolShrink, TapAttach, TapClaim, TapRelease
 from .marks import Mark, bridge_mark, pool_mark, vm_mark
 from .names import NameAllocator
 from .rtnl import LinkChange
@@ -49,7 +49,8 @@ class _NameTaken(Exception):
 
 
 class NetworkDriver:
-    def __init__(self, rng: random.Random | None = None) -> None:
+    def __init__(self, instance: str, rng: random.Random | None = None) -> None:
+        self.instance = instance  # carried in every mark this driver writes
         self._ipr: IPRoute | None = None
         self.rng = rng or random.Random()
         self.allocators: dict[str, NameAllocator] = {}
@@ -76,46 +77,52 @@ class NetworkDriver:
     def handlers(self) -> Handlers:
         return {BridgeEnsure: self.bridge_ensure, BridgeDelete: self.bridge_delete, PoolGrow: self.pool_grow,
                 PoolShrink: self.pool_shrink, TapAttach: self.tap_attach, TapClaim: self.tap_claim,
-                TapRelease: self.tap_release}
+                TapRelease: self.tap_release, DeviceAdopt: self.device_adopt}
 
     # --- actions ---------------------------------------------------------------
 
     def bridge_ensure(self, a: BridgeEnsure) -> Details:
-        self.ensure_bridge(a.bridge, bridge_mark(a.network), a.gateway)
+        self.ensure_bridge(a.bridge, bridge_mark(self.instance, a.network), a.gateway)
         return {"bridge": a.bridge, "gateway": str(a.gateway)}
 
     def bridge_delete(self, a: BridgeDelete) -> Details:
-        self.delete([a.bridge], bridge_mark(a.network))
+        self.delete([a.bridge], bridge_mark(self.instance, a.network))
         return {"bridge": a.bridge}
 
     def pool_grow(self, a: PoolGrow) -> Details:
         calls = self.name_calls
-        names = self.create_taps(a.prefix, a.count, pool_mark(a.network), a.bridge)
+        names = self.create_taps(a.prefix, a.count, pool_mark(self.instance, a.network), a.bridge)
         return {"count": len(names), "name_calls": self.name_calls - calls}
 
     def pool_shrink(self, a: PoolShrink) -> Details:
-        self.delete(a.taps, pool_mark(a.network))
+        self.delete(a.taps, pool_mark(self.instance, a.network))
         return {"count": len(a.taps)}
 
     def tap_attach(self, a: TapAttach) -> Details:
-        mark = vm_mark(a.network, a.vm) if a.vm else pool_mark(a.network)
+        mark = vm_mark(self.instance, a.network, a.vm) if a.vm else pool_mark(self.instance, a.network)
         self.mark(a.tap, mark, mark, a.bridge)
         return {"tap": a.tap}
 
     def tap_claim(self, a: TapClaim) -> Details:
-        mark = vm_mark(a.network, a.vm)
+        mark = vm_mark(self.instance, a.network, a.vm)
         if a.tap is not None:
-            self.mark(a.tap, pool_mark(a.network), mark, a.bridge)
+            self.mark(a.tap, pool_mark(self.instance, a.network), mark, a.bridge)
             return {"tap": a.tap, "from": "pool"}
         return {"tap": self.create_tap(a.prefix, mark, a.bridge), "from": "new"}
 
     def tap_release(self, a: TapRelease) -> Details:
-        mark = vm_mark(a.network, a.vm)
+        mark = vm_mark(self.instance, a.network, a.vm)
         if a.keep:
-            self.mark(a.tap, mark, pool_mark(a.network), a.bridge)
+            self.mark(a.tap, mark, pool_mark(self.instance, a.network), a.bridge)
             return {"tap": a.tap, "to": "pool"}
         self.delete([a.tap], mark)
         return {"tap": a.tap, "to": "deleted"}
+
+    def device_adopt(self, a: DeviceAdopt) -> Details:
+        legacy, ours = (Mark(owner, a.role, a.network, a.vm) for owner in (None, self.instance))
+        self._check_owned([a.device], legacy)
+        _guard("adopt", lambda: rtnl.set_links([LinkChange(a.device, alias=str(ours))]))
+        return {"device": a.device, "mark": str(ours)}
 
     def _allocator(self, prefix: str) -> NameAllocator:
         if prefix not in self.allocators:

@@ -1,46 +1,57 @@
-"""Ownership marks: how warmvm recognises the devices it created.
+"""Ownership marks: how warmvm recognises the devices it created, and which instance made them.
 
 Every device warmvm creates carries its mark in IFLA_IFALIAS, set before the
-device can outlive the call that made it. A device without a warmvm mark is
-foreign: never adopted, changed, attached or deleted, whatever its name.
+device can outlive the call that made it: `warmvm:INSTANCE:ROLE:NETWORK[:VM]`,
+INSTANCE being the state directory's identity, so that two warmvm instances
+on one host (or in one namespace) never touch each other's devices. A device
+without a mark of this instance is foreign: never adopted, changed, attached
+or deleted, whatever its name. Marks written before marks named their
+instance (`warmvm:ROLE:NETWORK[:VM]`) parse with instance None; the network
+planner adopts them only where this instance's specs and records name them.
 """
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 _PREFIX = "warmvm:"
+_INSTANCE = re.compile(r"^[0-9a-f]{8}$")
+ROLES = ("bridge", "pool", "vm")
 
 
 @dataclass(frozen=True)
 class Mark:
+    instance: str | None  # None: a mark from before instances were named
     role: str  # "bridge" | "pool" | "vm"
     network: str
     vm: str | None = None
 
     def __str__(self) -> str:
+        owner = f"{self.instance}:" if self.instance else ""
         tail = f":{self.vm}" if self.vm else ""
-        return f"{_PREFIX}{self.role}:{self.network}{tail}"
+        return f"{_PREFIX}{owner}{self.role}:{self.network}{tail}"
 
 
-def bridge_mark(network: str) -> Mark:
-    return Mark("bridge", network)
+def bridge_mark(instance: str | None, network: str) -> Mark:
+    return Mark(instance, "bridge", network)
 
 
-def pool_mark(network: str) -> Mark:
-    return Mark("pool", network)
+def pool_mark(instance: str | None, network: str) -> Mark:
+    return Mark(instance, "pool", network)
 
 
-def vm_mark(network: str, vm: str) -> Mark:
-    return Mark("vm", network, vm)
+def vm_mark(instance: str | None, network: str, vm: str) -> Mark:
+    return Mark(instance, "vm", network, vm)
 
 
 def parse_mark(alias: str | None) -> Mark | None:
     if not alias or not alias.startswith(_PREFIX):
         return None
     parts = alias[len(_PREFIX):].split(":")
+    instance = parts.pop(0) if parts and _INSTANCE.match(parts[0]) else None
     if len(parts) == 2 and parts[0] in ("bridge", "pool") and parts[1]:
-        return Mark(parts[0], parts[1])
+        return Mark(instance, parts[0], parts[1])
     if len(parts) == 3 and parts[0] == "vm" and parts[1] and parts[2]:
-        return Mark("vm", parts[1], parts[2])
+        return Mark(instance, "vm", parts[1], parts[2])
     return None

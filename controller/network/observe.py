@@ -6,5 +6,5 @@ from .rtnl import dump_addresses, dump_links
 from .state import NetState, net_state
 
 
-def observe_net() -> NetState:
-    return net_state(dump_links(), dump_addresses())
+def observe_net(instance: str | None) -> NetState:
+    return net_state(dump_links(), dump_addresses(), instance)

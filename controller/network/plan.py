@@ -13,23 +13,48 @@ from ipaddress import IPv4Interface
 from ..core.actions import Action
 from ..core.model import VM, Desired, Network
 from ..core.state import Observed
-from .actions import BridgeDelete, BridgeEnsure, PoolGrow, PoolShrink, TapAttach, TapClaim, TapRelease
+from .actions import BridgeDelete, BridgeEnsure, DeviceAdopt, PoolGrow, PoolShrink, TapAttach, TapClaim, TapRelease
 from .state import NetState, TapState
 
 
 def plan_networks(desired: Desired, observed: Observed) -> tuple[list[Action], list[str]]:
     """Actions converging bridges and TAPs, and the problems no action can fix. A VM whose QEMU
     still runs keeps its TAP until it has stopped."""
-    networks, vms, state, running = desired.networks, desired.vms, observed.net, observed.running
+    # a VM whose records cannot be read keeps its TAP, like a running one: nothing is taken from it
+    networks, vms, state, running = desired.networks, desired.vms, observed.net, observed.running | observed.broken_vms
     actions: list[Action] = []
     problems: list[str] = []
     held = state.vm_taps()
     for net in networks.values():
+        adopt = _adoptions(net, state, observed)
+        if adopt:
+            actions += adopt  # the rest of this network is planned once they are ours
+            continue
         acts, probs = _plan_network(net, vms, state, held, running)
         actions += acts
         problems += probs
     actions += _plan_orphans(networks, vms, state, held, running)
     return actions, problems
+
+
+def _adoptions(net: Network, state: NetState, observed: Observed) -> list[Action]:
+    """Devices of this network marked before marks named their instance, that this instance's spec
+    (the bridge) or records (a VM's TAP) name, or that hang on such a bridge (pool TAPs)."""
+    bridge = state.bridges.get(net.bridge)
+    adopt: list[Action] = []
+    if bridge is not None and bridge.owner is None and bridge.legacy == net.name:
+        adopt.append(DeviceAdopt(net.name, bridge.name, "bridge"))
+    ours = bridge is not None and (bridge.owner == net.name or bridge.legacy == net.name)
+    for tap in state.legacy:
+        if tap.mark.network != net.name:
+            continue
+        if tap.mark.vm is not None:
+            vm = observed.vms.get(tap.mark.vm)
+            if vm is not None and vm.record.network == net.name:
+                adopt.append(DeviceAdopt(net.name, tap.name, "vm", tap.mark.vm))
+        elif ours and bridge is not None and tap.master == bridge.index:
+            adopt.append(DeviceAdopt(net.name, tap.name, "pool"))
+    return adopt
 
 
 def _plan_network(net: Network, vms: dict[str, VM], state: NetState, held: dict[str, TapState],

@@ -35,10 +35,11 @@ class Address:
 class BridgeState:
     name: str
     index: int
-    owner: str | None  # the network that created it; None: foreign
+    owner: str | None  # the network of this instance that created it; None: not ours
     up: bool
     addresses: frozenset[str]
     ports: int
+    legacy: str | None = None  # the network named by a mark from before instances were named
 
 
 @dataclass(frozen=True)
@@ -57,8 +58,9 @@ class TapState:
 @dataclass(frozen=True)
 class NetState:
     bridges: dict[str, BridgeState]  # every bridge-named device, keyed by name
-    taps: tuple[TapState, ...]  # warmvm's TAPs only
+    taps: tuple[TapState, ...]  # this instance's TAPs only
     names: frozenset[str]  # every device name in the namespace
+    legacy: tuple[TapState, ...] = ()  # TAPs marked before instances were named: adoptable
 
     def idle_taps(self, network: str) -> list[TapState]:
         return sorted((t for t in self.taps if t.idle and t.mark.network == network), key=_index_order)
@@ -67,7 +69,8 @@ class NetState:
         return {t.mark.vm: t for t in self.taps if t.mark.vm}
 
 
-def net_state(links: Iterable[Link], addresses: Iterable[Address]) -> NetState:
+def net_state(links: Iterable[Link], addresses: Iterable[Address], instance: str | None) -> NetState:
+    """`instance`: this state directory's identity; devices marked by another are foreign."""
     links = list(links)
     addrs: dict[int, set[str]] = {}
     for a in addresses:
@@ -78,15 +81,23 @@ def net_state(links: Iterable[Link], addresses: Iterable[Address]) -> NetState:
             ports[link.master] = ports.get(link.master, 0) + 1
     bridges: dict[str, BridgeState] = {}
     taps: list[TapState] = []
+    legacy: list[TapState] = []
     for link in links:
         mark = parse_mark(link.alias)
+        ours = mark is not None and instance is not None and mark.instance == instance
         if link.kind == "bridge" or (mark and mark.role == "bridge"):
-            owner = mark.network if mark and mark.role == "bridge" and link.kind == "bridge" else None
-            bridges[link.name] = BridgeState(link.name, link.index, owner, link.up,
-                                             frozenset(addrs.get(link.index, ())), ports.get(link.index, 0))
+            marked = mark is not None and mark.role == "bridge" and link.kind == "bridge"
+            bridges[link.name] = BridgeState(
+                link.name, link.index, mark.network if marked and ours and mark else None, link.up,
+                frozenset(addrs.get(link.index, ())), ports.get(link.index, 0),
+                legacy=mark.network if marked and mark and mark.instance is None else None)
         elif mark and link.kind == "tun" and mark.role in ("pool", "vm"):
-            taps.append(TapState(link.name, link.index, mark, link.master, link.up))
-    return NetState(bridges, tuple(taps), frozenset(l.name for l in links))
+            tap = TapState(link.name, link.index, mark, link.master, link.up)
+            if ours:
+                taps.append(tap)
+            elif mark.instance is None:
+                legacy.append(tap)
+    return NetState(bridges, tuple(taps), frozenset(l.name for l in links), tuple(legacy))
 
 
 def _index_order(tap: TapState) -> tuple[int, str]:

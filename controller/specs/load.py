@@ -57,6 +57,8 @@ def load(root: Path, probe: ImageProbe) -> Desired:
     for path in spec_files(root):
         docs, errors = read_documents(path, loader.shown(path))
         loader.errors.extend(errors)
+        if not docs and not errors:
+            loader.empty.append(loader.shown(path))  # an editor mid-save, a truncation: never "delete all"
         for doc in docs:
             loader.add(doc)
     return loader.finish()
@@ -72,6 +74,8 @@ class _Loader:
         self.errors: list[SpecError] = []
         self.objects: dict[tuple[str, str], tuple[Document, NetworkSpec | ImageSpec | VMSpec]] = {}
         self.invalid: set[tuple[str, str]] = set()  # kind+name seen but invalid: referencing it is no new error
+        self.first: dict[tuple[str, str], Document] = {}  # where each kind+name was first defined
+        self.empty: list[str] = []
 
     def shown(self, path: Path) -> str:
         try:
@@ -99,15 +103,26 @@ class _Loader:
             return
         key = (kind, name)
         spec = self._validate(doc, SCHEMAS[kind], body.get("spec") or {}, ("spec",))
-        if key in self.objects:
-            first = self.objects[key][0]
-            self.invalid.add(key)
-            return self.error(doc, ("metadata", "name"),
-                              f"{kind} {name!r} is defined twice: here and at {self.shown(first.file)}:{first.line}")
+        if key in self.first:
+            return self._defined_twice(key, doc)
+        self.first[key] = doc
         if spec is None:
             self.invalid.add(key)
             return
         self.objects[key] = (doc, spec)
+
+    def _defined_twice(self, key: tuple[str, str], doc: Document) -> None:
+        """Both definitions are errors and neither is applied (which one won would depend on file
+        order); whatever existed before is left as it was, since deletions wait for valid specs."""
+        first = self.first[key]
+        kind, name = key
+        if key not in self.invalid or key in self.objects:
+            self.error(first, ("metadata", "name"),
+                       f"{kind} {name!r} is defined twice: here and at {self.shown(doc.file)}:{doc.line}")
+        self.objects.pop(key, None)
+        self.invalid.add(key)
+        self.error(doc, ("metadata", "name"),
+                   f"{kind} {name!r} is defined twice: here and at {self.shown(first.file)}:{first.line}")
 
     def _name(self, doc: Document, kind: str) -> str | None:
         meta: Metadata | None = self._validate(doc, METADATA, doc.body.get("metadata"), ("metadata",))
@@ -142,7 +157,7 @@ class _Loader:
             if isinstance(spec, VMSpec) and (vm := self._vm(name, doc, spec, networks, images, default)) is not None:
                 vms[name] = vm
         self._check_capacity(networks, vms)
-        return Desired(networks, images, vms, tuple(self.errors))
+        return Desired(networks, images, vms, tuple(self.errors), tuple(self.empty))
 
     def _source(self, doc: Document) -> Source:
         return Source(self.shown(doc.file), doc.line)

@@ -1,6 +1,7 @@
 """Where things live in the state directory. Pure path conventions, in one place.
 
     lock                          the reconciler lock
+    instance                      this state directory's identity, carried in every device mark
     host.json                     facts about this host, cached per boot (is KVM usable)
     ssh/id_ed25519[.pub]          the host's key pair for the guests
     images/IMAGE/seed-FP.ext4     base work seed built from inputs with fingerprint FP
@@ -10,7 +11,10 @@
     vms/VM/disk.json              how it was made (image, seed, path taken, format, size)
     vms/VM/vm.json                its IP lease, MAC and current boot
     vms/VM/qemu.pid, qmp.sock, console.log, qemu.log   its QEMU
-    tmp/                          scratch space on the same file system (renamed from)
+    trash/VM.REMOVED/             a removed VM's directory, moved aside whole (disk and lease) at
+                                  REMOVED (unix seconds), kept for the retention time
+    tmp/                          scratch space on the same file system (renamed from); emptied
+                                  by every reconcile, so half-written files never outlive a run
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 SEED = re.compile(r"^seed-([0-9a-f]{16})(?:-(\d+))?\.ext4$")
+TRASH = re.compile(r"^([a-z0-9]([a-z0-9-]*[a-z0-9])?)\.(\d+)$")
 
 
 @dataclass(frozen=True)
@@ -84,6 +89,13 @@ class Layout:
     @property
     def vms(self) -> Path:
         return self.root / "vms"
+
+    @property
+    def trash(self) -> Path:
+        return self.root / "trash"
+
+    def trash_entry(self, vm: str, removed_at: int) -> Path:
+        return self.trash / f"{vm}.{removed_at}"
 
     def image_dir(self, image: str) -> Path:
         return self.images / image

@@ -1,9 +1,11 @@
-"""The store driver: the state directory, its lock, and atomic records.
+"""The store: the state directory, its lock, its instance identity, and atomic records.
 
 Most state is observed (devices, files, processes); what must be stored (IP
 leases, VM records, seed fingerprints) is small JSON written atomically:
-temp file, fsync, rename, fsync of the directory, so a kill -9 at any point
-leaves either the old record or the new one, never a torn one.
+temp file in the state's own tmp area, fsync, rename, fsync of the
+directory, so a kill -9 or a power cut at any point leaves either the old
+record or the new one, never a torn or empty one, and a half-written file
+only ever in tmp/, which the next pass empties.
 """
 
 from __future__ import annotations
@@ -12,6 +14,8 @@ import errno
 import fcntl
 import json
 import os
+import re
+import secrets
 import tempfile
 import time
 from collections.abc import Iterator
@@ -26,9 +30,13 @@ class LockTimeout(PermanentError):
     pass
 
 
+INSTANCE = re.compile(r"^[0-9a-f]{8}$")
+
+
 class Store:
     def __init__(self, root: Path) -> None:
-        self.root = root
+        # one identity however it is spelt: a relative path, another working directory, a symlink
+        self.root = Path(os.path.realpath(root))
 
     def ensure(self) -> None:
         self.root.mkdir(mode=0o700, parents=True, exist_ok=True)
@@ -57,36 +65,52 @@ class Store:
             os.close(fd)
 
 
+    def instance(self, create: bool) -> str | None:
+        """This state directory's identity, carried in every mark warmvm puts on a device, so that
+        two instances on one host never touch each other's devices. Made once, with the directory."""
+        path = self.root / "instance"
+        try:
+            found = path.read_text().strip()
+        except FileNotFoundError:
+            if not create:
+                return None
+            atomic_write(path, (secrets.token_hex(4) + "\n").encode(), self.root / "tmp")
+            found = path.read_text().strip()
+        if not INSTANCE.match(found):
+            raise PermanentError(f"{path}: not an instance identity ({found[:20]!r})")
+        return found
+
+
 def read_json(path: Path) -> dict[str, Any] | None:
     """A record, or None when there is none (a torn one cannot exist: records are renamed into place)."""
     try:
-        data = json.loads(path.read_text())
+        data = json.loads(path.read_bytes())
     except FileNotFoundError:
         return None
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise PermanentError(f"{path}: unreadable record: {e}") from None
-    return data if isinstance(data, dict) else None
+    except OSError as e:
+        raise PermanentError(f"{path}: unreadable record: {e.strerror}") from None
+    if not isinstance(data, dict):
+        raise PermanentError(f"{path}: unreadable record: not a JSON object")
+    return data
 
 
-def write_json(path: Path, data: dict[str, Any], durable: bool = True) -> None:
-    atomic_write(path, json.dumps(data, indent=2, sort_keys=True).encode() + b"\n", durable=durable)
+def write_json(path: Path, data: dict[str, Any], scratch: Path) -> None:
+    atomic_write(path, json.dumps(data, indent=2, sort_keys=True).encode() + b"\n", scratch)
 
 
-def atomic_write(path: Path, data: bytes, mode: int = 0o600, durable: bool = True) -> None:
-    """Replace `path` whole. The rename alone survives a kill -9 of this process; `durable` adds
-    the fsyncs that also survive a crash of the machine (skip them for state that dies with it)."""
+def atomic_write(path: Path, data: bytes, scratch: Path, mode: int = 0o600) -> None:
+    """Replace `path` whole, durably, through a temporary file in `scratch` (the state's tmp area)."""
     path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-    with replacing(path, path.parent, durable) as tmp:
-        fd = os.open(tmp, os.O_WRONLY | os.O_TRUNC | os.O_CLOEXEC)
-        try:
-            os.write(fd, data)
-        finally:
-            os.close(fd)
+    scratch.mkdir(mode=0o700, parents=True, exist_ok=True)
+    with replacing(path, scratch) as tmp:
+        tmp.write_bytes(data)  # mkstemp made it (O_EXCL, 0600): no link to follow
         os.chmod(tmp, mode)
 
 
 @contextmanager
-def replacing(dest: Path, scratch: Path, durable: bool = True) -> Iterator[Path]:
+def replacing(dest: Path, scratch: Path) -> Iterator[Path]:
     """The one way a file is replaced: the block writes a new temporary file in `scratch` (on dest's
     file system), which is renamed over `dest` only if the block succeeds, and removed otherwise."""
     # beside dest: hidden, so no listing mistakes it for a record; in a scratch area: named after dest
@@ -96,15 +120,13 @@ def replacing(dest: Path, scratch: Path, durable: bool = True) -> Iterator[Path]
     tmp = Path(name)
     try:
         yield tmp
-        if durable:
-            fd = os.open(tmp, os.O_RDONLY | os.O_CLOEXEC)
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
+        fd = os.open(tmp, os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
         os.replace(tmp, dest)
-        if durable:
-            fsync_dir(dest.parent)
+        fsync_dir(dest.parent)
     finally:
         tmp.unlink(missing_ok=True)
 

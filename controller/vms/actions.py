@@ -75,3 +75,36 @@ class VmForget(Action):
     phase: ClassVar[int] = PHASE_CLEANUP
     deletes: ClassVar[bool] = True
     vm: str
+
+
+@dataclass(frozen=True)
+class VmTrash(Action):
+    """A removed, stopped VM's directory (its disk and lease) moved aside whole, in one rename."""
+
+    kind: ClassVar[str] = "vm_trash"
+    phase: ClassVar[int] = PHASE_CLEANUP
+    deletes: ClassVar[bool] = True
+    vm: str
+
+
+@dataclass(frozen=True)
+class VmRestore(Action):
+    """A VM that came back within the retention gets its trashed directory back: its own disk, and
+    its old address when that is still free (`ip`: its lease from now on; None: none is free, and it
+    is leased once one is)."""
+
+    kind: ClassVar[str] = "vm_restore"
+    step: ClassVar[int] = 0
+    vm: str
+    removed_at: int
+    network: str
+    ip: IPv4Address | None
+
+
+@dataclass(frozen=True)
+class TrashExpire(Action):
+    kind: ClassVar[str] = "trash_expire"
+    phase: ClassVar[int] = PHASE_CLEANUP
+    deletes: ClassVar[bool] = True
+    vm: str
+    removed_at: int

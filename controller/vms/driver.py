@@ -21,9 +21,9 @@ from ..core.actions import Details, Handlers
 from ..core.errors import PermanentError, TemporaryError, backoff
 from ..core.state import Observed
 from ..statedir.layout import Layout, VmFiles
-from ..statedir.store import atomic_write, write_json
+from ..statedir.store import atomic_write, fsync_dir, write_json
 from . import qemu, ssh
-from .actions import IpAssign, VmAwait, VmForget, VmStart, VmStop
+from .actions import IpAssign, TrashExpire, VmAwait, VmForget, VmRestore, VmStart, VmStop, VmTrash
 from .observe import read_record
 from .qemu import Machine
 from .state import BOOT_ATTEMPTS, VmRecord
@@ -37,7 +37,8 @@ class VmDriver:
 
     def handlers(self) -> Handlers:
         return {IpAssign: self.ip_assign, VmStart: self.vm_start, VmAwait: self.vm_await, VmStop: self.vm_stop,
-                VmForget: self.vm_forget}
+                VmForget: self.vm_forget, VmTrash: self.vm_trash, VmRestore: self.vm_restore,
+                TrashExpire: self.trash_expire}
 
     def prepare(self, observed: Observed) -> None:
         pass
@@ -54,15 +55,15 @@ class VmDriver:
             raise TemporaryError(f"vm/{vm}: no record yet")
         return record
 
-    def _save(self, vm: str, record: VmRecord, durable: bool = False) -> None:
-        """Boot state is not fsynced (it dies with the machine); the IP lease is."""
-        write_json(self.files(vm).record, record.to_dict(), durable)
+    def _save(self, vm: str, record: VmRecord) -> None:
+        """Durable, boot state too: a power cut must never leave a torn or empty record."""
+        write_json(self.files(vm).record, record.to_dict(), self.layout.tmp)
 
     def ip_assign(self, a: IpAssign) -> Details:
         old = read_record(self.files(a.vm).record)
         created = old.created if old else time.time()
         self.files(a.vm).directory.mkdir(mode=0o700, parents=True, exist_ok=True)
-        self._save(a.vm, VmRecord(a.network, str(a.ip), qemu.mac_for(a.vm), created), durable=True)
+        self._save(a.vm, VmRecord(a.network, str(a.ip), qemu.mac_for(a.vm), created))
         return {"ip": str(a.ip)}
 
     def vm_start(self, a: VmStart) -> Details:
@@ -70,13 +71,21 @@ class VmDriver:
             raise TemporaryError(f"vm/{a.vm}: its TAP or work disk is not ready")
         record = self._record(a.vm)
         files = self.files(a.vm)
+        running = qemu.running_pid(files, record.pid) or qemu.find_untracked(files)
+        if running is not None:  # spawned by a run killed before it could record it: tracked from now on
+            self._save(a.vm, record.with_(pid=running))
+            return {"pid": running, "adopted": True}
         accel = self._accel(a.accel)
         machine = Machine(a.vm, a.image.kernel, a.image.initrd, a.image.rootfs, files.disk, a.disk_format,
                           a.tap, record.mac, a.address, str(a.gateway), a.vcpus, a.memory, accel,
                           qemu.host_tsc_khz())
+        # intent first: the record says a boot is starting before QEMU exists; QEMU's own pid file
+        # then finds it, whenever this process dies
+        starting = record.with_(pid=None, started=time.time(), accel=accel, ready=None, boots=record.boots + 1,
+                                spec=a.spec)
+        self._save(a.vm, starting)
         pid = qemu.start(machine, files)
-        self._save(a.vm, record.with_(pid=pid, started=time.time(), accel=accel, ready=None,
-                                      boots=record.boots + 1, spec=a.spec))
+        self._save(a.vm, starting.with_(pid=pid))
         return {"accel": accel, "tap": a.tap, "pid": pid, "restart": record.boots > 0 or None}
 
     def vm_await(self, a: VmAwait) -> Details:
@@ -117,10 +126,53 @@ class VmDriver:
         return {"reason": a.reason, "how": how}
 
     def vm_forget(self, a: VmForget) -> Details:
-        record = read_record(self.files(a.vm).record)
-        qemu.kill(self.files(a.vm), record.pid if record else None)  # never leave a QEMU without its files
+        self._never_running(a.vm)
         shutil.rmtree(self.files(a.vm).directory, ignore_errors=True)
         return {}
+
+    def vm_trash(self, a: VmTrash) -> Details:
+        """One rename: the disk and the lease go aside together, or not at all."""
+        self._never_running(a.vm)
+        removed_at = int(time.time())
+        while self.layout.trash_entry(a.vm, removed_at).exists():
+            removed_at += 1
+        entry = self.layout.trash_entry(a.vm, removed_at)
+        entry.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        os.rename(self.files(a.vm).directory, entry)
+        fsync_dir(entry.parent)
+        fsync_dir(self.layout.vms)
+        return {"to": self.layout.relative(entry)}
+
+    def vm_restore(self, a: VmRestore) -> Details:
+        entry = self.layout.trash_entry(a.vm, a.removed_at)
+        home = self.files(a.vm).directory
+        if home.exists():
+            if any(p.name in ("vm.json", "disk.json", "disk.img") for p in home.iterdir()):
+                raise PermanentError(f"vm/{a.vm}: {home} holds a VM already; {entry} is left in the trash")
+            shutil.rmtree(home)  # only leftovers of an unfinished start (logs)
+        home.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        os.rename(entry, home)
+        fsync_dir(home.parent)
+        record = read_record(self.files(a.vm).record)
+        if a.ip is None:
+            self.files(a.vm).record.unlink(missing_ok=True)  # no address free: leased when one is
+        elif record is None or record.network != a.network or record.ip != str(a.ip):
+            created = record.created if record else time.time()
+            self._save(a.vm, VmRecord(a.network, str(a.ip), qemu.mac_for(a.vm), created))
+        elif record.pid is not None or record.ready is not None:
+            self._save(a.vm, record.with_(pid=None, ready=None))
+        return {"ip": str(a.ip) if a.ip else None, "from": self.layout.relative(entry)}
+
+    def trash_expire(self, a: TrashExpire) -> Details:
+        shutil.rmtree(self.layout.trash_entry(a.vm, a.removed_at))
+        return {}
+
+    def _never_running(self, vm: str) -> None:
+        """Never move or remove a VM's files under a QEMU that still uses them."""
+        files = self.files(vm)
+        pid = qemu.running_pid(files) or qemu.find_untracked(files)
+        if pid is not None:
+            raise TemporaryError(f"vm/{vm}: its QEMU (pid {pid}) is still running")
 
     def _accel(self, wanted: str) -> str:
         usable = self._kvm_usable()
@@ -141,7 +193,7 @@ class VmDriver:
         except (FileNotFoundError, json.JSONDecodeError, KeyError):
             pass
         usable = qemu.kvm_usable()
-        atomic_write(cache, json.dumps({"key": key, "kvm": usable}).encode())
+        atomic_write(cache, json.dumps({"key": key, "kvm": usable}).encode(), self.layout.tmp)
         return usable
 
 

@@ -5,7 +5,11 @@ and disk planners) its TAP and work disk, then QEMU, then a wait for SSH. A
 QEMU that died is started again; one that never answers SSH is killed by the
 wait and started again, up to BOOT_ATTEMPTS times, then the VM is Failed
 until its spec changes. A VM whose spec goes is stopped; once stopped, its
-TAP and disk are released by their planners, and then its record (and IP).
+TAP is released by the network planner and its directory (disk and lease)
+moved to the trash, where it is kept for the retention time: a VM of that
+name that comes back gets it back. With no retention, its disk is deleted
+and then its record (and IP). A VM whose records cannot be read is left
+alone, whatever its spec says.
 """
 
 from __future__ import annotations
@@ -16,8 +20,8 @@ from ipaddress import IPv4Address, IPv4Interface
 from ..core.actions import Action
 from ..core.model import VM, Desired, Network
 from ..core.state import Observed
-from .actions import REMOVED, IpAssign, VmAwait, VmForget, VmStart, VmStop
-from .state import BOOT_ATTEMPTS, VmState
+from .actions import REMOVED, IpAssign, TrashExpire, VmAwait, VmForget, VmRestore, VmStart, VmStop, VmTrash
+from .state import BOOT_ATTEMPTS, VmRecord, VmState
 
 
 def spec_hash(vm: VM) -> str:
@@ -31,11 +35,16 @@ def plan_vms(desired: Desired, observed: Observed) -> tuple[list[Action], list[s
     actions: list[Action] = []
     problems: list[str] = []
     leased = {(s.record.network, IPv4Address(s.record.ip)): n for n, s in observed.vms.items()}
+    retention = desired.policy.retain_removed
     for vm in sorted(desired.vms.values(), key=lambda v: v.name):
-        if vm.image is None:
-            continue  # a network-only VM: it holds a TAP and nothing else
+        if vm.image is None or f"vm/{vm.name}" in observed.broken:
+            continue  # a network-only VM holds a TAP and nothing else; a broken one waits for its operator
         net = desired.networks[vm.network]
         state = observed.vms.get(vm.name)
+        entry = observed.restorable(vm.name, retention)
+        if entry is not None:
+            actions.append(_restore(vm, net, entry.removed_at, entry.record, leased))
+            continue
         if state is not None and state.alive and state.record.network != vm.network:
             actions.append(VmStop(vm.name, "spec changed"))  # moved: leased anew only once stopped
             continue
@@ -54,9 +63,21 @@ def plan_vms(desired: Desired, observed: Observed) -> tuple[list[Action], list[s
         if problem:
             problems.append(f"vm/{vm.name}: {problem}")
     for name, state in sorted(observed.vms.items()):
-        if name not in desired.vms:
-            actions += _remove(name, state, observed)
+        if name not in desired.vms and f"vm/{name}" not in observed.broken:
+            actions += _remove(name, state, observed, retention)
+    actions += [TrashExpire(e.vm, e.removed_at) for e in observed.trash if e.removed_at + retention <= observed.now]
     return actions, problems
+
+
+def _restore(vm: VM, net: Network, removed_at: int, old: VmRecord | None,
+             leased: dict[tuple[str, IPv4Address], str]) -> Action:
+    """Its old address if it is still on this network, free, and what its spec asks; else a new one."""
+    ip = IPv4Address(old.ip) if old is not None and old.network == vm.network else None
+    if ip is None or leased.get((vm.network, ip), vm.name) != vm.name or (vm.ip is not None and vm.ip != ip):
+        ip = _lease(vm, net, leased)
+    if ip is not None:
+        leased[(vm.network, ip)] = vm.name
+    return VmRestore(vm.name, removed_at, vm.network, ip)  # no address free: its disk comes back all the same
 
 
 def _lease(vm: VM, net: Network, leased: dict[tuple[str, IPv4Address], str]) -> IPv4Address | None:
@@ -99,9 +120,11 @@ def _converge(vm: VM, desired: Desired, net: Network, state: VmState,
     return _boot(vm, desired, net, ip, observed), None
 
 
-def _remove(name: str, state: VmState, observed: Observed) -> list[Action]:
+def _remove(name: str, state: VmState, observed: Observed, retention: float) -> list[Action]:
     if state.alive:
         return [VmStop(name, REMOVED)]
+    if name in observed.disks and retention > 0:
+        return [VmTrash(name)]  # its TAP is released beside it, by the network planner
     holds_tap = name in observed.net.vm_taps()
     if name not in observed.disks and not holds_tap:
         return [VmForget(name)]

@@ -106,19 +106,47 @@ def start(m: Machine, files: VmFiles) -> int:
     return pid
 
 
-def running_pid(files: VmFiles, pid: int | None) -> int | None:
-    """`pid` if it is alive and really this VM's QEMU, else None."""
-    if pid is None:
-        return None
+def running_pid(files: VmFiles, hint: int | None = None) -> int | None:
+    """The pid of this VM's QEMU if one is alive: found through the pid file QEMU itself writes (so
+    that a QEMU whose spawn was never recorded is found too), else the recorded `hint`. A pid alone is
+    no proof (pids are reused): the process must be a QEMU whose own -pidfile argument is this very
+    file, however either path is spelt."""
+    for pid in (_pid_in(files.pidfile), hint):
+        if pid is not None and _is_ours(pid, files.pidfile):
+            return pid
+    return None
+
+
+def find_untracked(files: VmFiles) -> int | None:
+    """A QEMU of this VM that no pid file names (its pid file removed): a scan of every process."""
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit() and _is_ours(int(entry.name), files.pidfile):
+            return int(entry.name)
+    return None
+
+
+def _pid_in(pidfile: Path) -> int | None:
     try:
-        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except (OSError, IndexError):
+        text = pidfile.read_text().strip()
+    except (OSError, UnicodeDecodeError):
         return None
+    return int(text) if text.isdigit() else None
+
+
+def _is_ours(pid: int, pidfile: Path) -> bool:
+    try:
+        argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        cwd = os.readlink(f"/proc/{pid}/cwd")
+    except (OSError, IndexError):
+        return False
     if state == "Z":
         _reap(pid)
-        return None
-    return pid if f"\0-pidfile\0{files.pidfile}\0".encode() in cmdline else None
+        return False
+    if not argv or not os.path.basename(argv[0]).startswith(b"qemu-system") or b"-pidfile" not in argv[:-1]:
+        return False
+    named = os.fsdecode(argv[argv.index(b"-pidfile") + 1])
+    return os.path.realpath(os.path.join(cwd, named)) == os.path.realpath(pidfile)
 
 
 def _reap(pid: int) -> None:

@@ -1,0 +1,266 @@
+"""No accident loses a VM's data: removals that forgive, one identity per state directory and instance.
+
+Each test is an accident users have had: a spec file that blinks while an
+editor saves it, a rename, a wrong --specs, the state directory spelt two
+ways, two warmvm instances in one network namespace, a torn record, a full
+disk, a name defined twice. The VMs here are provisioned but not booted
+(`running: false`; the kernel is a stand-in): what matters is the work disk,
+its inode and its files, and the devices.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from controller.disks import ext4
+from controller.network.marks import parse_mark
+from controller.network.rtnl import dump_links
+
+from .conftest import REPO, network_spec, vm_spec, warmvm, write
+from .test_seeds import ROOT_FILES, image_spec, make_kernel, make_rootfs
+
+GUEST_FILE = "/notes/precious.txt"
+
+
+@pytest.fixture
+def host(netns: str, tmp_path: Path) -> Iterator[tuple[Path, Path]]:
+    specs, state = tmp_path / "specs", tmp_path / "state"
+    (specs / "img").mkdir(parents=True)
+    make_kernel(specs / "img" / "vmlinuz")
+    make_rootfs(specs / "img" / "rootfs.ext4", ROOT_FILES, tmp_path)
+    write(specs / "net.yaml", network_spec(size=1))
+    write(specs / "image.yaml", image_spec())
+    yield specs, state
+
+
+def reconcile(specs: Path, state: Path, *args: str, ok: bool = True) -> subprocess.CompletedProcess[str]:
+    result = warmvm(specs, state, *args, "reconcile")
+    assert "Traceback" not in result.stderr
+    if ok:
+        assert result.returncode == 0, result.stderr
+    return result
+
+
+def disk(state: Path, vm: str) -> Path:
+    return state / "vms" / vm / "disk.img"
+
+
+def lease(state: Path, vm: str) -> str:
+    return str(json.loads((state / "vms" / vm / "vm.json").read_text())["ip"])
+
+
+def write_guest_file(state: Path, vm: str, text: str) -> None:
+    """What the guest would have written to its /root (the VM is stopped: its disk is ours to edit)."""
+    ext4.inject_file(disk(state, vm), GUEST_FILE, text.encode(), 0o644)
+
+
+def guest_file(path: Path) -> bytes | str | None:
+    return ext4.read_tree(path).get(GUEST_FILE.lstrip("/"))
+
+
+def provision(specs: Path, state: Path, *names: str) -> dict[str, int]:
+    for name in names:
+        write(specs / f"{name}.yaml", vm_spec(name, running="false", diskSize="64Mi"))
+    reconcile(specs, state)
+    for name in names:
+        write_guest_file(state, name, f"{name}'s work\n")
+    return {name: disk(state, name).stat().st_ino for name in names}
+
+
+def test_a_spec_that_blinks_under_watch_keeps_the_vms_disk_and_address(host: tuple[Path, Path]) -> None:
+    specs, state = host
+    inode = provision(specs, state, "vm-a")["vm-a"]
+    ip = lease(state, "vm-a")
+    saved = (specs / "vm-a.yaml").read_text()
+    daemon = subprocess.Popen([sys.executable, "-m", "controller", "--specs", str(specs), "--state", str(state),
+                               "watch", "--poll", "0.05", "--interval", "600"], cwd=REPO,
+                              stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        time.sleep(1.0)
+        (specs / "vm-a.yaml").write_text("")  # an editor truncates, then writes the file again
+        time.sleep(1.5)
+        (specs / "vm-a.yaml").write_text(saved)
+        time.sleep(1.5)
+    finally:
+        daemon.send_signal(signal.SIGTERM)
+        _, log = daemon.communicate(timeout=60)
+    assert "vm-a.yaml is empty" in log
+    for stage in ("disk_delete", "vm_trash", "vm_forget", "disk_clone", "ip_assign"):
+        assert f"{stage} " not in log, log
+    assert disk(state, "vm-a").stat().st_ino == inode
+    assert guest_file(disk(state, "vm-a")) == b"vm-a's work\n"
+    assert lease(state, "vm-a") == ip
+
+
+def test_a_renamed_spec_puts_the_disk_in_the_trash_and_renaming_it_back_restores_it(
+        host: tuple[Path, Path]) -> None:
+    specs, state = host
+    inode = provision(specs, state, "vm-a")["vm-a"]
+    ip = lease(state, "vm-a")
+    (specs / "vm-a.yaml").rename(specs / "vm-a.yaml.bak")
+    out = reconcile(specs, state, "--log-format", "json")
+    assert '"stage": "vm_trash"' in out.stderr
+    assert not (state / "vms" / "vm-a").exists()
+    rows = json.loads(warmvm(specs, state, "get", "trash", "-o", "json").stdout)
+    assert [(r["vm"], r["ip"]) for r in rows] == [("vm-a", ip)]
+    (specs / "vm-a.yaml.bak").rename(specs / "vm-a.yaml")
+    out = reconcile(specs, state, "--log-format", "json")
+    assert '"stage": "vm_restore"' in out.stderr and '"stage": "disk_clone"' not in out.stderr
+    assert disk(state, "vm-a").stat().st_ino == inode, "its own disk back, not a new clone"
+    assert guest_file(disk(state, "vm-a")) == b"vm-a's work\n"
+    assert lease(state, "vm-a") == ip
+    assert json.loads(warmvm(specs, state, "get", "trash", "-o", "json").stdout) == []
+
+
+def test_expired_trash_is_deleted_and_no_retention_deletes_at_once(host: tuple[Path, Path]) -> None:
+    specs, state = host
+    provision(specs, state, "vm-a")
+    (specs / "vm-a.yaml").unlink()
+    reconcile(specs, state)
+    assert len(list((state / "trash").iterdir())) == 1
+    reconcile(specs, state, "--retain-removed", "0")  # every entry is past a retention of nothing
+    assert list((state / "trash").iterdir()) == []
+
+
+def test_a_wrong_specs_directory_removes_nothing(host: tuple[Path, Path], tmp_path: Path) -> None:
+    specs, state = host
+    inodes = provision(specs, state, "vm-a", "vm-b")
+    elsewhere = tmp_path / "not-the-specs"
+    elsewhere.mkdir()
+    plan = warmvm(elsewhere, state, "plan")
+    assert "no spec describes anything, while 2 VMs exist" in plan.stderr and "(held back)" in plan.stdout
+    out = reconcile(elsewhere, state, ok=False)
+    assert out.returncode == 1 and "held back" in out.stderr
+    assert {vm: disk(state, vm).stat().st_ino for vm in inodes} == inodes
+    assert len([l for l in dump_links() if l.alias and "bridge:default" in l.alias]) == 1
+
+
+def test_removing_most_vms_at_once_waits_for_confirmation(host: tuple[Path, Path]) -> None:
+    specs, state = host
+    inodes = provision(specs, state, "vm-a", "vm-b", "vm-c")
+    (specs / "vm-a.yaml").unlink()
+    (specs / "vm-b.yaml").unlink()
+    out = reconcile(specs, state, ok=False)
+    assert "2 of 3 VMs would be removed" in out.stderr
+    assert {vm: disk(state, vm).stat().st_ino for vm in inodes} == inodes
+    reconcile(specs, state, "--confirm-removals")
+    assert sorted(p.name.split(".")[0] for p in (state / "trash").iterdir()) == ["vm-a", "vm-b"]
+
+
+@pytest.mark.parametrize("spelling", ["relative", "symlink"])
+def test_one_state_directory_spelt_two_ways_is_one(host: tuple[Path, Path], tmp_path: Path, spelling: str) -> None:
+    specs, state = host
+    inode = provision(specs, state, "vm-a")["vm-a"]
+    if spelling == "symlink":
+        other = tmp_path / "state-link"
+        other.symlink_to(state)
+        result = warmvm(specs, other, "plan")
+    else:
+        result = subprocess.run([sys.executable, "-m", "controller", "--specs", str(specs), "--state", "state",
+                                 "plan"], cwd=tmp_path, capture_output=True, text=True,
+                                env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert result.returncode == 0, result.stdout + result.stderr  # nothing to do: same disks, same seeds
+    assert disk(state, "vm-a").stat().st_ino == inode
+
+
+def test_two_instances_in_one_namespace_never_touch_each_others_devices(netns: str, tmp_path: Path) -> None:
+    a_specs, b_specs = tmp_path / "a" / "specs", tmp_path / "b" / "specs"
+    a_state, b_state = tmp_path / "a" / "state", tmp_path / "b" / "state"
+    write(a_specs / "net.yaml", network_spec(bridge="wvbr0", size=3))
+    write(b_specs / "net.yaml", network_spec(bridge="wvbr1", cidr="10.89.0.0/24", size=2, prefix="tap-b-"))
+    reconcile(a_specs, a_state)
+    before = {l.name: (l.alias, l.master) for l in dump_links() if l.alias}
+    reconcile(b_specs, b_state)
+    write(b_specs / "net.yaml", network_spec(bridge="wvbr1", cidr="10.89.0.0/24", size=0, prefix="tap-b-"))
+    reconcile(b_specs, b_state)
+    (b_specs / "net.yaml").unlink()
+    reconcile(b_specs, b_state)
+    after = {l.name: (l.alias, l.master) for l in dump_links() if l.alias}
+    assert after == before, "instance b changed or removed instance a's devices"
+    assert len({parse_mark(alias).instance for alias, _ in after.values()}) == 1  # type: ignore[union-attr]
+
+
+def test_devices_marked_before_instances_are_adopted_by_the_instance_that_names_them(
+        netns: str, workdir: tuple[Path, Path]) -> None:
+    specs, state = workdir
+    write(specs / "net.yaml", network_spec(size=2))
+    reconcile(specs, state)
+    for link in dump_links():  # what the previous version wrote: marks without an instance
+        mark = parse_mark(link.alias)
+        if mark is not None:
+            legacy = str(mark).replace(f"{mark.instance}:", "")
+            subprocess.run(["ip", "link", "set", link.name, "alias", legacy], check=True)
+    out = reconcile(specs, state)
+    assert out.stderr.count("device_adopt") == 3  # the bridge and its two pool TAPs
+    instance = (state / "instance").read_text().strip()
+    marks = [parse_mark(l.alias) for l in dump_links() if l.alias]
+    assert len(marks) == 3 and all(m is not None and m.instance == instance for m in marks)
+    assert "0 applied" in reconcile(specs, state).stderr
+
+
+def test_an_empty_record_affects_only_its_own_vm_and_names_its_file(host: tuple[Path, Path]) -> None:
+    specs, state = host
+    inodes = provision(specs, state, "vm-a", "vm-b")
+    (state / "vms" / "vm-a" / "vm.json").write_text("")  # what a power cut could once leave
+    out = reconcile(specs, state, ok=False)
+    assert f"{state}/vms/vm-a/vm.json: unreadable record" in out.stderr
+    rows = json.loads(warmvm(specs, state, "get", "vms", "-o", "json").stdout)
+    assert [r["name"] for r in rows if r["ip"] != "-"] == ["vm-b"]
+    write(specs / "vm-b.yaml", vm_spec("vm-b", running="false", diskSize="128Mi"))  # vm-b still converges
+    reconcile(specs, state, ok=False)
+    assert ext4.ext4_info(disk(state, "vm-b")).size == 128 << 20
+    assert disk(state, "vm-a").stat().st_ino == inodes["vm-a"]
+
+
+def test_a_name_defined_twice_starts_nothing_and_leaves_the_old_vm_alone(host: tuple[Path, Path]) -> None:
+    specs, state = host
+    inode = provision(specs, state, "vm-a")["vm-a"]
+    write(specs / "copy.yaml", vm_spec("vm-a", running="false", diskSize="128Mi"))
+    out = reconcile(specs, state, ok=False)
+    assert out.stderr.count("VM 'vm-a' is defined twice") == 2
+    assert "disk_grow" not in out.stderr
+    assert disk(state, "vm-a").stat().st_ino == inode and ext4.ext4_info(disk(state, "vm-a")).size == 64 << 20
+
+
+@pytest.fixture
+def small_state(tmp_path: Path) -> Iterator[Path]:
+    """A state directory on a 40 MiB tmpfs: a real file system that really fills up."""
+    mount = tmp_path / "small"
+    mount.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=40m,mode=0700", "tmpfs", str(mount)], check=True)
+    try:
+        yield mount / "state"
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+def test_a_full_disk_during_seed_generation_is_retried_once_space_is_free(
+        netns: str, tmp_path: Path, small_state: Path) -> None:
+    specs = tmp_path / "specs"
+    (specs / "img").mkdir(parents=True)
+    make_kernel(specs / "img" / "vmlinuz")
+    make_rootfs(specs / "img" / "rootfs.ext4", ROOT_FILES, tmp_path)
+    big = tmp_path / "root"
+    big.mkdir()
+    (big / "blob").write_bytes(os.urandom(24 << 20))
+    write(specs / "net.yaml", network_spec(size=0))
+    write(specs / "image.yaml", image_spec(seed=f"{{from: '{big}'}}"))
+    filler = small_state.parent / "filler"
+    filler.write_bytes(b"\0" * (30 << 20))  # leaves ~10 MiB: not enough for the ~46 MiB seed
+    first = reconcile(specs, small_state, ok=False)
+    assert "seed_generate" in first.stderr and "retry" in first.stderr
+    assert "seed_generate" in warmvm(specs, small_state, "plan").stdout, "a full disk is no permanent verdict"
+    filler.unlink()
+    subprocess.run(["mount", "-o", "remount,size=120m", str(small_state.parent)], check=True)
+    reconcile(specs, small_state)
+    assert list((small_state / "images" / "demo").glob("seed-*.ext4"))
+    assert list((small_state / "tmp").iterdir()) == []
