@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import signal
 import subprocess
 import sys
@@ -264,3 +265,35 @@ def test_a_full_disk_during_seed_generation_is_retried_once_space_is_free(
     reconcile(specs, small_state)
     assert list((small_state / "images" / "demo").glob("seed-*.ext4"))
     assert list((small_state / "tmp").iterdir()) == []
+
+
+def test_kill_9_at_random_points_of_provisioning_loses_and_doubles_nothing(
+        host: tuple[Path, Path], tmp_path: Path) -> None:
+    """Killed at random while it generates a seed, clones disks and leases addresses, then run to the
+    end: every VM has exactly one disk and its own address, and nothing half-written is left."""
+    specs, state = host
+    root = tmp_path / "root"
+    for i in range(12):
+        (root / f"d{i % 3}").mkdir(parents=True, exist_ok=True)
+        (root / f"d{i % 3}" / f"f{i}").write_bytes(os.urandom(1 << 20))
+    write(specs / "image.yaml", image_spec(seed=f"{{from: '{root}'}}"))
+    for name in ("vm-a", "vm-b", "vm-c"):
+        write(specs / f"{name}.yaml", vm_spec(name, running="false", diskSize="64Mi"))
+    cmd = [sys.executable, "-m", "controller", "--specs", str(specs), "--state", str(state), "reconcile"]
+    rng = random.Random(int.from_bytes(os.urandom(4), "little"))
+    for _ in range(5):
+        proc = subprocess.Popen(cmd, cwd=REPO, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                stderr=subprocess.DEVNULL)
+        time.sleep(rng.uniform(0.05, 1.2))
+        proc.kill()
+        proc.wait()
+    reconcile(specs, state)
+    ips = [lease(state, vm) for vm in ("vm-a", "vm-b", "vm-c")]
+    assert len(set(ips)) == 3, ips
+    for vm in ("vm-a", "vm-b", "vm-c"):
+        files = sorted(p.name for p in (state / "vms" / vm).iterdir())
+        assert files == ["disk.img", "disk.json", "vm.json"], files
+        assert ext4.read_tree(disk(state, vm))["d0/f0"] == (root / "d0" / "f0").read_bytes()
+    assert list((state / "tmp").iterdir()) == []
+    assert not list(Path("/tmp").glob("tmp*inject*")) and not list((state / "vms").glob("*/.*"))
+    assert "0 applied" in reconcile(specs, state).stderr

@@ -21,7 +21,8 @@ Case format (quantities as in specs: 64Mi, 1Gi):
       links:     [{name, kind, alias, master, up}]
       addresses: [{dev, cidr}]
       clone_method: qcow2
-      images:    {IMAGE: {inputs: FP|null, seeds: {FP: {size, mtime, sized: [SIZE...]}}, failed: {FP: why}}}
+      images:    {IMAGE: {inputs: FP|null, seeds: {FP: {size, mtime, sized: [SIZE...]} | {orphan: true, sized: [...]}},
+                          failed: {FP: why}}}
       disks:     {VM: {image, size, taken, format, seed: FP-SIZE|null}}
       vms:       {VM: {network, ip, alive, ready, pid, spec: current|HASH, attempts, failure}}
       trash:     [{vm, removed_at, ip, network, image, format, seed: FP-SIZE|null}]
@@ -110,6 +111,9 @@ def _images(data: dict[str, Any]) -> Any:
         for fp, seed in (image["seeds"] or {}).items():
             directory = STATE / "images" / name
             sized = {parse_quantity(s): directory / f"seed-{fp}-{parse_quantity(s)}.ext4" for s in seed["sized"]}
+            if seed.get("orphan"):  # only sized seeds are left of this fingerprint
+                seeds[fp] = SeedFiles(None, 0, 0.0, sized)
+                continue
             seeds[fp] = SeedFiles(directory / f"seed-{fp}.ext4", parse_quantity(seed["size"]), seed["mtime"], sized)
         out[name] = ImageState(name, image["inputs"], seeds, image["failed"] or {})
     return out

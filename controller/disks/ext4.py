@@ -282,7 +282,8 @@ def extract_dir(image: Path, path: str, dest_dir: Path) -> None:
 
 
 def inject_file(image: Path, guest_path: str, data: bytes, mode: int, uid: int = 0, gid: int = 0) -> None:
-    """Writes a file into a raw ext4 image (replacing it); missing parents get mode 0700."""
+    """Writes a file into a raw ext4 image (replacing it); missing parents get mode 0700. The data is
+    staged beside the image (the caller's scratch area), so that a kill leaves nothing elsewhere."""
     target = PurePosixPath(guest_path)
     if not target.is_absolute() or target.name == "":
         raise PermanentError(f"{image}: guest path {guest_path!r} must be absolute")
@@ -298,7 +299,7 @@ def inject_file(image: Path, guest_path: str, data: bytes, mode: int, uid: int =
         raise PermanentError(f"{image}: {target} exists and is not a regular file")
     if kinds[str(target)] == "regular":
         cmds.append(f"rm {_q(target)}")
-    with tempfile.NamedTemporaryFile() as tmp:
+    with tempfile.NamedTemporaryFile(dir=image.parent, prefix=f".{image.name}.inject-") as tmp:
         tmp.write(data)
         tmp.flush()
         cmds += [f"write {_q(tmp.name)} {_q(target)}", f"sif {_q(target)} mode 0{0o100000 | mode & 0o7777:o}",
