@@ -95,6 +95,12 @@ def parser() -> argparse.ArgumentParser:
                        help="reconcile at least this often, changes or not (default 30)")
     watch.add_argument("--poll", type=float, default=0.5, metavar="SECONDS",
                        help="how often to look for spec changes (default 0.5)")
+    doctor = sub.add_parser("doctor", parents=[common], help="is this host ready for the specs? (changes nothing)")
+    doctor.add_argument("--deep", action="store_true", help="also check each work seed with e2fsck -fn (slower)")
+    doctor.add_argument("-o", "--output", choices=("table", "json"), default="table")
+    verify = sub.add_parser("verify", parents=[common], help="the leak audit: what warmvm made and no spec explains")
+    verify.add_argument("-o", "--output", choices=("table", "json"), default="table")
+    sub.add_parser("seed", parents=[common], help="generate the work seeds the specs' images need, nothing else")
     logs = sub.add_parser("logs", parents=[common], help="a VM's serial console")
     logs.add_argument("vm")
     logs.add_argument("-f", "--follow", action="store_true")
@@ -235,6 +241,69 @@ def cmd_get(args: argparse.Namespace, log: Lifecycle) -> int:
     return EXIT_OK
 
 
+def cmd_doctor(args: argparse.Namespace, log: Lifecycle) -> int:
+    from .audit.doctor import FAIL, Context, doctor, table
+    from .wiring import open_host
+    desired = load_specs(args)
+    host = open_host(Store(args.state), False, args.clone_method)
+    checks = doctor(Context(desired, host.observe(desired), host.layout, args.deep))
+    if args.output == "json":
+        print(json.dumps([c.to_dict() for c in checks], indent=2))
+    else:
+        print(table(checks))
+    return EXIT_ERROR if any(c.status == FAIL for c in checks) else EXIT_OK
+
+
+def cmd_verify(args: argparse.Namespace, log: Lifecycle) -> int:
+    from .audit.observe import observe_host
+    from .audit.verify import verify
+    from .wiring import open_host
+    desired = load_specs(args)
+    host = open_host(Store(args.state), False, args.clone_method)
+    report = verify(desired, host.observe(desired), observe_host(host.layout, host.instance), str(host.layout.vms))
+    if args.output == "json":
+        print(json.dumps(report.to_dict(), indent=2))
+    else:
+        for c in report.capacity:
+            print(f"capacity  network/{c.network}: idle {c.idle} of size {c.size}")
+        for f in report.leaks:
+            print(f"LEAK      {f.kind} {f.name}: {f.why}")
+        for f in report.foreign:
+            print(f"not ours  {f.kind} {f.name}: {f.why}")
+        print(f"verify: {'clean' if report.clean else 'LEAKS'}: {len(report.leaks)} leaks, "
+              f"{len(report.foreign)} not ours")
+    return EXIT_OK if report.clean else EXIT_ERROR
+
+
+def cmd_seed(args: argparse.Namespace, log: Lifecycle) -> int:
+    """The seed step of reconcile alone, through the same code and fingerprint: what an image build
+    runs so that the very first VM of a fresh host already clones a seed."""
+    from .core.plan import plan
+    from .disks.actions import SeedGenerate
+    from .wiring import open_host
+    store = Store(args.state)
+    with store.lock(args.lock_timeout):
+        desired = load_specs(args)
+        host = open_host(store, True, args.clone_method)
+        drivers = host.drivers(log.progress if sys.stderr.isatty() else None)
+        failed = 0
+        try:
+            for action in plan(desired, host.observe(desired)).actions:
+                if isinstance(action, SeedGenerate):
+                    start = time.perf_counter()
+                    try:
+                        details = drivers.apply(action)
+                    except WarmvmError as e:
+                        failed += 1
+                        log.event(action.kind, action.subject, "failed", (time.perf_counter() - start) * 1000,
+                                  error=str(e))
+                        continue
+                    log.event(action.kind, action.subject, "ok", (time.perf_counter() - start) * 1000, **details)
+        finally:
+            drivers.close()
+    return EXIT_ERROR if failed or desired.errors else EXIT_OK
+
+
 def cmd_ssh(args: argparse.Namespace, log: Lifecycle) -> int:
     layout = Layout(Store(args.state).root)
     record = read_record(layout.vm(args.vm).record)
@@ -264,4 +333,4 @@ def cmd_logs(args: argparse.Namespace, log: Lifecycle) -> int:
 
 
 COMMANDS = {"plan": cmd_plan, "reconcile": cmd_reconcile, "watch": cmd_watch, "get": cmd_get, "ssh": cmd_ssh,
-            "logs": cmd_logs}
+            "logs": cmd_logs, "doctor": cmd_doctor, "verify": cmd_verify, "seed": cmd_seed}

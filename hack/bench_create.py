@@ -27,13 +27,17 @@ import subprocess
 import sys
 import threading
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from controller.audit.observe import observe_host  # noqa: E402
+from controller.audit.verify import verify  # noqa: E402
 from controller.core.events import Lifecycle  # noqa: E402
+from controller.core.model import Policy  # noqa: E402
 from controller.core.reconcile import reconcile  # noqa: E402
 from controller.disks import ext4 as disks  # noqa: E402
 from controller.specs.schema import parse_quantity  # noqa: E402
@@ -73,6 +77,7 @@ def main() -> None:
             print(f"run {run + 1}/{args.runs} {mode}: " + ", ".join(
                 f"{r['vm']} total {r['total']:.0f} ms" for r in results[mode][-args.vms:]), file=sys.stderr)
     report = summarise(results, vars(args) | {"modes": modes})
+    report["verify"] = bench.verify()
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "bench-create.json").write_text(json.dumps(report, indent=2, default=str))
     chart(report, args.out / "bench-create.png")
@@ -154,7 +159,8 @@ class Bench:
         start = time.perf_counter()
         with store.lock(10):
             locked = time.perf_counter()
-            desired = load_specs(self.specs)
+            # a bench removes every VM it made, on purpose: nothing kept in the trash, no confirmation
+            desired = replace(load_specs(self.specs), policy=Policy(retain_removed=0, confirm_removals=True))
             loaded = time.perf_counter()
             assert not desired.errors, desired.errors
             host = open_host(store, True)
@@ -212,6 +218,18 @@ class Bench:
         self.vms(mode, [])
         self.settle()  # stop and remove them (not measured)
         return out
+
+    def verify(self) -> dict[str, Any]:
+        """The leak audit once everything the bench made is gone: a leak is a reconciler bug."""
+        self.vms("warm", [])
+        self.settle()
+        desired = replace(load_specs(self.specs), policy=Policy(retain_removed=0))
+        host = open_host(Store(self.state), False)
+        report = verify(desired, host.observe(desired), observe_host(host.layout, host.instance),
+                        str(host.layout.vms))
+        if not report.clean:
+            print(f"bench: LEAKS after the benchmark: {report.leaks}", file=sys.stderr)
+        return report.to_dict()
 
     def _poll_ssh(self, name: str, t0: float, ready: dict[str, float]) -> None:
         record = self.state / "vms" / name / "vm.json"
@@ -288,6 +306,9 @@ def print_report(report: dict[str, Any]) -> None:
     if "warm_controller_median_ms" in report:
         print(f"  warm controller share: {report['warm_controller_median_ms']:.1f} ms median per VM "
               "(target <= 50 ms on a reflink-capable state directory)")
+    if "verify" in report:
+        audit = report["verify"]
+        print(f"  verify after the benchmark: {'clean' if audit['clean'] else 'LEAKS: ' + str(audit['leaks'])}")
 
 
 def chart(report: dict[str, Any], path: Path) -> None:

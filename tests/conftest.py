@@ -9,6 +9,7 @@ deletes it, which removes every device made inside.
 from __future__ import annotations
 
 import ctypes
+import json
 import os
 import signal
 import subprocess
@@ -108,3 +109,13 @@ def workdir(tmp_path: Path) -> tuple[Path, Path]:
     specs, state = tmp_path / "specs", tmp_path / "state"
     specs.mkdir()
     return specs, state
+
+
+def assert_verified(specs: Path, state: Path) -> None:
+    """The suite's oracle: once a reconcile has converged, `warmvm verify` finds no leak (a leak after
+    convergence is a reconciler bug)."""
+    converged = warmvm(specs, state, "reconcile", timeout=300)
+    assert converged.returncode == 0, converged.stderr
+    audit = warmvm(specs, state, "verify", "-o", "json")
+    report = json.loads(audit.stdout)
+    assert audit.returncode == 0 and report["clean"], report["leaks"]

@@ -34,3 +34,4 @@ def test_bench_smoke_run_reports_every_stage(tmp_path: Path) -> None:
     assert 0 < vm["controller"] < vm["total"] and vm["boot"] > 0
     assert (out / "bench-create.png").stat().st_size > 10_000
     assert "warm controller share" in result.stdout
+    assert report["verify"]["clean"], report["verify"]["leaks"]  # the bench leaves nothing behind

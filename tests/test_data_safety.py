@@ -26,7 +26,7 @@ from controller.disks import ext4
 from controller.network.marks import parse_mark
 from controller.network.rtnl import dump_links
 
-from .conftest import REPO, network_spec, vm_spec, warmvm, write
+from .conftest import REPO, assert_verified, network_spec, vm_spec, warmvm, write
 from .test_seeds import ROOT_FILES, image_spec, make_kernel, make_rootfs
 
 GUEST_FILE = "/notes/precious.txt"
@@ -206,6 +206,7 @@ def test_devices_marked_before_instances_are_adopted_by_the_instance_that_names_
     marks = [parse_mark(l.alias) for l in dump_links() if l.alias]
     assert len(marks) == 3 and all(m is not None and m.instance == instance for m in marks)
     assert "0 applied" in reconcile(specs, state).stderr
+    assert_verified(specs, state)
 
 
 def test_an_empty_record_affects_only_its_own_vm_and_names_its_file(host: tuple[Path, Path]) -> None:
@@ -297,3 +298,4 @@ def test_kill_9_at_random_points_of_provisioning_loses_and_doubles_nothing(
     assert list((state / "tmp").iterdir()) == []
     assert not list(Path("/tmp").glob("tmp*inject*")) and not list((state / "vms").glob("*/.*"))
     assert "0 applied" in reconcile(specs, state).stderr
+    assert_verified(specs, state)

@@ -22,7 +22,7 @@ import pytest
 from controller.statedir.layout import VmFiles
 from controller.vms.qemu import running_pid
 
-from .conftest import REPO, network_spec, qemu_pids_under, vm_spec, warmvm, write
+from .conftest import REPO, assert_verified, network_spec, qemu_pids_under, vm_spec, warmvm, write
 
 pytestmark = pytest.mark.e2e
 IMAGE = Path(os.environ.get("WARMVM_TEST_IMAGE", REPO / "state" / "demo-image"))
@@ -98,6 +98,7 @@ def test_two_vms_boot_serve_their_work_disk_and_go_away_cleanly(env: tuple[Path,
     assert running_pid(b_files, b_pid) is None and not (state / "vms" / "vm-b").exists()
     pool = json.loads(warmvm(specs, state, "get", "pool", "-o", "json").stdout)
     assert {"tap": b_tap, "holder": "(idle)"}.items() <= next(p for p in pool if p["tap"] == b_tap).items()
+    assert_verified(specs, state)
 
 
 def test_kill_9_right_after_spawn_never_leaves_an_untracked_qemu(env: tuple[Path, Path]) -> None:
@@ -127,6 +128,7 @@ def test_kill_9_right_after_spawn_never_leaves_an_untracked_qemu(env: tuple[Path
         write(specs / "vm.yaml", vm_spec("vm-a", running="false"))
         reconcile(specs, state)
         assert qemu_pids_under(state) == []
+    assert_verified(specs, state)
 
 
 def test_killed_qemu_is_started_again(env: tuple[Path, Path]) -> None:
@@ -141,6 +143,7 @@ def test_killed_qemu_is_started_again(env: tuple[Path, Path]) -> None:
     assert ssh(state, "vm-a", "cat /root/marker") == "kept\n", "the disk survives a restart"
     row = vms(specs, state)["vm-a"]
     assert row["phase"] == "Running" and row["restarts"] == 1
+    assert_verified(specs, state)
 
 
 def test_running_false_provisions_without_booting(env: tuple[Path, Path]) -> None:
@@ -154,6 +157,7 @@ def test_running_false_provisions_without_booting(env: tuple[Path, Path]) -> Non
     reconcile(specs, state)
     assert vms(specs, state)["vm-c"]["phase"] == "Running"
     assert ssh(state, "vm-c", "echo ok") == "ok\n"
+    assert_verified(specs, state)
 
 
 def test_a_vm_that_cannot_boot_is_failed_and_the_others_keep_running(env: tuple[Path, Path], tmp_path: Path,
@@ -174,3 +178,5 @@ def test_a_vm_that_cannot_boot_is_failed_and_the_others_keep_running(env: tuple[
     assert rows["bad"]["phase"] == "Failed" and rows["bad"]["reason"]
     again = warmvm(specs, state, "reconcile")  # not retried until its spec changes, still reported
     assert again.returncode == 1 and "vm_start" not in again.stderr and "Failed" in again.stderr
+    audit = json.loads(warmvm(specs, state, "verify", "-o", "json").stdout)
+    assert audit["clean"], audit["leaks"]  # a Failed VM is not converged, and still leaks nothing

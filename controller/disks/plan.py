@@ -110,7 +110,7 @@ def plan_seed_cleanup(desired: Desired, images: dict[str, ImageState], disks: di
             continue  # its VMs' disks still exist: they go first
         keep = _in_use(desired, state, name) | backing
         files = [f for seed in state.seeds.values() for f in seed.files() if f not in keep]
-        if files:
+        if files or (name not in desired.images and not state.seeds):  # the last: only its record is left
             actions.append(SeedDelete(name, tuple(sorted(files))))
     return actions
 
