@@ -11,7 +11,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import signal
 import sys
 import time
 from pathlib import Path
@@ -27,10 +26,11 @@ from .vms.ssh import ssh_argv
 if TYPE_CHECKING:
     from .core.actions import Action
     from .core.model import Desired
+    from .wiring import Options
 
 # spec validation and the planner cost time to import: only the commands that use them import them,
 # so `warmvm ssh` and `warmvm logs` start at once
-VIEW_NAMES = ("networks", "pool", "images", "vms", "trash")
+VIEW_NAMES = ("networks", "pool", "images", "vms", "trash", "daemon")
 
 EXIT_OK, EXIT_ERROR, EXIT_PENDING = 0, 1, 2
 
@@ -90,11 +90,12 @@ def parser() -> argparse.ArgumentParser:
     ssh = sub.add_parser("ssh", parents=[common], help="run a command in a VM (or a shell)")
     ssh.add_argument("vm")
     ssh.add_argument("argv", nargs=argparse.REMAINDER, metavar="-- COMMAND", help="the command to run")
-    watch = sub.add_parser("watch", parents=[common], help="reconcile on every spec change, and periodically")
-    watch.add_argument("--interval", type=float, default=30.0, metavar="SECONDS",
-                       help="reconcile at least this often, changes or not (default 30)")
-    watch.add_argument("--poll", type=float, default=0.5, metavar="SECONDS",
-                       help="how often to look for spec changes (default 0.5)")
+    watch = sub.add_parser("watch", parents=[common], help="the daemon: reconcile whenever something changes")
+    watch.add_argument("--interval", type=float, default=300.0, metavar="SECONDS",
+                       help="reconcile at least this often (plus or minus 10%%), events or not (default 300)")
+    watch.add_argument("--metrics-addr", metavar="HOST:PORT",
+                       help="serve Prometheus metrics there, e.g. 127.0.0.1:9464 (default: off)")
+    watch.add_argument("--poll", type=float, help=argparse.SUPPRESS)  # from before spec changes were events
     doctor = sub.add_parser("doctor", parents=[common], help="is this host ready for the specs? (changes nothing)")
     doctor.add_argument("--deep", action="store_true", help="also check each work seed with e2fsck -fn (slower)")
     doctor.add_argument("-o", "--output", choices=("table", "json"), default="table")
@@ -159,70 +160,26 @@ def cmd_plan(args: argparse.Namespace, log: Lifecycle) -> int:
 
 
 def cmd_reconcile(args: argparse.Namespace, log: Lifecycle) -> int:
-    from .core.reconcile import reconcile
-    from .wiring import open_host
-    start = time.perf_counter()
-    store = Store(args.state)
-    with store.lock(args.lock_timeout):
-        locked = time.perf_counter()
-        desired = load_specs(args)
-        loaded = time.perf_counter()
-        host = open_host(store, True, args.clone_method)
-        host.boot_timeout = args.boot_timeout
-        drivers = host.drivers(log.progress if sys.stderr.isatty() else None)
-        try:
-            result = reconcile(desired, drivers, host.observer(desired), log)
-        finally:
-            drivers.close()
-    last = result.last_plan
-    problems = last.problems if last else ()
-    for problem in problems:
-        print(f"problem: {problem}", file=sys.stderr)
-    if last is not None:
-        _show_held(last.held_back, last.holds)
-    held = len(last.held_back) if last else 0
-    ok = result.converged and not desired.errors and not problems and not held
-    state = "converged" if ok else "NOT converged"
-    log.summary(f"reconcile: {state}: {result.applied} applied, {len(result.failures)} failed, "
-                f"{held} held back, {len(desired.errors)} spec errors, {result.passes} passes, "
-                f"{(time.perf_counter() - start) * 1000:.1f}ms (lock wait {(locked - start) * 1000:.1f}, "
-                f"load {(loaded - locked) * 1000:.1f}, observe {result.observe_ms:.1f}, plan {result.plan_ms:.1f})",
-                converged=ok)
-    return EXIT_OK if ok else EXIT_ERROR
+    from .wiring import converge, report
+    done = converge(Store(args.state), options(args), log)
+    report(done, log)
+    return EXIT_OK if done.ok else EXIT_ERROR
+
+
+def options(args: argparse.Namespace) -> Options:
+    from .core.model import Policy
+    from .wiring import Options
+    if not args.specs.is_dir():
+        raise WarmvmError(f"{args.specs}: spec directory does not exist")
+    return Options(args.specs, Policy(args.retain_removed, args.confirm_removals), args.clone_method,
+                   args.boot_timeout, args.lock_timeout)
 
 
 def cmd_watch(args: argparse.Namespace, log: Lifecycle) -> int:
-    """The daemon: reconcile when a spec file changes, and every --interval anyway, since the world
-    drifts too (a QEMU dies, someone deletes a TAP). SIGTERM or Ctrl-C: the pass under way finishes,
-    then it exits."""
-    stopping: list[int] = []
-    signal.signal(signal.SIGTERM, lambda signum, _: stopping.append(signum))
-    signal.signal(signal.SIGINT, lambda signum, _: stopping.append(signum))
-    seen: tuple[tuple[str, int, int], ...] | None = None
-    due = 0.0
-    while not stopping:
-        current = _spec_signature(args.specs)
-        if current != seen or time.monotonic() >= due:
-            try:
-                cmd_reconcile(args, log)
-            except WarmvmError as e:  # e.g. the lock held by a one-shot reconcile: try again later
-                print(f"warmvm: {e}", file=sys.stderr)
-            seen, due = current, time.monotonic() + args.interval
-        time.sleep(args.poll)
-    return EXIT_OK
-
-
-def _spec_signature(root: Path) -> tuple[tuple[str, int, int], ...]:
-    """What changes when any spec file is added, removed or written (cheap: stat only)."""
-    from .specs.documents import spec_files
-    out = []
-    for path in spec_files(root) if root.is_dir() else []:
-        try:
-            st = path.stat()
-        except FileNotFoundError:
-            continue
-        out.append((str(path), st.st_mtime_ns, st.st_size))
-    return tuple(out)
+    """The daemon: woken by spec changes, netlink events for our devices, QEMU exits and a periodic
+    resync; SIGTERM/SIGINT finish the pass under way and exit 0, SIGHUP reads the specs now."""
+    from .daemon.loop import Settings, run
+    return run(Store(args.state), options(args), Settings(args.interval, args.metrics_addr), log)
 
 
 def cmd_get(args: argparse.Namespace, log: Lifecycle) -> int:
@@ -231,13 +188,18 @@ def cmd_get(args: argparse.Namespace, log: Lifecycle) -> int:
     from . import views
     from .core.model import Desired, Policy
     from .wiring import load_specs, open_host
+    if args.what == "daemon":  # read from the daemon's own status file, not from the host
+        from .daemon.status import read_status
+        return _show([read_status(Layout(Store(args.state).root).daemon_status)], args.output)
     desired = load_specs(args.specs) if args.specs.is_dir() else Desired()
     desired = replace(desired, policy=Policy(args.retain_removed, args.confirm_removals))
     rows = views.VIEWS[args.what](desired, open_host(Store(args.state), False, args.clone_method).observer(desired)())
-    if args.output == "json":
-        print(json.dumps(rows, indent=2, default=str))
-    else:
-        print(views.table(rows))
+    return _show(rows, args.output)
+
+
+def _show(rows: list[dict[str, object]], output: str) -> int:
+    from .views import table
+    print(json.dumps(rows, indent=2, default=str) if output == "json" else table(rows))
     return EXIT_OK
 
 

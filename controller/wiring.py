@@ -11,15 +11,16 @@ from __future__ import annotations
 
 import shutil
 import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from .core.errors import PermanentError, WarmvmError, os_error
-from .core.model import Desired
+from .core.model import Desired, Policy
 from .core.state import Observed
 from .disks import ext4
 from .disks.observe import ImageFiles, observe_disks, observe_images
@@ -31,12 +32,81 @@ from .vms.observe import observe_trash, observe_vms
 
 if TYPE_CHECKING:
     from .core.apply import Drivers
+    from .core.events import Lifecycle
+    from .core.reconcile import Background, Result
     from .disks.driver import Progress
 
 
-def load_specs(root: Path) -> Desired:
-    """The specs under `root`, their image files checked on this host."""
-    return load(root, ImageFiles())
+def load_specs(root: Path, policy: Policy | None = None) -> Desired:
+    """The specs under `root`, their image files checked on this host, under the command's policy."""
+    desired = load(root, ImageFiles())
+    return replace(desired, policy=policy) if policy is not None else desired
+
+
+@dataclass(frozen=True)
+class Options:
+    """What a reconcile needs from its command line."""
+
+    specs: Path
+    policy: Policy
+    clone_method: str = "auto"
+    boot_timeout: float = 60.0
+    lock_timeout: float = 5.0
+
+
+@dataclass(frozen=True)
+class Converged:
+    desired: Desired
+    result: Result
+    ms: dict[str, float]  # where the time went: total, lock wait, load
+
+    @property
+    def ok(self) -> bool:
+        last = self.result.last_plan
+        return self.result.converged and not self.desired.errors and not (last and (last.problems or last.held_back))
+
+
+def converge(store: Store, options: Options, log: Lifecycle, background: Background | None = None) -> Converged:
+    """One reconcile of the host to the specs, under the state directory's lock: what `warmvm
+    reconcile` does once and `warmvm watch` on every wake-up."""
+    from .core.reconcile import reconcile
+    start = time.perf_counter()
+    with store.lock(options.lock_timeout):
+        locked = time.perf_counter()
+        desired = load_specs(options.specs, options.policy)
+        for error in desired.errors:
+            print(error, file=sys.stderr)
+        loaded = time.perf_counter()
+        host = open_host(store, True, options.clone_method)
+        host.boot_timeout = options.boot_timeout
+        drivers = host.drivers(log.progress if sys.stderr.isatty() else None)
+        try:
+            result = reconcile(desired, drivers, host.observer(desired), log, background=background)
+        finally:
+            drivers.close()
+    return Converged(desired, result, {"total": _ms(start), "lock": (locked - start) * 1000,
+                                       "load": (loaded - locked) * 1000})
+
+
+def report(done: Converged, log: Lifecycle) -> None:
+    """The closing lines of a reconcile: its problems, what it held back and why, one summary."""
+    last, result = done.result.last_plan, done.result
+    for problem in last.problems if last else ():
+        print(f"problem: {problem}", file=sys.stderr)
+    held = last.held_back if last else ()
+    if held and last is not None:
+        print(f"held back: {'; '.join(last.holds)}", file=sys.stderr)
+        for action in held:
+            print(f"(held back) {action.describe()}", file=sys.stderr)
+    log.summary(f"reconcile: {'converged' if done.ok else 'NOT converged'}: {result.applied} applied, "
+                f"{len(result.failures)} failed, {len(held)} held back, {len(done.desired.errors)} spec errors, "
+                f"{result.passes} passes, {done.ms['total']:.1f}ms (lock wait {done.ms['lock']:.1f}, "
+                f"load {done.ms['load']:.1f}, observe {result.observe_ms:.1f}, plan {result.plan_ms:.1f})",
+                converged=done.ok)
+
+
+def _ms(start: float) -> float:
+    return (time.perf_counter() - start) * 1000
 
 
 @dataclass

@@ -119,3 +119,14 @@ def assert_verified(specs: Path, state: Path) -> None:
     audit = warmvm(specs, state, "verify", "-o", "json")
     report = json.loads(audit.stdout)
     assert audit.returncode == 0 and report["clean"], report["leaks"]
+
+
+IMAGE = Path(os.environ.get("WARMVM_TEST_IMAGE", REPO / "state" / "demo-image"))
+
+
+@pytest.fixture(scope="session")
+def demo_image() -> Path:
+    """The demo guest (built once, cached): for the tests that boot real VMs."""
+    subprocess.run(["bash", str(REPO / "hack" / "build-image.sh"), str(IMAGE)], check=True,
+                   stdin=subprocess.DEVNULL)
+    return IMAGE

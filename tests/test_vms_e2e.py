@@ -25,16 +25,6 @@ from controller.vms.qemu import running_pid
 from .conftest import REPO, assert_verified, network_spec, qemu_pids_under, vm_spec, warmvm, write
 
 pytestmark = pytest.mark.e2e
-IMAGE = Path(os.environ.get("WARMVM_TEST_IMAGE", REPO / "state" / "demo-image"))
-
-
-@pytest.fixture(scope="session")
-def demo_image() -> Path:
-    subprocess.run(["bash", str(REPO / "hack" / "build-image.sh"), str(IMAGE)], check=True,
-                   stdin=subprocess.DEVNULL)
-    return IMAGE
-
-
 def image_spec(image: Path) -> str:
     return (f"apiVersion: warmvm/v1\nkind: Image\nmetadata:\n  name: demo\nspec:\n"
             f"  kernel: {image}/vmlinuz\n  initrd: {image}/initrd.img\n  rootfs: {image}/rootfs.ext4\n"

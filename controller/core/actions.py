@@ -25,6 +25,7 @@ class Action:
     phase: ClassVar[int] = PHASE_VM
     parallel: ClassVar[bool] = False  # adjacent parallel actions run at once (they touch disjoint state)
     step: ClassVar[int] = -1  # order among one new VM's steps (-1: before every VM's, e.g. a seed size they need)
+    waits: ClassVar[bool] = False  # it waits on something slow (a guest's boot): the daemon runs it in the background
 
     about: ClassVar[tuple[str, str]] = ("vm", "vm")  # the object it acts on: (kind shown, field naming it)
 

@@ -10,17 +10,22 @@ import json
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any, TextIO
+
+Listener = Callable[[str, str, str, float, dict[str, Any]], None]  # stage, object, outcome, ms, details
 
 
 class Lifecycle:
     def __init__(self, fmt: str = "text", stream: TextIO | None = None) -> None:
         self.fmt = fmt
         self.stream = stream or sys.stderr
+        self.listeners: list[Listener] = []  # e.g. the daemon's metrics
 
     def event(self, stage: str, subject: str, outcome: str, ms: float, **details: Any) -> None:
+        for listener in self.listeners:
+            listener(stage, subject, outcome, ms, details)
         if self.fmt == "json":
             record = {"time": time.time(), "stage": stage, "object": subject, "outcome": outcome,
                       "ms": round(ms, 1), **details}

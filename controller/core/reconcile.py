@@ -9,6 +9,7 @@ again on the next pass, after `backoff` of its attempts, capped), or failed
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -35,24 +36,67 @@ class Result:
     last_plan: Plan | None = None
     observe_ms: float = 0.0  # over all passes: where time goes outside the actions
     plan_ms: float = 0.0
+    last_observed: Observed | None = None
+    in_background: int = 0  # actions still running beside the passes (the daemon's boot waits)
 
     @property
     def converged(self) -> bool:
-        return self.last_plan is not None and self.last_plan.empty and not self.failures
+        """Nothing left to do: in the daemon, but for what runs in the background and wakes it when done."""
+        if self.last_plan is None or self.failures:
+            return False
+        return len(self.last_plan.actions) == self.in_background
+
+
+class Background:
+    """Where the daemon runs actions that wait (a VM's boot wait), so that they never hold a pass:
+    the pool refill, a seed or another VM's start go on beside them. One at a time per action, each
+    on a daemon thread (a stopping daemon does not wait for boots: the next one takes them over);
+    when one ends, `done` is called, which wakes the daemon for the next pass."""
+
+    def __init__(self, done: Callable[[Action], None]) -> None:
+        self.done = done
+        self.running: set[Action] = set()
+        self.lock = threading.Lock()
+
+    def busy(self, action: Action) -> bool:
+        with self.lock:
+            return action in self.running
+
+    def submit(self, action: Action, run: Callable[[], object]) -> None:
+        with self.lock:
+            if action in self.running:
+                return
+            self.running.add(action)
+
+        def task() -> None:
+            try:
+                run()
+            finally:
+                with self.lock:
+                    self.running.discard(action)
+                self.done(action)
+        threading.Thread(target=task, name=f"warmvm-{action.kind}", daemon=True).start()
 
 
 def reconcile(desired: Desired, drivers: Drivers, observe: Callable[[], Observed], log: Lifecycle,
-              sleep: Callable[[float], None] = time.sleep) -> Result:
+              sleep: Callable[[float], None] = time.sleep, background: Background | None = None) -> Result:
+    """Passes until the plan is empty. With `background` (the daemon), actions that wait run beside
+    the passes instead of in them; without (a one-shot reconcile) it returns only when converged."""
     result = Result()
     for _ in range(MAX_PASSES):
         start = time.perf_counter()
-        observed = observe()
+        observed = result.last_observed = observe()
         result.observe_ms += _ms(start)
         drivers.prepare(observed)
         start = time.perf_counter()
         result.last_plan = current = plan(desired, observed)
         result.plan_ms += _ms(start)
         todo = [a for a in current.actions if a not in result.failures]
+        if background is not None:
+            for action in [a for a in todo if a.waits]:
+                background.submit(action, lambda a=action: _apply_one(a, drivers, log, result))  # type: ignore[misc]
+            result.in_background = sum(1 for a in current.actions if background.busy(a))
+            todo = [a for a in todo if not a.waits]
         if not todo:
             break
         result.passes += 1

@@ -85,6 +85,24 @@ def _retrying(dump: Callable[[], list[T]]) -> list[T]:
     raise OSError(errno.EAGAIN, f"netlink dump interrupted {DUMP_ATTEMPTS} times in a row by concurrent changes")
 
 
+RTMGRP_LINK = 1
+
+
+def link_events() -> socket.socket:
+    """A socket that receives every RTM_NEWLINK/RTM_DELLINK of this network namespace."""
+    sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC, NETLINK_ROUTE)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 22)
+    sock.bind((0, RTMGRP_LINK))
+    return sock
+
+
+def parse_link_events(data: bytes) -> Iterator[tuple[bool, Link]]:
+    """The devices named by link event messages, each with whether it was deleted."""
+    for mtype, _flags, payload in _messages(data):
+        if mtype in (RTM_NEWLINK, RTM_DELLINK):
+            yield mtype == RTM_DELLINK, _parse_link(payload)
+
+
 def _socket() -> socket.socket:
     sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC, NETLINK_ROUTE)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)

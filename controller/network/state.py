@@ -61,6 +61,7 @@ class NetState:
     taps: tuple[TapState, ...]  # this instance's TAPs only
     names: frozenset[str]  # every device name in the namespace
     legacy: tuple[TapState, ...] = ()  # TAPs marked before instances were named: adoptable
+    instance: str | None = None  # whose view this is
 
     def idle_taps(self, network: str) -> list[TapState]:
         return sorted((t for t in self.taps if t.idle and t.mark.network == network), key=_index_order)
@@ -97,7 +98,7 @@ def net_state(links: Iterable[Link], addresses: Iterable[Address], instance: str
                 taps.append(tap)
             elif mark.instance is None:
                 legacy.append(tap)
-    return NetState(bridges, tuple(taps), frozenset(l.name for l in links), tuple(legacy))
+    return NetState(bridges, tuple(taps), frozenset(l.name for l in links), tuple(legacy), instance)
 
 
 def _index_order(tap: TapState) -> tuple[int, str]:

@@ -3,6 +3,7 @@
     lock                          the reconciler lock
     instance                      this state directory's identity, carried in every device mark
     host.json                     facts about this host, cached per boot (is KVM usable)
+    daemon.json                   the watch daemon's pid and last pass (warmvm get daemon)
     ssh/id_ed25519[.pub]          the host's key pair for the guests
     images/IMAGE/seed-FP.ext4     base work seed built from inputs with fingerprint FP
     images/IMAGE/seed-FP-SIZE.ext4   the same seed grown to SIZE bytes (one per disk size in use)
@@ -69,6 +70,10 @@ class Layout:
     @property
     def lock(self) -> Path:
         return self.root / "lock"
+
+    @property
+    def daemon_status(self) -> Path:
+        return self.root / "daemon.json"
 
     @property
     def host_facts(self) -> Path:

@@ -50,6 +50,7 @@ class VmAwait(Action):
     kind: ClassVar[str] = "vm_await"
     phase: ClassVar[int] = PHASE_AWAIT
     parallel: ClassVar[bool] = True  # VMs boot side by side: each is seen ready when it is
+    waits: ClassVar[bool] = True
     vm: str
     ip: IPv4Address
 

@@ -93,16 +93,21 @@ class VmDriver:
         files = self.files(a.vm)
         started = record.started or time.time()
         deadline = time.monotonic() + max(0.0, started + self.boot_timeout - time.time())
-        if ssh.wait_ready(self.layout.ssh_key, str(a.ip), deadline,
-                          lambda: qemu.running_pid(files, record.pid) is not None):
+        ready = ssh.wait_ready(self.layout.ssh_key, str(a.ip), deadline, files.console,
+                               lambda: qemu.running_pid(files, record.pid) is not None)
+        current = read_record(files.record)
+        if current is None or current.started != record.started:
+            # in the daemon this wait runs beside the passes: the boot it waited for was stopped or
+            # replaced meanwhile, and its record is no longer this wait's to write
+            return {"superseded": True}
+        if ready:
             now = time.time()
-            first = record.create_to_ready_ms is None
-            create_to_ready = (now - record.created) * 1000 if record.create_to_ready_ms is None \
-                else record.create_to_ready_ms
-            self._save(a.vm, record.with_(ready=now, attempts=0, failure=None, create_to_ready_ms=create_to_ready))
+            first = current.create_to_ready_ms is None
+            create_to_ready = (now - current.created) * 1000 if first else current.create_to_ready_ms
+            self._save(a.vm, current.with_(ready=now, attempts=0, failure=None, create_to_ready_ms=create_to_ready))
             return {"boot_ms": round((now - started) * 1000, 1),
-                    "create_to_ready_ms": round(create_to_ready, 1) if first else None}
-        return self._failed_boot(a.vm, record, files)
+                    "create_to_ready_ms": round(create_to_ready, 1) if first and create_to_ready else None}
+        return self._failed_boot(a.vm, current, files)
 
     def _failed_boot(self, vm: str, record: VmRecord, files: VmFiles) -> Details:
         died = qemu.running_pid(files, record.pid) is None
