@@ -6,7 +6,7 @@ WARMVM   := $(VENV)/bin/warmvm
 STAMP    := $(VENV)/.installed
 ARGS     ?=
 
-.PHONY: setup image reconcile plan test lint bench bench-pool bench-disk bench-create clean
+.PHONY: setup image reconcile plan test lint bench bench-pool bench-disk bench-create bench-watch clean
 
 setup: $(STAMP)
 	@bash hack/install-deps.sh
@@ -44,6 +44,9 @@ bench-disk: setup
 
 bench-create: setup image
 	bash hack/bench.sh $(ARGS)
+
+bench-watch: setup image
+	bash hack/bench-watch.sh $(ARGS)
 
 bench: setup image
 	bash hack/bench-all.sh $(ARGS)

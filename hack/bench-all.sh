@@ -6,6 +6,7 @@ source "$(dirname "$0")/lib.sh"
 out=${1:-state/bench-out}
 mkdir -p "$out"
 bash hack/bench-pool.sh --json "$out/pool.json"
+bash hack/bench-watch.sh --json "$out/watch.json"
 .venv/bin/python hack/bench_disk.py --runs 3 --json "$out/disk.json"
 bash hack/bench.sh --runs 3 --state-fs host --out "$out/create-host"
 bash hack/bench.sh --runs 3 --state-fs xfs --out "$out/create-xfs"

@@ -22,6 +22,20 @@ def main(out: Path) -> None:
                   f"{pool['plan_cli_ms_median']:.0f} ms (python alone {pool['python_ms_median']:.0f} ms)", "<= 150 ms"),
                  ("pool: kernel calls per name", f"{pool['alloc_calls_per_name']:.2f}", "<= 1.1"),
                  ("pool: libvirt-style probing", f"{pool['probe_calls_per_name']:.0f} calls/name", "-")]
+    watch = load(out / "watch.json")
+    if watch:
+        for label, key, target in (("spec written -> first action", "spec_to_action_ms", "<= 150 ms"),
+                                   ("pool TAP deleted -> replaced", "tap_deleted_to_replaced_ms", "<= 500 ms"),
+                                   ("QEMU killed -> respawned", "qemu_killed_to_respawned_ms", "<= 500 ms")):
+            if key in watch:
+                s = watch[key]
+                rows.append((f"daemon: {label}", f"{s['median']:.1f} ms ({s['min']:.1f}-{s['max']:.1f})", target))
+        if "refill_before_boot" in watch:
+            rows.append(("daemon: pool refill to 100 beside a boot",
+                         f"{watch['refill_100_ms']:.0f} ms vs boot {watch['boot_beside_refill_ms']:.0f} ms",
+                         "refill first"))
+        if "idle_cpu_percent" in watch:
+            rows.append(("daemon: idle CPU", f"{watch['idle_cpu_percent']:.2f} %", "<= 1%"))
     disk = load(out / "disk.json")
     if disk:
         for r in disk["results"]:

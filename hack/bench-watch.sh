@@ -1,0 +1,12 @@
+#!/usr/bin/env bash
+# make bench-watch: the daemon benchmark (wake-up latencies, refill beside a boot, idle CPU), in a
+# private network namespace that is always removed (with every device in it), even on Ctrl-C or failure.
+#   hack/bench-watch.sh [--runs N] [--idle SECONDS] [--json FILE]
+set -euo pipefail
+source "$(dirname "$0")/lib.sh"
+bash hack/build-image.sh  # the demo guest, fetched with apt-get: before entering the namespace
+ns="wvwatch-$$-$RANDOM"
+ip netns add "$ns"
+trap 'ip netns del "$ns" 2>/dev/null || true' EXIT INT TERM
+ip netns exec "$ns" ip link set lo up
+ip netns exec "$ns" .venv/bin/python hack/bench_watch.py "$@"
