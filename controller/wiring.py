@@ -9,7 +9,9 @@ knows every domain's observer and driver.
 
 from __future__ import annotations
 
+import os
 import shutil
+import stat
 import subprocess
 import sys
 import tempfile
@@ -25,8 +27,10 @@ from .core.state import Observed
 from .disks import ext4
 from .disks.observe import ImageFiles, observe_disks, observe_images
 from .network.observe import observe_net
+from .specs.documents import spec_files
 from .specs.load import load
 from .statedir.layout import Layout
+from .statedir.safety import unsafe_reason
 from .statedir.store import Store
 from .vms.observe import observe_trash, observe_vms
 
@@ -38,7 +42,13 @@ if TYPE_CHECKING:
 
 
 def load_specs(root: Path, policy: Policy | None = None) -> Desired:
-    """The specs under `root`, their image files checked on this host, under the command's policy."""
+    """The specs under `root`, their image files checked on this host, under the command's policy.
+    A spec decides which host files a guest receives: a spec directory or file another user could
+    write is refused (sshd's StrictModes), as the state directory is."""
+    for path in [root, *spec_files(root)]:
+        reason = unsafe_reason(path)
+        if reason is not None:
+            raise PermanentError(f"spec refused: {reason} (chown root and chmod go-w)")
     desired = load(root, ImageFiles())
     return replace(desired, policy=policy) if policy is not None else desired
 
@@ -149,6 +159,7 @@ class Host:
 
 def open_host(store: Store, prepare: bool, clone_method: str = "auto") -> Host:
     layout = Layout(store.root)
+    store.trusted()
     if prepare:
         store.ensure()
         clean_tmp(layout)
@@ -181,8 +192,12 @@ def clean_tmp(layout: Layout) -> None:
 
 
 def ensure_ssh_key(key: Path, scratch: Path) -> None:
-    """The host's key pair for its guests, made once (both files appear together or not at all)."""
-    if key.exists() and key.with_suffix(".pub").exists():
+    """The host's key pair for its guests, made once by warmvm (both files appear together or not at
+    all). A pair found there is used only if it can only have been made by us: regular files of ours,
+    the private one 0600 in a 0700 directory of ours, the public one derived from it; else refused."""
+    pub = key.with_suffix(".pub")
+    if key.exists() or key.is_symlink():
+        _check_key(key, pub)
         return
     key.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=scratch) as tmp:
@@ -191,6 +206,20 @@ def ensure_ssh_key(key: Path, scratch: Path) -> None:
                               capture_output=True, text=True, stdin=subprocess.DEVNULL, check=False)
         if proc.returncode != 0:
             raise PermanentError(f"ssh-keygen failed: {proc.stderr.strip()}")
-        made.with_suffix(".pub").replace(key.with_suffix(".pub"))
+        made.with_suffix(".pub").replace(pub)
         made.replace(key)  # last: the private key's presence means the pair is complete
     key.chmod(0o600)
+
+
+def _check_key(key: Path, pub: Path) -> None:
+    me = os.geteuid()
+    for path, mode in ((key.parent, 0o700), (key, 0o600), (pub, None)):
+        st = os.lstat(path) if path.exists() or path.is_symlink() else None
+        if st is None or not (stat.S_ISREG(st.st_mode) or (path == key.parent and stat.S_ISDIR(st.st_mode))) \
+                or st.st_uid != me or (mode is not None and stat.S_IMODE(st.st_mode) != mode):
+            raise PermanentError(f"{path}: not a key warmvm made (a regular file of root's, mode "
+                                 f"{mode or 0o644:04o}); remove {key.parent} and warmvm makes a new pair")
+    derived = subprocess.run(["ssh-keygen", "-y", "-f", str(key)], capture_output=True, text=True,
+                             stdin=subprocess.DEVNULL, check=False).stdout.split()[:2]
+    if derived != pub.read_text().split()[:2]:
+        raise PermanentError(f"{pub}: does not belong to {key}; remove {key.parent} and warmvm makes a new pair")

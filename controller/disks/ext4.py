@@ -267,11 +267,13 @@ def ext4_has_dir(image: Path, path: str) -> bool:
 
 
 def extract_dir(image: Path, path: str, dest_dir: Path) -> None:
-    """Copies directory path of a raw ext4 image to dest_dir (must not exist), no mount."""
+    """Copies directory path of a raw ext4 image to dest_dir (must not exist), no mount. The image is
+    untrusted: its names are checked first (see _check_names), so the copy cannot write outside."""
     if dest_dir.exists():
         raise PermanentError(f"{dest_dir}: already exists")
     if not ext4_has_dir(image, path):
         raise PermanentError(f"{image}: no directory {path}")
+    _check_names(image, path)
     stage = Path(tempfile.mkdtemp(dir=dest_dir.parent, prefix=f".{dest_dir.name}."))
     try:
         _debugfs(image, [f"rdump {_q(path)} {_q(stage)}"])
@@ -279,6 +281,42 @@ def extract_dir(image: Path, path: str, dest_dir: Path) -> None:
         (stage / name if name else stage).rename(dest_dir)
     finally:
         shutil.rmtree(stage, ignore_errors=True)
+
+
+_LISTED = re.compile(r"^/(\d+)/([0-7]+)/\d+/\d+/(.*)/\d*/$")  # debugfs ls -p: /INODE/MODE/UID/GID/NAME/SIZE/
+MAX_ENTRIES = 1_000_000
+
+
+def _check_names(image: Path, top: str) -> None:
+    """debugfs rdump joins entry names to the destination as they are: a crafted image whose entry is
+    named `../../etc/cron.d/x` (ext4 does not forbid `/` in a name to a crafted image), or that has the
+    same name twice (a link, then a directory of that name), would write outside it. Every directory is
+    listed level by level first; such an image is refused, with its name and the entry."""
+    level, seen = [top.rstrip("/") or "/"], 0
+    while level:
+        out = _debugfs(image, [f"ls -p {_q(d)}" for d in level])
+        below: list[str] = []
+        for directory, block in zip(level, out.split("debugfs: ls -p ")[1:], strict=True):
+            names: set[str] = set()
+            for line in block.splitlines()[1:]:  # the first is the rest of the echoed command
+                if not line:
+                    continue
+                m = _LISTED.match(line)
+                if m is not None and m.group(1) == "0":
+                    continue  # an unused slot (lost+found keeps some): nothing is written for it
+                name = m.group(3) if m else line
+                if m is None or "/" in name or name in names:
+                    raise PermanentError(f"{image}: {directory}: entry {name[:80]!r} could be written outside "
+                                         "the copy; this image is refused (crafted or corrupt)")
+                if name in (".", ".."):
+                    continue
+                names.add(name)
+                if int(m.group(2), 8) & 0o170000 == 0o040000:
+                    below.append(f"{directory.rstrip('/')}/{name}")
+            seen += len(names)
+        if seen > MAX_ENTRIES:
+            raise PermanentError(f"{image}: {top} holds more than {MAX_ENTRIES} entries; refused")
+        level = below
 
 
 def inject_file(image: Path, guest_path: str, data: bytes, mode: int, uid: int = 0, gid: int = 0) -> None:

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from ..core.errors import PermanentError
+from .safety import unsafe_reason
 
 
 class LockTimeout(PermanentError):
@@ -38,7 +39,15 @@ class Store:
         # one identity however it is spelt: a relative path, another working directory, a symlink
         self.root = Path(os.path.realpath(root))
 
+    def trusted(self) -> None:
+        """Refuses a state directory another user could tamper with (sshd's StrictModes, see safety.py):
+        what is in it decides which files, devices and processes root acts on."""
+        reason = unsafe_reason(self.root)
+        if reason is not None:
+            raise PermanentError(f"state directory refused: {reason} (chown root and chmod go-w)")
+
     def ensure(self) -> None:
+        self.trusted()
         self.root.mkdir(mode=0o700, parents=True, exist_ok=True)
         os.chmod(self.root, 0o700)
 
@@ -46,7 +55,7 @@ class Store:
     def lock(self, timeout: float) -> Iterator[None]:
         """Exclusive lock on the state directory; waits up to `timeout` seconds."""
         self.ensure()
-        fd = os.open(self.root / "lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        fd = os.open(self.root / "lock", os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
         try:
             deadline = time.monotonic() + timeout
             while True:

@@ -20,7 +20,8 @@ from pathlib import Path
 from ..core.actions import Details, Handlers
 from ..core.errors import PermanentError, TemporaryError, backoff
 from ..core.state import Observed
-from ..statedir.layout import Layout, VmFiles
+from ..disks.observe import read_disk_record
+from ..statedir.layout import SEED, Layout, VmFiles
 from ..statedir.store import atomic_write, fsync_dir, write_json
 from . import qemu, ssh
 from .actions import IpAssign, TrashExpire, VmAwait, VmForget, VmRestore, VmStart, VmStop, VmTrash
@@ -41,10 +42,25 @@ class VmDriver:
                 TrashExpire: self.trash_expire}
 
     def prepare(self, observed: Observed) -> None:
-        pass
+        """A pass starts: no guest's console log grows past its cap."""
+        for name in observed.vms:
+            qemu.cap_console(self.files(name))
 
     def close(self) -> None:
         pass
+
+    def _backing(self, vm: str, fmt: str) -> Path | None:
+        """A qcow2 disk's seed, as its record names it, and only if it is a seed file of this state
+        directory: the chain warmvm wrote, checked, never the one the disk's header may claim."""
+        if fmt != "qcow2":
+            return None
+        record = read_disk_record(self.files(vm).disk_record)
+        if record is None or record.format != "qcow2" or not record.seed:
+            raise PermanentError(f"vm/{vm}: its qcow2 disk has no recorded seed")
+        seed = Path(os.path.realpath(self.layout.resolve(record.seed)))
+        if seed.parent.parent != Path(os.path.realpath(self.layout.images)) or not SEED.match(seed.name):
+            raise PermanentError(f"vm/{vm}: recorded seed {record.seed!r} is not a seed of {self.layout.root}")
+        return seed
 
     def files(self, vm: str) -> VmFiles:
         return self.layout.vm(vm)
@@ -77,8 +93,8 @@ class VmDriver:
             return {"pid": running, "adopted": True}
         accel = self._accel(a.accel)
         machine = Machine(a.vm, a.image.kernel, a.image.initrd, a.image.rootfs, files.disk, a.disk_format,
-                          a.tap, record.mac, a.address, str(a.gateway), a.vcpus, a.memory, accel,
-                          qemu.host_tsc_khz())
+                          self._backing(a.vm, a.disk_format), a.tap, record.mac, a.address, str(a.gateway),
+                          a.vcpus, a.memory, accel, qemu.host_tsc_khz())
         # intent first: the record says a boot is starting before QEMU exists; QEMU's own pid file
         # then finds it, whenever this process dies
         starting = record.with_(pid=None, started=time.time(), accel=accel, ready=None, boots=record.boots + 1,

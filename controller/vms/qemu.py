@@ -20,6 +20,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import pwd
 import shutil
 import signal
 import socket
@@ -32,6 +33,12 @@ from ..core.errors import PermanentError
 from ..statedir.layout import VmFiles
 
 QEMU = "qemu-system-x86_64"
+QEMU_USER = "warmvm-qemu"  # made by hack/install-deps.sh
+# spawn, setuid binaries, the scheduler and obsolete calls denied; elevating privileges cannot be denied
+# as well in QEMU 7.2, since its filter is installed before -runas drops root (it would kill QEMU)
+SANDBOX = "on,obsolete=deny,spawn=deny,resourcecontrol=deny"
+CONSOLE_CAP = 4 << 20  # bytes of console log kept; a guest must not fill the state's file system
+CONSOLE_KEEP = 1 << 20  # what is left of it once it passes the cap
 KVM_GET_API_VERSION, KVM_CREATE_VM = 0xAE00, 0xAE01
 
 
@@ -44,7 +51,8 @@ class Machine:
     initrd: Path | None
     rootfs: Path
     disk: Path
-    disk_format: str  # raw | qcow2
+    disk_format: str  # raw | qcow2, as recorded when the disk was made
+    backing: Path | None  # a qcow2 disk's seed, named here: never read from the disk's own header
     tap: str
     mac: str
     address: IPv4Interface  # the guest's address with its prefix length
@@ -53,6 +61,7 @@ class Machine:
     memory: int
     accel: str  # kvm | tcg
     tsc_khz: int | None = None  # the host's TSC rate, which a TCG guest needs told (see host_tsc_khz)
+    user: str | None = QEMU_USER  # the unprivileged user QEMU drops to once its files are open
 
 
 def mac_for(name: str) -> str:
@@ -62,6 +71,9 @@ def mac_for(name: str) -> str:
 
 
 def qemu_argv(m: Machine, files: VmFiles) -> list[str]:
+    """Every option value that comes from a path or a name is escaped (a comma starts a new option in
+    QEMU's parser), disks are -blockdev nodes in JSON with their recorded format, so that QEMU never
+    guesses one from content a guest wrote, and a qcow2 disk's backing file is the one named here."""
     cpu = ["-accel", "kvm", "-cpu", "host"] if m.accel == "kvm" else ["-accel", "tcg", "-cpu", "max"]
     # cryptomgr.notests: the kernel's crypto self-tests cost 0.5 s of a TCG boot and test nothing of ours
     append = (f"console=ttyS0 quiet cryptomgr.notests warmvm.ip={m.address} warmvm.gw={m.gateway} "
@@ -70,19 +82,42 @@ def qemu_argv(m: Machine, files: VmFiles) -> list[str]:
         append += f" tsc_early_khz={m.tsc_khz}"
     argv = [QEMU, "-name", f"warmvm-{m.name}", "-M", "microvm,rtc=on", *cpu,
             "-m", str(m.memory >> 20), "-smp", str(m.vcpus), "-nodefaults", "-no-user-config",
-            "-display", "none", "-serial", f"file:{files.console}",
-            "-qmp", f"unix:{files.qmp},server=on,wait=off",
-            "-kernel", str(m.kernel), "-append", append,
-            "-drive", f"id=root,file={m.rootfs},format=raw,if=none,readonly=on",
+            "-display", "none",
+            "-chardev", f"file,id=console,path={escape(files.console)},append=on", "-serial", "chardev:console",
+            "-qmp", f"unix:{escape(files.qmp)},server=on,wait=off",
+            "-kernel", str(m.kernel), *(["-initrd", str(m.initrd)] if m.initrd else []), "-append", append,
+            *_blockdev("root", m.rootfs, "raw", read_only=True),
             "-device", "virtio-blk-device,drive=root,serial=warmvm-root",
-            "-drive", f"id=work,file={m.disk},format={m.disk_format},if=none",
+            *_work_disk(m),
             "-device", "virtio-blk-device,drive=work,serial=warmvm-work",
-            "-netdev", f"tap,id=n0,ifname={m.tap},script=no,downscript=no",
+            "-netdev", f"tap,id=n0,ifname={escape(m.tap)},script=no,downscript=no",
             "-device", f"virtio-net-device,netdev=n0,mac={m.mac}",
-            "-pidfile", str(files.pidfile)]
-    if m.initrd is not None:
-        argv[argv.index("-kernel") + 2:argv.index("-kernel") + 2] = ["-initrd", str(m.initrd)]
-    return argv
+            "-pidfile", str(files.pidfile), "-sandbox", SANDBOX]
+    return argv + (["-runas", m.user] if m.user else [])
+
+
+def escape(value: object) -> str:
+    """A value inside a QEMU key=value option: commas doubled."""
+    return str(value).replace(",", ",,")
+
+
+def _blockdev(name: str, path: Path, fmt: str, read_only: bool = False, backing: str | None = None) -> list[str]:
+    protocol: dict[str, object] = {"driver": "file", "filename": str(path), "node-name": f"{name}-file"}
+    node: dict[str, object] = {"driver": fmt, "file": f"{name}-file", "node-name": name}
+    if read_only:
+        protocol["read-only"] = node["read-only"] = True
+    if fmt == "qcow2":
+        node["backing"] = backing  # None: no backing at all, whatever the header says
+    return ["-blockdev", json.dumps(protocol), "-blockdev", json.dumps(node)]
+
+
+def _work_disk(m: Machine) -> list[str]:
+    if m.disk_format == "raw":
+        return _blockdev("work", m.disk, "raw")
+    if m.disk_format != "qcow2":
+        raise PermanentError(f"{m.disk}: recorded format {m.disk_format!r} is not one warmvm makes")
+    seed = _blockdev("seed", m.backing, "raw", read_only=True) if m.backing else []
+    return seed + _blockdev("work", m.disk, "qcow2", backing="seed" if m.backing else None)
 
 
 def start(m: Machine, files: VmFiles) -> int:
@@ -90,20 +125,47 @@ def start(m: Machine, files: VmFiles) -> int:
     files.directory.mkdir(mode=0o700, parents=True, exist_ok=True)
     for stale in (files.pidfile, files.qmp):
         stale.unlink(missing_ok=True)
-    files.console.write_bytes(b"")
+    for made in (files.console, files.log):  # fresh files of ours: a link planted there is removed, not followed
+        made.unlink(missing_ok=True)
+        os.close(os.open(made, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600))
     argv = qemu_argv(m, files)
     binary = shutil.which(argv[0])
     if binary is None:
         raise PermanentError(f"{argv[0]} is not installed (make setup installs it)")
+    if m.user is not None:
+        try:
+            pwd.getpwnam(m.user)
+        except KeyError:
+            raise PermanentError(f"user {m.user!r} does not exist: QEMU would run as root (make setup adds it)") \
+                from None
     old = os.umask(0o077)  # the QMP socket and logs: owner only
     try:
         pid = os.posix_spawn(binary, argv, os.environ, setsid=True, file_actions=[
             (os.POSIX_SPAWN_OPEN, 0, "/dev/null", os.O_RDONLY, 0),
-            (os.POSIX_SPAWN_OPEN, 1, str(files.log), os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600),
+            (os.POSIX_SPAWN_OPEN, 1, str(files.log), os.O_WRONLY | os.O_APPEND | os.O_NOFOLLOW, 0o600),
             (os.POSIX_SPAWN_DUP2, 1, 2)])
     finally:
         os.umask(old)
     return pid
+
+
+def cap_console(files: VmFiles) -> bool:
+    """Keeps a console log under CONSOLE_CAP: past it, only its last CONSOLE_KEEP bytes stay (QEMU
+    appends, so it goes on writing at the new end). True if it was cut."""
+    try:
+        fd = os.open(files.console, os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError:
+        return False
+    try:
+        size = os.fstat(fd).st_size
+        if size <= CONSOLE_CAP:
+            return False
+        tail = os.pread(fd, CONSOLE_KEEP, size - CONSOLE_KEEP)
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, b"[warmvm: console log cut at %d bytes]\n" % size + tail, 0)
+        return True
+    finally:
+        os.close(fd)
 
 
 def running_pid(files: VmFiles, hint: int | None = None) -> int | None:

@@ -1,0 +1,198 @@
+"""What a guest, a crafted image or a careless spec can try against the host, each refused.
+
+Real parts: a crafted ext4 image patched byte by byte, real QEMU processes (their uid, capabilities
+and seccomp mode read from /proc), real files and links in the state directory.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import uuid
+from pathlib import Path
+
+import pytest
+
+from controller.disks import ext4
+
+from .conftest import network_spec, vm_spec, warmvm, write
+from .test_seeds import ROOT_FILES, image_spec, make_kernel, make_rootfs
+
+
+def crafted_rootfs(path: Path, tmp: Path, evil_name: str) -> None:
+    """An ext4 whose /root holds an entry named `evil_name` (with `/` in it, which no tool makes but
+    a crafted image can hold): built with a placeholder name of the same length, then patched."""
+    src = tmp / "crafted-src"
+    placeholder = "Q" * len(evil_name)
+    (src / "root").mkdir(parents=True)
+    (src / "root" / placeholder).write_bytes(b"written by the image\n")
+    (src / "etc").mkdir()
+    subprocess.run(["truncate", "-s", "16M", str(path)], check=True)
+    subprocess.run(["mkfs.ext4", "-q", "-F", "-O", "^metadata_csum,^dir_index", "-d", str(src), str(path)], check=True)
+    data = bytearray(path.read_bytes())
+    at = data.find(placeholder.encode())
+    assert at > 0 and data.find(placeholder.encode(), at + 1) == -1
+    data[at:at + len(evil_name)] = evil_name.encode()
+    path.write_bytes(bytes(data))
+
+
+def test_a_crafted_rootfs_cannot_write_outside_the_extraction(netns: str, tmp_path: Path) -> None:
+    target = Path("/tmp") / f"wvpwn-{uuid.uuid4().hex[:8]}"
+    evil = "../" * 16 + str(target).lstrip("/")
+    specs, state = tmp_path / "specs", tmp_path / "state"
+    (specs / "img").mkdir(parents=True)
+    make_kernel(specs / "img" / "vmlinuz")
+    crafted_rootfs(specs / "img" / "rootfs.ext4", tmp_path, evil)
+    write(specs / "net.yaml", network_spec(size=0))
+    write(specs / "image.yaml", image_spec())
+    write(specs / "vm.yaml", vm_spec("vm-a", running="false", diskSize="64Mi"))
+    try:
+        result = warmvm(specs, state, "reconcile")
+        assert not target.exists(), "the crafted image wrote a file on the host"
+        assert result.returncode == 1 and "Traceback" not in result.stderr
+        assert "this image is refused" in result.stderr
+    finally:
+        target.unlink(missing_ok=True)
+
+
+def test_a_normal_image_still_extracts(tmp_path: Path) -> None:
+    make_rootfs(tmp_path / "rootfs.ext4", ROOT_FILES, tmp_path)
+    ext4.extract_dir(tmp_path / "rootfs.ext4", "/root", tmp_path / "out")
+    assert (tmp_path / "out" / "README").read_bytes() == ROOT_FILES["README"]
+
+
+def test_a_state_directory_others_can_write_is_refused(netns: str, workdir: tuple[Path, Path]) -> None:
+    specs, state = workdir
+    write(specs / "net.yaml", network_spec(size=1))
+    state.mkdir()
+    os.chmod(state, 0o777)
+    result = warmvm(specs, state, "reconcile")
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert "state directory refused" in result.stderr and "writable by group and others" in result.stderr
+    assert not (state / "instance").exists(), "nothing is written into it"
+
+
+def test_a_spec_directory_another_user_owns_is_refused(netns: str, workdir: tuple[Path, Path]) -> None:
+    specs, state = workdir
+    write(specs / "net.yaml", network_spec(size=1))
+    os.chown(specs, 65534, 65534)  # nobody: it could make root hand any host file to a guest
+    result = warmvm(specs, state, "plan")
+    assert result.returncode == 1 and "spec refused" in result.stderr and "owned by uid 65534" in result.stderr
+    os.chown(specs, 0, 0)
+    os.chmod(specs / "net.yaml", 0o666)
+    result = warmvm(specs, state, "plan")
+    assert result.returncode == 1 and "net.yaml is writable by group and others" in result.stderr
+
+
+def test_a_planted_ssh_key_is_refused(netns: str, workdir: tuple[Path, Path]) -> None:
+    specs, state = workdir
+    write(specs / "net.yaml", network_spec(size=0))
+    (state / "ssh").mkdir(parents=True)
+    os.chmod(state, 0o700)
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(state / "ssh" / "id_ed25519")],
+                   check=True)
+    os.chmod(state / "ssh" / "id_ed25519", 0o644)  # not how warmvm makes its key
+    result = warmvm(specs, state, "reconcile")
+    assert result.returncode == 1 and "not a key warmvm made" in result.stderr
+
+
+@pytest.fixture
+def booting(netns: str, tmp_path: Path, demo_image: Path) -> tuple[Path, Path]:
+    specs, state = tmp_path / "specs", tmp_path / "state"
+    write(specs / "net.yaml", network_spec(size=1))
+    write(specs / "image.yaml", demo_spec(demo_image))
+    return specs, state
+
+
+def demo_spec(image: Path, kernel_dir: Path | None = None) -> str:
+    kernel_dir = kernel_dir or image
+    return (f"apiVersion: warmvm/v1\nkind: Image\nmetadata:\n  name: demo\nspec:\n"
+            f"  kernel: '{kernel_dir}/vmlinuz'\n  initrd: '{kernel_dir}/initrd.img'\n"
+            f"  rootfs: '{kernel_dir}/rootfs.ext4'\n  workSeed:\n    from: '{image}/root'\n  default: true\n")
+
+
+def qemu_of(state: Path, vm: str) -> int:
+    return int(json.loads((state / "vms" / vm / "vm.json").read_text())["pid"])
+
+
+def status(pid: int) -> dict[str, str]:
+    lines = Path(f"/proc/{pid}/status").read_text().splitlines()
+    return {k: v.strip() for k, _, v in (line.partition(":") for line in lines)}
+
+
+@pytest.mark.e2e
+def test_qemu_runs_unprivileged_without_capabilities_under_seccomp(booting: tuple[Path, Path]) -> None:
+    specs, state = booting
+    write(specs / "vm.yaml", vm_spec("vm-a", diskSize="64Mi"))
+    assert warmvm(specs, state, "reconcile", timeout=300).returncode == 0
+    st = status(qemu_of(state, "vm-a"))
+    assert st["Uid"].split()[0] != "0" and st["Uid"].split()[1] != "0"
+    assert int(st["CapEff"], 16) == 0 and int(st["CapPrm"], 16) == 0
+    assert st["Seccomp"] == "2"
+    write(specs / "vm.yaml", vm_spec("vm-a", diskSize="64Mi", running="false"))
+    assert warmvm(specs, state, "reconcile", timeout=120).returncode == 0
+
+
+@pytest.mark.e2e
+def test_a_qcow2_header_a_guest_writes_on_its_raw_disk_opens_no_host_file(booting: tuple[Path, Path],
+                                                                         tmp_path: Path) -> None:
+    specs, state = booting
+    secret = tmp_path / "host-secret"
+    secret.write_text("root's secret\n")
+    os.chmod(secret, 0o600)
+    write(specs / "vm.yaml", vm_spec("vm-a", diskSize="64Mi", running="false"))
+    assert warmvm(specs, state, "--clone-method", "sparse", "reconcile").returncode == 0
+    disk = state / "vms" / "vm-a" / "disk.img"
+    # what a guest can write at the start of its raw disk: a qcow2 header naming a host file as backing
+    # (the ext4 superblock at 1024 stays intact, so the guest still boots)
+    name = str(secret).encode()
+    header = b"QFI\xfb" + (3).to_bytes(4, "big") + (512).to_bytes(8, "big") + len(name).to_bytes(4, "big")
+    with open(disk, "r+b") as f:
+        f.write(header)
+        f.seek(512)
+        f.write(name)
+    write(specs / "vm.yaml", vm_spec("vm-a", diskSize="64Mi"))
+    assert warmvm(specs, state, "--clone-method", "sparse", "reconcile", timeout=300).returncode == 0
+    pid = qemu_of(state, "vm-a")
+    opened = {os.path.realpath(f"/proc/{pid}/fd/{fd}") for fd in os.listdir(f"/proc/{pid}/fd")}
+    assert str(secret) not in opened
+    assert '"driver": "raw", "file": "work-file"' in Path(f"/proc/{pid}/cmdline").read_bytes().decode(
+        errors="replace").replace("\0", " ")
+    write(specs / "vm.yaml", vm_spec("vm-a", diskSize="64Mi", running="false"))
+    assert warmvm(specs, state, "reconcile", timeout=120).returncode == 0
+
+
+@pytest.mark.e2e
+def test_a_console_log_linked_to_a_host_file_leaves_that_file_untouched(booting: tuple[Path, Path],
+                                                                        tmp_path: Path) -> None:
+    specs, state = booting
+    target = tmp_path / "root-only"
+    target.write_text("do not truncate\n")
+    os.chmod(target, 0o600)
+    write(specs / "vm.yaml", vm_spec("vm-a", diskSize="64Mi", running="false"))
+    assert warmvm(specs, state, "reconcile").returncode == 0
+    (state / "vms" / "vm-a" / "console.log").symlink_to(target)
+    write(specs / "vm.yaml", vm_spec("vm-a", diskSize="64Mi"))
+    assert warmvm(specs, state, "reconcile", timeout=300).returncode == 0
+    assert target.read_text() == "do not truncate\n"
+    assert not (state / "vms" / "vm-a" / "console.log").is_symlink()
+    write(specs / "vm.yaml", vm_spec("vm-a", diskSize="64Mi", running="false"))
+    assert warmvm(specs, state, "reconcile", timeout=120).returncode == 0
+
+
+@pytest.mark.e2e
+def test_a_comma_in_an_image_path_reaches_qemu_escaped(netns: str, tmp_path: Path, demo_image: Path) -> None:
+    odd = tmp_path / "img,bogus=1"
+    odd.mkdir()
+    for name in ("vmlinuz", "initrd.img", "rootfs.ext4"):
+        os.link(demo_image / name, odd / name) if os.stat(demo_image).st_dev == os.stat(odd).st_dev \
+            else subprocess.run(["cp", "--sparse=always", str(demo_image / name), str(odd / name)], check=True)
+    specs, state = tmp_path / "specs", tmp_path / "state"
+    write(specs / "net.yaml", network_spec(size=1))
+    write(specs / "image.yaml", demo_spec(demo_image, odd))
+    write(specs / "vm.yaml", vm_spec("vm-a", diskSize="64Mi"))
+    result = warmvm(specs, state, "reconcile", timeout=300)
+    assert result.returncode == 0, result.stderr
+    write(specs / "vm.yaml", vm_spec("vm-a", diskSize="64Mi", running="false"))
+    assert warmvm(specs, state, "reconcile", timeout=120).returncode == 0
