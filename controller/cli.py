@@ -21,7 +21,7 @@ from .core.events import Lifecycle
 from .statedir.layout import Layout
 from .statedir.store import Store
 from .vms.observe import read_record
-from .vms.ssh import ssh_argv
+from .vms.ssh import host_alias, ssh_argv
 
 if TYPE_CHECKING:
     from .core.actions import Action
@@ -207,7 +207,7 @@ def cmd_doctor(args: argparse.Namespace, log: Lifecycle) -> int:
     from .audit.doctor import FAIL, Context, doctor, table
     from .wiring import open_host
     desired = load_specs(args)
-    host = open_host(Store(args.state), False, args.clone_method)
+    host = open_host(Store(args.state), False, args.clone_method, trust=False)
     checks = doctor(Context(desired, host.observe(desired), host.layout, args.deep))
     if args.output == "json":
         print(json.dumps([c.to_dict() for c in checks], indent=2))
@@ -272,7 +272,8 @@ def cmd_ssh(args: argparse.Namespace, log: Lifecycle) -> int:
     if record is None:
         raise WarmvmError(f"vm/{args.vm}: no such VM in {args.state}")
     command = args.argv[1:] if args.argv[:1] == ["--"] else args.argv
-    argv = ssh_argv(layout.ssh_key, record.ip, command)
+    files = layout.vm(args.vm)
+    argv = ssh_argv(layout.ssh_key, record.ip, command, (files.known_hosts, host_alias(args.vm)))
     if sys.stdin.isatty() and not command:
         argv.insert(1, "-t")
     os.execvp(argv[0], argv)

@@ -157,9 +157,11 @@ class Host:
                         VmDriver(self.layout, self.boot_timeout)])
 
 
-def open_host(store: Store, prepare: bool, clone_method: str = "auto") -> Host:
+def open_host(store: Store, prepare: bool, clone_method: str = "auto", trust: bool = True) -> Host:
+    """`trust=False` only for doctor, which reports an untrusted state directory rather than refuse it."""
     layout = Layout(store.root)
-    store.trusted()
+    if trust:
+        store.trusted()
     if prepare:
         store.ensure()
         clean_tmp(layout)

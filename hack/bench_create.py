@@ -42,7 +42,7 @@ from controller.core.reconcile import reconcile  # noqa: E402
 from controller.disks import ext4 as disks  # noqa: E402
 from controller.specs.schema import parse_quantity  # noqa: E402
 from controller.statedir.store import Store  # noqa: E402
-from controller.vms.ssh import port_open, ssh_argv  # noqa: E402
+from controller.vms.ssh import host_alias, port_open, ssh_argv  # noqa: E402
 from controller.wiring import load_specs, open_host  # noqa: E402
 
 STAGES = ["ip", "tap", "disk", "qemu_start", "boot", "controller", "total"]
@@ -240,7 +240,8 @@ class Bench:
             except (OSError, ValueError, KeyError):
                 ip = None
             if ip and port_open(ip):
-                done = subprocess.run(ssh_argv(key, ip, ["true"]), capture_output=True, stdin=subprocess.DEVNULL,
+                pin = (self.state / "vms" / name / "known_hosts", host_alias(name))
+                done = subprocess.run(ssh_argv(key, ip, ["true"], pin), capture_output=True, stdin=subprocess.DEVNULL,
                                       check=False, timeout=30)
                 if done.returncode == 0:
                     ready[name] = time.time()
@@ -254,6 +255,7 @@ class Bench:
             return sum(r["ms"] for r in mine if r["stage"] in stages)
 
         boot = next(r["boot_ms"] for r in mine if r["stage"] == "vm_await")
+        timeline = next((r.get("timeline") for r in mine if r["stage"] == "vm_await"), None) or {}
         started = json.loads((self.state / "vms" / name / "vm.json").read_text())["started"]
         path = next((r.get("path") for r in mine if r["stage"] in ("disk_clone", "disk_scratch")), None)
         if name not in ready:
@@ -262,15 +264,26 @@ class Bench:
                 "qemu_start": ms("vm_start"), "boot": boot, "controller": (started - t0) * 1000,
                 "total": (ready[name] - t0) * 1000, "disk_path": path,
                 "tap_from": next((r.get("from") for r in mine if r["stage"] == "tap_claim"), None),
+                "timeline": timeline,  # each boot stage's first sight on the console, ms after QEMU's spawn
                 **self.overhead}  # the whole reconcile's, outside the actions
 
 
 # --- reporting ----------------------------------------------------------------------
 
+def _timeline(rows: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
+    """Each boot stage's min, median and max over a mode's VMs (ms after QEMU's spawn)."""
+    stages: dict[str, list[float]] = {}
+    for row in rows:
+        for stage, ms in row.get("timeline", {}).items():
+            stages.setdefault(stage, []).append(ms)
+    return {stage: _stat(values) for stage, values in stages.items()}
+
+
 def summarise(results: dict[str, list[dict[str, Any]]], config: dict[str, Any]) -> dict[str, Any]:
     stats = {mode: {s: _stat([r[s] for r in rows]) for s in STAGES} for mode, rows in results.items()}
     report: dict[str, Any] = {"config": {k: str(v) for k, v in config.items() if k not in ("work",)},
-                              "modes": {m: {"vms": results[m], "stats": stats[m]} for m in results}}
+                              "modes": {m: {"vms": results[m], "stats": stats[m], "timeline": _timeline(results[m])}
+                                        for m in results}}
     if {"cold", "warm"} <= set(stats):
         ratio = {s: stats["warm"][s]["median"] / stats["cold"][s]["median"] if stats["cold"][s]["median"] else None
                  for s in STAGES}
@@ -306,6 +319,10 @@ def print_report(report: dict[str, Any]) -> None:
     if "warm_controller_median_ms" in report:
         print(f"  warm controller share: {report['warm_controller_median_ms']:.1f} ms median per VM "
               "(target <= 50 ms on a reflink-capable state directory)")
+    for mode, data in report["modes"].items():
+        if data.get("timeline"):
+            stages = ", ".join(f"{stage} {s['median']:.0f}" for stage, s in data["timeline"].items())
+            print(f"  {mode} boot timeline (median ms after QEMU's spawn): {stages}")
     if "verify" in report:
         audit = report["verify"]
         print(f"  verify after the benchmark: {'clean' if audit['clean'] else 'LEAKS: ' + str(audit['leaks'])}")

@@ -16,9 +16,7 @@
 #                  power-button modules (button, evdev) for acpid
 #   root/          demo contents of /root; the controller turns it (plus
 #                  .ssh/authorized_keys) into each VM's ext4 WORK disk
-#   host_key.pub   the guests' SSH host key (OpenSSH format; one key shared by
-#                  every VM made from this image), for known_hosts pinning;
-#                  the private key is kept in OUTDIR/.hostkey across rebuilds
+#   (no host key: each VM gets its own from the controller, through fw_cfg)
 #   packages.txt   the deb files used
 #
 # ---- Contract with the controller (details: hack/image/README.md) ----------
@@ -86,7 +84,8 @@ seed_step() {
 
 ROOTFS_SIZE=32M
 MODULES=(virtio_ring virtio virtio_pci_modern_dev virtio_pci_legacy_dev virtio_pci
-	virtio_mmio virtio_blk failover net_failover virtio_net)
+	virtio_mmio virtio_blk failover net_failover virtio_net
+	qemu_fw_cfg)   # the host hands each VM its identity (its SSH host key) through fw_cfg
 EXT4_MODULES=(crc16 mbcache jbd2 crc32c_generic ext4)   # only if ext4 is modular
 # In the ROOT fs, loaded by /sbin/init after "ready": the ACPI power button
 # (QMP system_powerdown) and evdev, which acpid reads it from.
@@ -288,10 +287,17 @@ for m in "${ROOTFS_MODULES[@]}"; do add_module "$m"; done
 printf '%s\n' "${ORDER[@]}" >"$R/lib/modules/load-order"
 log "root fs modules: ${ORDER[*]}"
 
-# dropbear and the shared libraries it needs, resolved with the unpacked ld.so
-# so that every library comes from the Debian 12 debs, not from the host.
+# dropbear, its key tools and the shared libraries they need, resolved with the unpacked ld.so
+# so that every library comes from the Debian 12 debs, not from the host. No host key in the image:
+# every VM gets its own from the host at boot (fw_cfg, see /sbin/init), converted from OpenSSH's
+# format by dropbearconvert; dropbearkey makes one only if none is given.
 cp "$X/usr/sbin/dropbear" "$R/usr/sbin/dropbear"
-run_unpacked --list "$X/usr/sbin/dropbear" >"$TMP/ldd" || die "ld.so --list dropbear failed"
+cp "$X/usr/lib/dropbear/dropbearconvert" "$R/usr/bin/dropbearconvert"
+cp "$X/usr/bin/dropbearkey" "$R/usr/bin/dropbearkey"
+: >"$TMP/ldd"
+for bin in "$X/usr/sbin/dropbear" "$X/usr/lib/dropbear/dropbearconvert" "$X/usr/bin/dropbearkey"; do
+	run_unpacked --list "$bin" >>"$TMP/ldd" || die "ld.so --list $bin failed"
+done
 if grep -q 'not found' "$TMP/ldd"; then die "dropbear: missing libraries: $(grep 'not found' "$TMP/ldd")"; fi
 while read -r lib; do
 	case $lib in
@@ -301,28 +307,10 @@ while read -r lib; do
 	rel=${lib#"$X"/}
 	mkdir -p "$R/$(dirname "$rel")"
 	cp -L "$lib" "$R/$rel"
-done < <(awk '$2 == "=>" && $3 ~ /^\// {print $3}' "$TMP/ldd")
+done < <(awk '$2 == "=>" && $3 ~ /^\// {print $3}' "$TMP/ldd" | sort -u)
 ln -sf /lib/x86_64-linux-gnu/ld-linux-x86-64.so.2 "$R/lib64/ld-linux-x86-64.so.2"
 [[ -f $R/lib/x86_64-linux-gnu/ld-linux-x86-64.so.2 ]] || cp -L "$LDSO" "$R/lib/x86_64-linux-gnu/"
-
-# The host key is kept in OUTDIR/.hostkey so that rebuilds keep it (and so
-# known_hosts entries stay valid); delete that file to get a new one.
-HK=$R/etc/dropbear/dropbear_ed25519_host_key
-if [[ -s $OUT/.hostkey ]]; then
-	log "reusing the dropbear host key from $OUT/.hostkey"
-	cp "$OUT/.hostkey" "$HK"
-else
-	log "generating the dropbear host key"
-	run_unpacked "$X/usr/bin/dropbearkey" -t ed25519 -f "$HK" >"$TMP/hostkey.out" 2>&1 ||
-		{ cat "$TMP/hostkey.out" >&2; die "dropbearkey failed"; }
-	install -m 0600 "$HK" "$OUT/.hostkey.tmp"
-	mv -f "$OUT/.hostkey.tmp" "$OUT/.hostkey"
-fi
-chmod 0600 "$HK"
-run_unpacked "$X/usr/bin/dropbearkey" -y -f "$HK" >"$TMP/hostkey.out" 2>&1 ||
-	{ cat "$TMP/hostkey.out" >&2; die "dropbearkey -y failed"; }
-grep '^ssh-ed25519 ' "$TMP/hostkey.out" | awk '{print $1, $2, "warmvm-demo"}' >"$TMP/host_key.pub"
-[[ -s $TMP/host_key.pub ]] || die "no public key in dropbearkey output"
+rm -f "$OUT/.hostkey" "$OUT/host_key.pub"  # from images that still had one shared key
 
 log "making rootfs.ext4 ($ROOTFS_SIZE)"
 # Every file in the image belongs to root, whoever owns the checkout.
@@ -344,7 +332,7 @@ fi
 
 # ---- 6. move into place, stamp last -----------------------------------------
 rm -f "$OUT/.complete"
-for f in vmlinuz initrd.img rootfs.ext4 host_key.pub packages.txt; do
+for f in vmlinuz initrd.img rootfs.ext4 packages.txt; do
 	mv -f "$TMP/$f" "$OUT/$f"
 done
 if [[ -e $OUT/root ]]; then mv "$OUT/root" "$TMP/old-root"; fi

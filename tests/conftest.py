@@ -16,7 +16,7 @@ import subprocess
 import sys
 import textwrap
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -130,3 +130,20 @@ def demo_image() -> Path:
     subprocess.run(["bash", str(REPO / "hack" / "build-image.sh"), str(IMAGE)], check=True,
                    stdin=subprocess.DEVNULL)
     return IMAGE
+
+
+@pytest.fixture
+def small_fs(tmp_path: Path) -> Iterator[Callable[[str], Path]]:
+    """A real file system that really fills up: small_fs("40m") mounts a tmpfs of that size and
+    returns a state directory's path on it (unmounted after the test, pass or fail)."""
+    mounts: list[Path] = []
+
+    def make(size: str) -> Path:
+        mount = tmp_path / f"small-{len(mounts)}"
+        mount.mkdir()
+        subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size},mode=0700", "tmpfs", str(mount)], check=True)
+        mounts.append(mount)
+        return mount / "state"
+    yield make
+    for mount in mounts:
+        subprocess.run(["umount", "-l", str(mount)], check=False)

@@ -11,7 +11,7 @@ import os
 import shutil
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -96,20 +96,11 @@ def test_doctor_warns_of_foreign_devices_with_the_pool_prefix_and_a_stale_seed(
     assert found["image/demo/seed"]["status"] == "warn" and "stale" in found["image/demo/seed"]["finding"]
 
 
-@pytest.fixture
-def small_state(tmp_path: Path) -> Iterator[Path]:
-    mount = tmp_path / "small"
-    mount.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=8m,mode=0700", "tmpfs", str(mount)], check=True)
-    try:
-        yield mount / "state"
-    finally:
-        subprocess.run(["umount", "-l", str(mount)], check=False)
-
 
 def test_doctor_fails_a_state_directory_too_full_for_the_specs(host: tuple[Path, Path], tmp_path: Path,
-                                                               small_state: Path) -> None:
+                                                               small_fs: Callable[[str], Path]) -> None:
     specs, _ = host
+    small_state = small_fs("8m")
     (tmp_path / "root" / "big").write_bytes(os.urandom(6 << 20))
     small_state.mkdir(mode=0o700)
     result = run(specs, small_state, "doctor", "-o", "json")

@@ -18,7 +18,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -235,20 +235,10 @@ def test_a_name_defined_twice_starts_nothing_and_leaves_the_old_vm_alone(host: t
     assert disk(state, "vm-a").stat().st_ino == inode and ext4.ext4_info(disk(state, "vm-a")).size == 64 << 20
 
 
-@pytest.fixture
-def small_state(tmp_path: Path) -> Iterator[Path]:
-    """A state directory on a 40 MiB tmpfs: a real file system that really fills up."""
-    mount = tmp_path / "small"
-    mount.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=40m,mode=0700", "tmpfs", str(mount)], check=True)
-    try:
-        yield mount / "state"
-    finally:
-        subprocess.run(["umount", "-l", str(mount)], check=False)
-
 
 def test_a_full_disk_during_seed_generation_is_retried_once_space_is_free(
-        netns: str, tmp_path: Path, small_state: Path) -> None:
+        netns: str, tmp_path: Path, small_fs: Callable[[str], Path]) -> None:
+    small_state = small_fs("40m")
     specs = tmp_path / "specs"
     (specs / "img").mkdir(parents=True)
     make_kernel(specs / "img" / "vmlinuz")
@@ -295,7 +285,8 @@ def test_kill_9_at_random_points_of_provisioning_loses_and_doubles_nothing(
     assert len(set(ips)) == 3, ips
     for vm in ("vm-a", "vm-b", "vm-c"):
         files = sorted(p.name for p in (state / "vms" / vm).iterdir())
-        assert files == ["disk.img", "disk.json", "vm.json"], files
+        assert files == ["disk.img", "disk.json", "known_hosts", "ssh_host_ed25519_key", "ssh_host_ed25519_key.pub",
+                         "vm.json"], files
         assert ext4.read_tree(disk(state, vm))["d0/f0"] == (root / "d0" / "f0").read_bytes()
     assert list((state / "tmp").iterdir()) == []
     assert not list(Path("/tmp").glob("tmp*inject*")) and not list((state / "vms").glob("*/.*"))

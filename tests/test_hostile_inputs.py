@@ -196,3 +196,28 @@ def test_a_comma_in_an_image_path_reaches_qemu_escaped(netns: str, tmp_path: Pat
     assert result.returncode == 0, result.stderr
     write(specs / "vm.yaml", vm_spec("vm-a", diskSize="64Mi", running="false"))
     assert warmvm(specs, state, "reconcile", timeout=120).returncode == 0
+
+
+@pytest.mark.e2e
+def test_each_vm_has_its_own_pinned_host_key_and_a_swapped_one_is_refused(booting: tuple[Path, Path]) -> None:
+    specs, state = booting
+    write(specs / "vms.yaml", vm_spec("vm-a", diskSize="64Mi") + "---\n" + vm_spec("vm-b", diskSize="64Mi"))
+    assert warmvm(specs, state, "reconcile", timeout=300).returncode == 0
+    keys = {vm: (state / "vms" / vm / "ssh_host_ed25519_key.pub").read_text().split()[1] for vm in ("vm-a", "vm-b")}
+    assert keys["vm-a"] != keys["vm-b"], "no two VMs share a host key"
+    assert not any(b"dropbear_ed25519_host_key" in p.name.encode() for p in (demo_files(booting)))
+    for vm in ("vm-a", "vm-b"):  # each guest proves the key pinned for it (StrictHostKeyChecking=yes)
+        assert warmvm(specs, state, "ssh", vm, "--", "hostname").stdout.strip() == vm
+    pinned = state / "vms" / "vm-a" / "known_hosts"
+    pinned.write_text(f"warmvm-vm-a ssh-ed25519 {keys['vm-b']}\n")  # vm-a now expected to show vm-b's key
+    refused = warmvm(specs, state, "ssh", "vm-a", "--", "true")
+    assert refused.returncode != 0 and "Host key verification failed" in refused.stderr
+    write(specs / "vms.yaml", vm_spec("vm-a", diskSize="64Mi", running="false") + "---\n"
+          + vm_spec("vm-b", diskSize="64Mi", running="false"))
+    assert warmvm(specs, state, "reconcile", timeout=120).returncode == 0
+
+
+def demo_files(booting: tuple[Path, Path]) -> list[Path]:
+    """What the demo image's build leaves beside its rootfs: no host key any more."""
+    image = Path((booting[0] / "image.yaml").read_text().split("rootfs: '")[1].split("'")[0]).parent
+    return list(image.iterdir())

@@ -28,6 +28,9 @@ Case format (quantities as in specs: 64Mi, 1Gi):
       trash:     [{vm, removed_at, ip, network, image, format, seed: FP-SIZE|null}]
       now:       unix seconds, for the trash's expiry
       broken:    {vm/NAME: why}
+      firewall:  {present: BOOL, dropped: [PORT...], guests: [{port, mac, ip}]} | {error: WHY}
+                 our nftables table (warmvm-c0ffee00); left out: not observed, so containment
+                 is not planned (as before a state directory exists). Links may say `isolated: true`.
     policy: {retain_removed: SECONDS, confirm_removals: BOOL}   (default: 24h, false)
     actions: [...]   held_back: [...]   problems: [...]
 """
@@ -45,7 +48,8 @@ from controller.core.model import Policy
 from controller.core.plan import plan
 from controller.core.state import Observed, TrashEntry
 from controller.disks.state import DiskRecord, DiskState, ImageState, SeedFiles
-from controller.network.state import Address, Link, net_state
+from controller.network.firewall import Guest, Ruleset
+from controller.network.state import Address, FirewallState, Link, net_state
 from controller.specs.load import load
 from controller.specs.schema import parse_quantity
 from controller.vms.plan import spec_hash
@@ -97,9 +101,22 @@ def _net(data: dict[str, Any]) -> Any:
     entries = data["links"]
     index = {e["name"]: i + 2 for i, e in enumerate(entries)}
     links = [Link(index[e["name"]], e["name"], e.get("kind"), e.get("alias"),
-                  index[e["master"]] if e.get("master") else None, e.get("up", True), 0) for e in entries]
+                  index[e["master"]] if e.get("master") else None, e.get("up", True), 0, e.get("isolated", False))
+             for e in entries]
     addresses = [Address(index[a["dev"]], a["cidr"]) for a in data.get("addresses", [])]
-    return net_state(links, addresses, INSTANCE)
+    return replace(net_state(links, addresses, INSTANCE), firewall=_firewall(data))
+
+
+def _firewall(data: dict[str, Any]) -> FirewallState | None:
+    if "firewall" not in data:
+        return None
+    fw, table = data["firewall"] or {}, f"warmvm-{INSTANCE}"
+    if fw.get("error"):
+        return FirewallState(table, False, None, fw["error"])
+    if not fw.get("present"):
+        return FirewallState(table, False, None)
+    guests = frozenset(Guest(g["port"], g["mac"], g["ip"]) for g in fw.get("guests") or [])
+    return FirewallState(table, True, Ruleset(frozenset(fw.get("dropped") or []), guests))
 
 
 def _images(data: dict[str, Any]) -> Any:

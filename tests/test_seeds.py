@@ -103,14 +103,14 @@ def test_first_vm_takes_the_slow_path_then_the_seed_serves_the_next(image_env: t
     specs, state = image_env
     write(specs / "vm-a.yaml", vm_spec("vm-a", running="false", diskSize="64Mi"))
     first = reconcile(specs, state)
-    assert stages(first, "vm/vm-a") == ["ip_assign", "tap_claim", "disk_scratch"]
+    assert sorted(stages(first, "vm/vm-a")) == ["disk_scratch", "ip_assign", "tap_claim"]
     assert "seed_generate" in stages(first)
     assert disk_record(state, "vm-a")["taken"] == "scratch"
     seeds = sorted((state / "images" / "demo").glob("seed-*.ext4"))
     write(specs / "vm-b.yaml", vm_spec("vm-b", running="false", diskSize="64Mi"))
     second = reconcile(specs, state)
     assert "seed_generate" not in stages(second)
-    assert stages(second, "vm/vm-b") == ["ip_assign", "tap_claim", "disk_clone"]
+    assert sorted(stages(second, "vm/vm-b")) == ["disk_clone", "ip_assign", "tap_claim"]
     assert disk_record(state, "vm-b")["taken"] == "seed:qcow2"  # the ext4 host's copy-on-write path
     assert_disk_holds_the_image_root(state, "vm-a", 64 << 20)
     assert_disk_holds_the_image_root(state, "vm-b", 64 << 20)
@@ -125,7 +125,7 @@ def test_every_clone_path_gives_the_same_disk(image_env: tuple[Path, Path], meth
     reconcile(specs, state)  # seed first
     write(specs / "vm.yaml", vm_spec("vm-a", running="false", diskSize="96Mi"))
     records = reconcile(specs, state, "--clone-method", method)
-    assert stages(records, "image/demo") == ["seed_size"] and stages(records, "vm/vm-a")[-1] == "disk_clone"
+    assert stages(records, "image/demo") == ["seed_size"] and "disk_clone" in stages(records, "vm/vm-a")
     assert disk_record(state, "vm-a")["taken"] == f"seed:{method}"
     assert_disk_holds_the_image_root(state, "vm-a", 96 << 20)
 

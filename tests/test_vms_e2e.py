@@ -170,3 +170,18 @@ def test_a_vm_that_cannot_boot_is_failed_and_the_others_keep_running(env: tuple[
     assert again.returncode == 1 and "vm_start" not in again.stderr and "Failed" in again.stderr
     audit = json.loads(warmvm(specs, state, "verify", "-o", "json").stdout)
     assert audit["clean"], audit["leaks"]  # a Failed VM is not converged, and still leaks nothing
+
+
+def test_a_boot_records_its_timeline_stage_by_stage_in_order(env: tuple[Path, Path]) -> None:
+    specs, state = env
+    write(specs / "vm.yaml", vm_spec("vm-t", diskSize="64Mi"))
+    result = warmvm(specs, state, "--log-format", "json", "reconcile", timeout=300)
+    assert result.returncode == 0, result.stderr
+    (awaited,) = [json.loads(line) for line in result.stderr.splitlines()
+                  if line.startswith("{") and '"stage": "vm_await"' in line]
+    timeline = awaited["timeline"]
+    stages = ["kernel", "initramfs", "root_mounted", "init", "network", "sshd", "ssh"]
+    assert list(timeline) == stages, timeline
+    assert all(0 < timeline[a] <= timeline[b] for a, b in zip(stages, stages[1:], strict=False)), timeline
+    assert timeline["ssh"] <= awaited["boot_ms"] + 50
+    assert_verified(specs, state)

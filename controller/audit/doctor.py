@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import pwd
 import re
 import shutil
 import struct
@@ -54,12 +55,13 @@ class Context:
 TOOLS: tuple[tuple[str, str, list[str] | None], ...] = (  # tool, the Debian package, how it tells its version
     ("qemu-system-x86_64", "qemu-system-x86", ["--version"]), ("qemu-img", "qemu-utils", ["--version"]),
     ("mkfs.ext4", "e2fsprogs", ["-V"]), ("debugfs", "e2fsprogs", ["-V"]), ("resize2fs", "e2fsprogs", []),
-    ("e2fsck", "e2fsprogs", ["-V"]), ("ssh", "openssh-client", ["-V"]), ("ssh-keygen", "openssh-client", None))
+    ("e2fsck", "e2fsprogs", ["-V"]), ("ssh", "openssh-client", ["-V"]), ("ssh-keygen", "openssh-client", None),
+    ("nft", "nftables", ["--version"]))
 
 
 def doctor(ctx: Context) -> list[Check]:
     checks: list[Check] = []
-    for section in (_tools, _acceleration, _networking, _state, _images, _vms):
+    for section in (_tools, _acceleration, _confinement, _networking, _state, _images, _vms):
         checks += section(ctx)
     return checks
 
@@ -96,6 +98,22 @@ def _acceleration(ctx: Context) -> Iterator[Check]:
         yield Check("accel/kvm", WARN, "KVM is not usable here (no /dev/kvm, or no vmx/svm in the CPU): guests run "
                     "under TCG, emulated, a boot takes seconds instead of a fraction of one",
                     "a host with hardware virtualisation for speed; accel: auto works either way")
+
+
+def _confinement(ctx: Context) -> Iterator[Check]:
+    try:
+        pw = pwd.getpwnam(qemu.QEMU_USER)
+        yield Check("confine/user", OK, f"QEMU drops to {qemu.QEMU_USER} (uid {pw.pw_uid}) under -sandbox")
+    except KeyError:
+        yield Check("confine/user", FAIL, f"no user {qemu.QEMU_USER}: VMs cannot start confined",
+                    "make setup (hack/install-deps.sh adds it)")
+    v2 = any(line.split()[1:3] == ["/sys/fs/cgroup", "cgroup2"] for line in
+             Path("/proc/self/mounts").read_text().splitlines() if len(line.split()) > 2)
+    if v2:
+        yield Check("confine/cgroup", OK, "cgroup v2 is mounted at /sys/fs/cgroup")
+    else:
+        yield Check("confine/cgroup", WARN, "cgroup v1 (or hybrid): memory and pid limits per VM are not applied",
+                    "a host with the unified cgroup v2 hierarchy")
 
 
 def _networking(ctx: Context) -> Iterator[Check]:

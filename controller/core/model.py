@@ -31,6 +31,7 @@ class Network:
     pool_size: int
     pool_prefix: str
     source: Source
+    isolate_vms: bool = False  # bridge port isolation: its guests reach the gateway, never each other
 
     @property
     def gateway(self) -> IPv4Address:

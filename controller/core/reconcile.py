@@ -33,6 +33,7 @@ class Result:
     applied: int = 0
     failures: dict[Action, str] = field(default_factory=dict)
     attempts: dict[Action, int] = field(default_factory=dict)  # temporary failures so far, for the backoff
+    outcomes: dict[Action, str] = field(default_factory=dict)  # each action's last outcome: ok, retry, failed
     last_plan: Plan | None = None
     observe_ms: float = 0.0  # over all passes: where time goes outside the actions
     plan_ms: float = 0.0
@@ -92,25 +93,38 @@ def reconcile(desired: Desired, drivers: Drivers, observe: Callable[[], Observed
         result.last_plan = current = plan(desired, observed)
         result.plan_ms += _ms(start)
         todo = [a for a in current.actions if a not in result.failures]
-        if background is not None:
-            for action in [a for a in todo if a.waits]:
-                background.submit(action, lambda a=action: _apply_one(a, drivers, log, result))  # type: ignore[misc]
-            result.in_background = sum(1 for a in current.actions if background.busy(a))
-            todo = [a for a in todo if not a.waits]
-        if not todo:
+        waits = [a for a in todo if a.waits] if background is not None else []
+        todo = [a for a in todo if a not in waits]
+        if not todo and not waits:
             break
-        result.passes += 1
-        delay = 0.0
-        for batch in _batches(todo):
-            if len(batch) == 1:
-                delay = max(delay, _apply_one(batch[0], drivers, log, result))
-                continue
-            with ThreadPoolExecutor(max_workers=min(len(batch), MAX_PARALLEL)) as pool:
-                delays = list(pool.map(lambda a: _apply_one(a, drivers, log, result), batch))
-            delay = max(delay, *delays)
+        delay = _apply_pass(todo, drivers, log, result) if todo else 0.0
+        if background is not None:
+            # after this pass's own steps: a boot wait starts once its VM's start is recorded, and only
+            # if that start went through (else the next pass plans it again)
+            unsettled = {getattr(a, "vm", None) for a in todo if result.outcomes.get(a) != "ok"}
+            for action in waits:
+                if getattr(action, "vm", None) not in unsettled:
+                    background.submit(action, lambda a=action: _apply_one(a, drivers, log, result))  # type: ignore[misc]
+            result.in_background = sum(1 for a in current.actions if background.busy(a))
+            if not todo:
+                break
         if delay:
             sleep(min(delay, MAX_DELAY))
     return result
+
+
+def _apply_pass(todo: list[Action], drivers: Drivers, log: Lifecycle, result: Result) -> float:
+    """Applies one pass's actions, parallel ones side by side; returns the longest retry delay asked."""
+    result.passes += 1
+    delay = 0.0
+    for batch in _batches(todo):
+        if len(batch) == 1:
+            delay = max(delay, _apply_one(batch[0], drivers, log, result))
+            continue
+        with ThreadPoolExecutor(max_workers=min(len(batch), MAX_PARALLEL)) as pool:
+            delays = list(pool.map(lambda a: _apply_one(a, drivers, log, result), batch))
+        delay = max(delay, *delays)
+    return delay
 
 
 def _batches(actions: list[Action]) -> list[list[Action]]:
@@ -130,13 +144,16 @@ def _apply_one(action: Action, drivers: Drivers, log: Lifecycle, result: Result)
     try:
         details = drivers.apply(action)
     except TemporaryError as e:
+        result.outcomes[action] = "retry"
         attempt = result.attempts[action] = result.attempts.get(action, 0) + 1
         log.event(action.kind, action.subject, "retry", _ms(start), error=str(e))
         return e.delay if e.delay is not None else backoff(attempt)
     except PermanentError as e:
+        result.outcomes[action] = "failed"
         result.failures[action] = str(e)
         log.event(action.kind, action.subject, "failed", _ms(start), error=str(e))
         return 0.0
+    result.outcomes[action] = "ok"
     result.applied += 1
     result.failures.pop(action, None)
     log.event(action.kind, action.subject, "ok", _ms(start), **details)

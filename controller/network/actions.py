@@ -1,4 +1,4 @@
-"""Network actions: bridges, the pool, and TAPs handed to VMs and back."""
+"""Network actions: bridges, the pool, TAPs handed to VMs and back, and the guests' containment."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ from ipaddress import IPv4Interface
 from typing import ClassVar
 
 from ..core.actions import PHASE_CLEANUP, PHASE_SETUP, PHASE_WARM, Action
+from .firewall import Ruleset
 
 
 @dataclass(frozen=True)
@@ -38,6 +39,7 @@ class PoolGrow(Action):
     bridge: str
     prefix: str
     count: int
+    isolated: bool | None = None  # True: the new ports are isolated (isolateVMs)
 
 
 @dataclass(frozen=True)
@@ -61,6 +63,7 @@ class TapAttach(Action):
     bridge: str
     tap: str
     vm: str | None = None  # the VM holding it; None: an idle pool TAP
+    isolated: bool | None = None  # the port's isolation to set (isolateVMs); None: leave it as it is
 
 
 @dataclass(frozen=True)
@@ -74,6 +77,7 @@ class TapClaim(Action):
     bridge: str
     prefix: str
     tap: str | None  # the idle TAP it takes; None: a new one, named by the allocator (the VM starts next pass)
+    isolated: bool | None = None  # True: a new TAP's port is isolated (isolateVMs)
 
 
 @dataclass(frozen=True)
@@ -101,3 +105,26 @@ class DeviceAdopt(Action):
     device: str
     role: str
     vm: str | None = None
+
+
+@dataclass(frozen=True)
+class FirewallSync(Action):
+    """Replace our nftables table with `rules`, whole, in one transaction. Before anything else in a
+    pass: a guest starts only on a TAP whose rules already name it."""
+
+    kind: ClassVar[str] = "firewall_sync"
+    about: ClassVar[tuple[str, str]] = ("firewall", "table")
+    phase: ClassVar[int] = PHASE_SETUP
+    table: str
+    rules: Ruleset
+
+
+@dataclass(frozen=True)
+class FirewallDelete(Action):
+    """Our table goes once no TAP of ours is left to contain."""
+
+    kind: ClassVar[str] = "firewall_delete"
+    about: ClassVar[tuple[str, str]] = ("firewall", "table")
+    phase: ClassVar[int] = PHASE_CLEANUP
+    deletes: ClassVar[bool] = True
+    table: str

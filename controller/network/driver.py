@@ -9,6 +9,9 @@ batches through rtnl.set_links.
 A new TAP is marked, attached and brought up while our file descriptor still
 holds it, and made persistent last: if we die before that, the kernel deletes
 it with our descriptor, so no unmarked TAP of ours can ever be left behind.
+
+Guest containment goes through nft (nft.py): our one table, named by this
+instance, replaced whole in one transaction; no other table is ever named.
 """
 
 from __future__ import annotations
@@ -28,8 +31,20 @@ from tenacity import retry, retry_if_exception_type, stop_after_attempt
 from ..core.actions import Details, Handlers
 from ..core.errors import PermanentError, TemporaryError, os_error
 from ..core.state import Observed
-from . import rtnl
-from .actions import BridgeDelete, BridgeEnsure, DeviceAdopt, PoolGrow, PoolShrink, TapAttach, TapClaim, TapRelease
+from . import nft, rtnl
+from .actions import (
+    BridgeDelete,
+    BridgeEnsure,
+    DeviceAdopt,
+    FirewallDelete,
+    FirewallSync,
+    PoolGrow,
+    PoolShrink,
+    TapAttach,
+    TapClaim,
+    TapRelease,
+)
+from .firewall import render, render_delete, table_name
 from .marks import Mark, bridge_mark, pool_mark, vm_mark
 from .names import NameAllocator
 from .rtnl import LinkChange
@@ -77,7 +92,8 @@ class NetworkDriver:
     def handlers(self) -> Handlers:
         return {BridgeEnsure: self.bridge_ensure, BridgeDelete: self.bridge_delete, PoolGrow: self.pool_grow,
                 PoolShrink: self.pool_shrink, TapAttach: self.tap_attach, TapClaim: self.tap_claim,
-                TapRelease: self.tap_release, DeviceAdopt: self.device_adopt}
+                TapRelease: self.tap_release, DeviceAdopt: self.device_adopt, FirewallSync: self.firewall_sync,
+                FirewallDelete: self.firewall_delete}
 
     # --- actions ---------------------------------------------------------------
 
@@ -91,7 +107,7 @@ class NetworkDriver:
 
     def pool_grow(self, a: PoolGrow) -> Details:
         calls = self.name_calls
-        names = self.create_taps(a.prefix, a.count, pool_mark(self.instance, a.network), a.bridge)
+        names = self.create_taps(a.prefix, a.count, pool_mark(self.instance, a.network), a.bridge, a.isolated)
         return {"count": len(names), "name_calls": self.name_calls - calls}
 
     def pool_shrink(self, a: PoolShrink) -> Details:
@@ -100,15 +116,15 @@ class NetworkDriver:
 
     def tap_attach(self, a: TapAttach) -> Details:
         mark = vm_mark(self.instance, a.network, a.vm) if a.vm else pool_mark(self.instance, a.network)
-        self.mark(a.tap, mark, mark, a.bridge)
-        return {"tap": a.tap}
+        self.mark(a.tap, mark, mark, a.bridge, a.isolated)
+        return {"tap": a.tap, "isolated": a.isolated}
 
     def tap_claim(self, a: TapClaim) -> Details:
         mark = vm_mark(self.instance, a.network, a.vm)
         if a.tap is not None:
-            self.mark(a.tap, pool_mark(self.instance, a.network), mark, a.bridge)
+            self.mark(a.tap, pool_mark(self.instance, a.network), mark, a.bridge, a.isolated)
             return {"tap": a.tap, "from": "pool"}
-        return {"tap": self.create_tap(a.prefix, mark, a.bridge), "from": "new"}
+        return {"tap": self.create_tap(a.prefix, mark, a.bridge, a.isolated), "from": "new"}
 
     def tap_release(self, a: TapRelease) -> Details:
         mark = vm_mark(self.instance, a.network, a.vm)
@@ -123,6 +139,28 @@ class NetworkDriver:
         self._check_owned([a.device], legacy)
         _guard("adopt", lambda: rtnl.set_links([LinkChange(a.device, alias=str(ours))]))
         return {"device": a.device, "mark": str(ours)}
+
+    def firewall_sync(self, a: FirewallSync) -> Details:
+        script = _render(lambda: render(self._our_table(a.table), a.rules))
+        _nft(f"{a.table}: replace", lambda: nft.apply(script))
+        return {"guests": len(a.rules.guests), "drop": len(a.rules.drop)}
+
+    def firewall_delete(self, a: FirewallDelete) -> Details:
+        script = _render(lambda: render_delete(self._our_table(a.table)))
+        try:
+            nft.apply(script)
+        except nft.NftError as e:
+            if e.errno != errno.ENOENT:  # gone already: what we wanted
+                raise os_error(f"{a.table}: delete", e) from None
+        except OSError as e:
+            raise os_error(f"{a.table}: delete", e) from None
+        return {}
+
+    def _our_table(self, table: str) -> str:
+        """Never another table than this instance's own, whatever an action says."""
+        if table != table_name(self.instance):
+            raise PermanentError(f"{table}: not this instance's table ({table_name(self.instance)}); not touching it")
+        return table
 
     def _allocator(self, prefix: str) -> NameAllocator:
         if prefix not in self.allocators:
@@ -151,24 +189,25 @@ class NetworkDriver:
 
     # --- TAPs ----------------------------------------------------------------
 
-    def create_taps(self, prefix: str, count: int, mark: Mark, bridge: str) -> list[str]:
+    def create_taps(self, prefix: str, count: int, mark: Mark, bridge: str, isolated: bool | None = None) -> list[str]:
         master = self.bridge_index(bridge)
         names: list[str] = []
         while len(names) < count:
-            names += self._create_batch(prefix, min(BATCH, count - len(names)), mark, master)
+            names += self._create_batch(prefix, min(BATCH, count - len(names)), mark, master, isolated)
         return names
 
-    def create_tap(self, prefix: str, mark: Mark, bridge: str) -> str:
-        return self._create_batch(prefix, 1, mark, self.bridge_index(bridge))[0]
+    def create_tap(self, prefix: str, mark: Mark, bridge: str, isolated: bool | None = None) -> str:
+        return self._create_batch(prefix, 1, mark, self.bridge_index(bridge), isolated)[0]
 
-    def _create_batch(self, prefix: str, count: int, mark: Mark, master: int) -> list[str]:
+    def _create_batch(self, prefix: str, count: int, mark: Mark, master: int,
+                      isolated: bool | None = None) -> list[str]:
         """Opens `count` new TAPs, marks/attaches/ups them in one netlink write, then persists them."""
         held: list[tuple[str, int]] = []
         try:
             for _ in range(count):
                 held.append(self._open_fresh(prefix))
             _guard("attach new TAP", lambda: rtnl.set_links(
-                [LinkChange(name, str(mark), master, up=True) for name, _ in held]))
+                [LinkChange(name, str(mark), master, up=True, isolated=isolated) for name, _ in held]))
             for _, fd in held:
                 fcntl.ioctl(fd, TUNSETPERSIST, 1)
             return [name for name, _ in held]
@@ -207,11 +246,13 @@ class NetworkDriver:
                 raise _NameTaken(name) from None
             raise os_error(f"{name}: cannot create TAP", e) from None
 
-    def mark(self, name: str, expect: Mark, mark: Mark, bridge: str | None = None) -> None:
-        """Re-mark one of our TAPs (claim or release), attaching it to `bridge` and up."""
+    def mark(self, name: str, expect: Mark, mark: Mark, bridge: str | None = None,
+             isolated: bool | None = None) -> None:
+        """Re-mark one of our TAPs (claim or release), attaching it to `bridge` and up, its port
+        isolated or not as `isolated` says (None: as it is)."""
         self._check_owned([name], expect)
         master = self.bridge_index(bridge) if bridge else None
-        _guard("mark", lambda: rtnl.set_links([LinkChange(name, str(mark), master, up=True)]))
+        _guard("mark", lambda: rtnl.set_links([LinkChange(name, str(mark), master, up=True, isolated=isolated)]))
 
     def delete(self, names: Sequence[str], mark: Mark) -> None:
         """Delete our devices carrying `mark`; many at once go by device group."""
@@ -256,6 +297,20 @@ def _guard(what: str, fn: Callable[[], Any]) -> Any:
         reason = os.strerror(code) if code else str(e)
     hint = " (a bridge holds at most 1023 ports)" if code == errno.EXFULL else ""
     raise os_error(what, OSError(code, f"{reason}{hint}"))
+
+
+def _render(make: Callable[[], str]) -> str:
+    try:
+        return make()
+    except ValueError as e:  # a name or identity nft text cannot hold: retrying cannot help
+        raise PermanentError(str(e)) from None
+
+
+def _nft(what: str, fn: Callable[[], None]) -> None:
+    try:
+        fn()
+    except OSError as e:
+        raise os_error(what, e) from None
 
 
 def _pyroute2_error() -> type[Exception]:

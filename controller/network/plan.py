@@ -1,9 +1,17 @@
-"""Network planning: bridges and the warm TAP pool. Pure.
+"""Network planning: bridges, the warm TAP pool and the guests' containment. Pure.
 
 Per network, keep the bridge up with its gateway, keep exactly `size` idle
-TAPs attached to it, hand idle TAPs to VMs (a new one only when the pool is
-empty), take them back when a VM goes, and delete what is surplus. Devices
-of networks whose spec went are torn down, TAPs first, then the bridge.
+TAPs attached to it (ports isolated from each other with `isolateVMs`), hand
+idle TAPs to VMs (a new one only when the pool is empty), take them back
+when a VM goes, and delete what is surplus. Devices of networks whose spec
+went are torn down, TAPs first, then the bridge.
+
+Containment (firewall.py): every TAP of ours is in our nftables table, a
+VM's with its recorded MAC and IP, any other's as a port that sends nothing;
+the table is synced whole when it differs, before anything else in the pass.
+A VM with an image takes its TAP only once its lease (its record) is
+observed, so the sync that names it on its TAP comes first, and its guest
+never starts behind a port that drops it.
 """
 
 from __future__ import annotations
@@ -13,7 +21,19 @@ from ipaddress import IPv4Interface
 from ..core.actions import Action
 from ..core.model import VM, Desired, Network
 from ..core.state import Observed
-from .actions import BridgeDelete, BridgeEnsure, DeviceAdopt, PoolGrow, PoolShrink, TapAttach, TapClaim, TapRelease
+from .actions import (
+    BridgeDelete,
+    BridgeEnsure,
+    DeviceAdopt,
+    FirewallDelete,
+    FirewallSync,
+    PoolGrow,
+    PoolShrink,
+    TapAttach,
+    TapClaim,
+    TapRelease,
+)
+from .firewall import Guest, Ruleset
 from .state import NetState, TapState
 
 
@@ -25,16 +45,24 @@ def plan_networks(desired: Desired, observed: Observed) -> tuple[list[Action], l
     actions: list[Action] = []
     problems: list[str] = []
     held = state.vm_taps()
+    # with containment observed, a VM with an image waits for its lease before it takes a TAP
+    waiting = frozenset(v.name for v in vms.values() if v.image is not None and _contained(state) and not (
+        v.name in observed.vms and observed.vms[v.name].record.network == v.network))
     for net in networks.values():
         adopt = _adoptions(net, state, observed)
         if adopt:
             actions += adopt  # the rest of this network is planned once they are ours
             continue
-        acts, probs = _plan_network(net, vms, state, held, running)
+        acts, probs = _plan_network(net, vms, state, held, running, waiting)
         actions += acts
         problems += probs
     actions += _plan_orphans(networks, vms, state, held, running)
-    return actions, problems
+    acts, probs = _plan_firewall(observed, [a for a in actions if isinstance(a, TapClaim)])
+    return acts + actions, problems + probs
+
+
+def _contained(state: NetState) -> bool:
+    return state.firewall is not None and state.firewall.error is None
 
 
 def _adoptions(net: Network, state: NetState, observed: Observed) -> list[Action]:
@@ -58,7 +86,7 @@ def _adoptions(net: Network, state: NetState, observed: Observed) -> list[Action
 
 
 def _plan_network(net: Network, vms: dict[str, VM], state: NetState, held: dict[str, TapState],
-                  running: frozenset[str]) -> tuple[list[Action], list[str]]:
+                  running: frozenset[str], waiting: frozenset[str]) -> tuple[list[Action], list[str]]:
     bridge = state.bridges.get(net.bridge)
     if bridge is not None and bridge.owner != net.name:
         return [], [f"network/{net.name}: bridge {net.bridge!r} exists and is not owned by warmvm; not touching it"]
@@ -69,14 +97,17 @@ def _plan_network(net: Network, vms: dict[str, VM], state: NetState, held: dict[
     if bridge is None or not bridge.up or str(gateway) not in bridge.addresses:
         actions.append(BridgeEnsure(net.name, net.bridge, gateway))
     idle = state.idle_taps(net.name)
+    isolate = True if net.isolate_vms else None  # None: new ports as the kernel makes them, not isolated
     for tap in idle + [held[v] for v in sorted(held) if held[v].mark.network == net.name]:
-        if bridge is not None and (tap.master != bridge.index or not tap.up):
-            actions.append(TapAttach(net.name, net.bridge, tap.name, tap.mark.vm))
+        if bridge is not None and (tap.master != bridge.index or not tap.up or tap.isolated != net.isolate_vms):
+            # re-attached to the same bridge, a port keeps its flags: set them either way when they drifted
+            actions.append(TapAttach(net.name, net.bridge, tap.name, tap.mark.vm,
+                                     net.isolate_vms if tap.isolated != net.isolate_vms else isolate))
     for vm in sorted((v for v in vms.values() if v.network == net.name), key=lambda v: v.name):
-        if vm.name in held and held[vm.name].mark.network == net.name:
+        if (vm.name in held and held[vm.name].mark.network == net.name) or vm.name in waiting:
             continue
         warm = idle.pop(0).name if idle else None
-        actions.append(TapClaim(vm.name, net.name, net.bridge, net.pool_prefix, warm))
+        actions.append(TapClaim(vm.name, net.name, net.bridge, net.pool_prefix, warm, isolate))
     room = net.pool_size - len(idle)
     returning = 0  # TAPs of departed VMs still running: they come back once stopped, so no growth for them
     for vm_name, tap in sorted(held.items()):
@@ -88,7 +119,7 @@ def _plan_network(net: Network, vms: dict[str, VM], state: NetState, held: dict[
         actions.append(TapRelease(vm_name, net.name, net.bridge, tap.name, keep=room > 0))
         room -= room > 0
     if room - returning > 0:
-        actions.append(PoolGrow(net.name, net.bridge, net.pool_prefix, room - returning))
+        actions.append(PoolGrow(net.name, net.bridge, net.pool_prefix, room - returning, isolate))
     elif room < 0:
         actions.append(PoolShrink(net.name, tuple(t.name for t in idle[room:])))
     return actions, []
@@ -116,3 +147,47 @@ def _plan_orphans(networks: dict[str, Network], vms: dict[str, VM], state: NetSt
                 not any(t.mark.network == bridge.owner for t in state.taps):
             actions.append(BridgeDelete(bridge.owner, bridge.name))
     return actions
+
+
+def _plan_firewall(observed: Observed, claims: list[TapClaim]) -> tuple[list[Action], list[str]]:
+    """Our table, synced when it differs from what our TAPs (with this pass's claims) want, and
+    deleted when no TAP of ours is left. Releases and deletions are not anticipated: they may be held
+    back, and the TAPs they free belong to stopped VMs, which send nothing."""
+    fw = observed.net.firewall
+    if fw is None:
+        return [], []
+    problems: list[str] = []
+    wanted = _wanted_rules(observed, claims, problems)
+    if fw.error is not None:
+        return [], problems + ([f"firewall/{fw.table}: {fw.error}; guests are not contained"] if wanted else [])
+    if wanted is None:
+        return ([FirewallDelete(fw.table)] if fw.present else []), problems
+    return ([] if fw.present and fw.rules == wanted else [FirewallSync(fw.table, wanted)]), problems
+
+
+def _wanted_rules(observed: Observed, claims: list[TapClaim], problems: list[str]) -> Ruleset | None:
+    """A guest identity per TAP held by a VM whose lease on the TAP's network is observed; every other
+    TAP of ours sends nothing. A VM whose records cannot be read keeps what is installed for it."""
+    taps = {t.name: (t.mark.network, t.mark.vm) for t in observed.net.taps}
+    taps.update({c.tap: (c.network, c.vm) for c in claims if c.tap is not None})
+    if not taps:
+        return None
+    fw = observed.net.firewall
+    installed = {g.port: g for g in fw.rules.guests} if fw is not None and fw.rules is not None else {}
+    guests: set[Guest] = set()
+    drop: set[str] = set()
+    for port, (network, vm) in taps.items():
+        state = observed.vms.get(vm) if vm else None
+        if state is not None and state.record.network == network:
+            guest = Guest(port, state.record.mac.lower(), state.record.ip)
+            if guest.valid:
+                guests.add(guest)
+                continue
+            problems.append(f"vm/{vm}: its record's MAC {guest.mac!r} or IP {guest.ip!r} is not valid; "
+                            f"its TAP {port} sends nothing")
+            drop.add(port)
+        elif vm in observed.broken_vms and port in installed:
+            guests.add(installed[port])
+        else:
+            drop.add(port)
+    return Ruleset(frozenset(drop), frozenset(guests))

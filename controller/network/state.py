@@ -1,9 +1,10 @@
-"""Observed network state: links and addresses -> what the planner needs. Pure.
+"""Observed network state: links, addresses and our nftables table -> what the planner needs. Pure.
 
 The dump that produces Link and Address records is in rtnl.py, the reading
 in observe.py. Splits devices into bridges (ours or not), warmvm-owned TAPs
 with their roles, and the set of every name in use, which is all the TAP
-name allocator needs.
+name allocator needs; and holds what our containment table contains
+(firewall.py), when it was read.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 
+from .firewall import Ruleset
 from .marks import Mark, parse_mark
 
 
@@ -23,6 +25,7 @@ class Link:
     master: int | None
     up: bool
     group: int
+    isolated: bool = False  # a bridge port with IFLA_BRPORT_ISOLATED set
 
 
 @dataclass(frozen=True)
@@ -49,10 +52,21 @@ class TapState:
     mark: Mark
     master: int | None
     up: bool
+    isolated: bool = False
 
     @property
     def idle(self) -> bool:
         return self.mark.role == "pool"
+
+
+@dataclass(frozen=True)
+class FirewallState:
+    """Our nftables table (`bridge warmvm-INSTANCE`) as observed."""
+
+    table: str
+    present: bool
+    rules: Ruleset | None  # None: not read (absent, or nothing of ours needed it and it was only listed)
+    error: str | None = None  # nft could not be asked: why, in one line (present and rules unknown)
 
 
 @dataclass(frozen=True)
@@ -62,6 +76,7 @@ class NetState:
     names: frozenset[str]  # every device name in the namespace
     legacy: tuple[TapState, ...] = ()  # TAPs marked before instances were named: adoptable
     instance: str | None = None  # whose view this is
+    firewall: FirewallState | None = None  # None: not observed (no instance yet): containment is not planned
 
     def idle_taps(self, network: str) -> list[TapState]:
         return sorted((t for t in self.taps if t.idle and t.mark.network == network), key=_index_order)
@@ -93,7 +108,7 @@ def net_state(links: Iterable[Link], addresses: Iterable[Address], instance: str
                 frozenset(addrs.get(link.index, ())), ports.get(link.index, 0),
                 legacy=mark.network if marked and mark and mark.instance is None else None)
         elif mark and link.kind == "tun" and mark.role in ("pool", "vm"):
-            tap = TapState(link.name, link.index, mark, link.master, link.up)
+            tap = TapState(link.name, link.index, mark, link.master, link.up, link.isolated)
             if ours:
                 taps.append(tap)
             elif mark.instance is None:

@@ -163,7 +163,8 @@ class _Loader:
         return Source(self.shown(doc.file), doc.line)
 
     def _network(self, name: str, doc: Document, spec: NetworkSpec) -> Network:
-        return Network(name, spec.bridge, spec.cidr, spec.tap_pool.size, spec.tap_pool.prefix, self._source(doc))
+        return Network(name, spec.bridge, spec.cidr, spec.tap_pool.size, spec.tap_pool.prefix, self._source(doc),
+                       spec.isolate_vms)
 
     def _check_networks(self, networks: dict[str, Network]) -> None:
         seen: list[Network] = []

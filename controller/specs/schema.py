@@ -101,8 +101,13 @@ def check_ifname(value: Any) -> str:
     return value
 
 
+_PREFIX_CHARS = re.compile(r"^[A-Za-z0-9_.+@-]+$")
+
+
 def check_prefix(value: Any) -> str:
     check_ifname(value)
+    if not _PREFIX_CHARS.match(value):  # TAP names are written into the guests' nftables rules
+        raise ValueError(f"{value!r} may hold only letters, digits and '_', '.', '+', '@', '-'")
     room = IFNAMSIZ - len(value.encode())
     if room < MIN_INDEX_DIGITS:
         raise ValueError(f"{value!r} leaves {room} characters for the index; at least {MIN_INDEX_DIGITS} needed")
@@ -218,6 +223,7 @@ class NetworkSpec:
     bridge: str
     cidr: IPv4Network
     tap_pool: TapPoolSpec
+    isolate_vms: bool = False
 
 
 @dataclass(frozen=True)
@@ -258,9 +264,9 @@ def _none_or_mapping(value: Any) -> Any:
 METADATA = Schema(lambda **v: Metadata(v["name"]), (Field("name", string),))
 TAP_POOL = Schema(lambda **v: TapPoolSpec(v["size"], v["prefix"]),
                   (Field("size", integer(0, BRIDGE_MAX_PORTS), 0), Field("prefix", check_prefix, "tap-pool-")))
-NETWORK = Schema(lambda **v: NetworkSpec(v["bridge"], v["cidr"], v["tapPool"]),
+NETWORK = Schema(lambda **v: NetworkSpec(v["bridge"], v["cidr"], v["tapPool"], v["isolateVMs"]),
                  (Field("bridge", check_ifname), Field("cidr", check_cidr),
-                  Field("tapPool", TAP_POOL, TapPoolSpec())))
+                  Field("tapPool", TAP_POOL, TapPoolSpec()), Field("isolateVMs", boolean, False)))
 WORK_SEED = Schema(lambda **v: WorkSeedSpec(v["from"], v["size"]),
                    (Field("from", string), Field("size", optional(parse_quantity), None)), before=_none_or_mapping)
 IMAGE = Schema(lambda **v: ImageSpec(v["kernel"], v["initrd"], v["rootfs"], v["workSeed"], v["default"]),

@@ -11,6 +11,7 @@
     vms/VM/disk.img               the VM's work disk (qcow2 overlay or raw: see disk.json)
     vms/VM/disk.json              how it was made (image, seed, path taken, format, size)
     vms/VM/vm.json                its IP lease, MAC and current boot
+    vms/VM/ssh_host_ed25519_key[.pub], known_hosts   its own SSH host key, and the pin of it
     vms/VM/qemu.pid, qmp.sock, console.log, qemu.log   its QEMU
     trash/VM.REMOVED/             a removed VM's directory, moved aside whole (disk and lease) at
                                   REMOVED (unix seconds), kept for the retention time
@@ -45,6 +46,16 @@ class VmFiles:
     @property
     def record(self) -> Path:
         return self.directory / "vm.json"
+
+    @property
+    def host_key(self) -> Path:
+        """The VM's own SSH host key (OpenSSH format), handed to its guest through fw_cfg."""
+        return self.directory / "ssh_host_ed25519_key"
+
+    @property
+    def known_hosts(self) -> Path:
+        """The VM's host key, pinned: what `warmvm ssh` and the readiness probe accept from it."""
+        return self.directory / "known_hosts"
 
     @property
     def pidfile(self) -> Path:

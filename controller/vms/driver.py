@@ -13,6 +13,8 @@ import json
 import os
 import platform
 import shutil
+import subprocess
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -79,8 +81,31 @@ class VmDriver:
         old = read_record(self.files(a.vm).record)
         created = old.created if old else time.time()
         self.files(a.vm).directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+        self._host_key(a.vm)
         self._save(a.vm, VmRecord(a.network, str(a.ip), qemu.mac_for(a.vm), created))
         return {"ip": str(a.ip)}
+
+    def _host_key(self, vm: str) -> None:
+        """The VM's own SSH host key, made once at provisioning (the image holds none) and pinned in its
+        known_hosts: made in the tmp area, the pin renamed into place last."""
+        files = self.files(vm)
+        if files.host_key.exists() and files.known_hosts.exists():
+            return
+        self.layout.tmp.mkdir(mode=0o700, parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(dir=self.layout.tmp) as tmp:
+            made = Path(tmp) / "key"
+            done = subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", ssh.host_alias(vm),
+                                   "-f", str(made)], capture_output=True, text=True, stdin=subprocess.DEVNULL,
+                                  check=False)
+            if done.returncode != 0:
+                raise PermanentError(f"vm/{vm}: ssh-keygen failed: {done.stderr.strip()}")
+            kind, blob = made.with_suffix(".pub").read_text().split()[:2]
+            made.replace(files.host_key)
+            made.with_suffix(".pub").replace(files.host_key.with_suffix(".pub"))
+        atomic_write(files.known_hosts, f"{ssh.host_alias(vm)} {kind} {blob}\n".encode(), self.layout.tmp)
+
+    def pin(self, vm: str) -> ssh.Pin:
+        return self.files(vm).known_hosts, ssh.host_alias(vm)
 
     def vm_start(self, a: VmStart) -> Details:
         if a.tap is None or a.disk_format is None:
@@ -92,9 +117,10 @@ class VmDriver:
             self._save(a.vm, record.with_(pid=running))
             return {"pid": running, "adopted": True}
         accel = self._accel(a.accel)
+        self._host_key(a.vm)  # VMs provisioned before host keys were their own get theirs now
         machine = Machine(a.vm, a.image.kernel, a.image.initrd, a.image.rootfs, files.disk, a.disk_format,
                           self._backing(a.vm, a.disk_format), a.tap, record.mac, a.address, str(a.gateway),
-                          a.vcpus, a.memory, accel, qemu.host_tsc_khz())
+                          a.vcpus, a.memory, accel, files.host_key, qemu.host_tsc_khz())
         # intent first: the record says a boot is starting before QEMU exists; QEMU's own pid file
         # then finds it, whenever this process dies
         starting = record.with_(pid=None, started=time.time(), accel=accel, ready=None, boots=record.boots + 1,
@@ -109,8 +135,9 @@ class VmDriver:
         files = self.files(a.vm)
         started = record.started or time.time()
         deadline = time.monotonic() + max(0.0, started + self.boot_timeout - time.time())
-        ready = ssh.wait_ready(self.layout.ssh_key, str(a.ip), deadline, files.console,
-                               lambda: qemu.running_pid(files, record.pid) is not None)
+        timeline = ssh.Timeline(files.console, started)
+        ready = ssh.wait_ready(self.layout.ssh_key, str(a.ip), deadline, timeline,
+                               lambda: qemu.running_pid(files, record.pid) is not None, self.pin(a.vm))
         current = read_record(files.record)
         if current is None or current.started != record.started:
             # in the daemon this wait runs beside the passes: the boot it waited for was stopped or
@@ -122,7 +149,8 @@ class VmDriver:
             create_to_ready = (now - current.created) * 1000 if first else current.create_to_ready_ms
             self._save(a.vm, current.with_(ready=now, attempts=0, failure=None, create_to_ready_ms=create_to_ready))
             return {"boot_ms": round((now - started) * 1000, 1),
-                    "create_to_ready_ms": round(create_to_ready, 1) if first and create_to_ready else None}
+                    "create_to_ready_ms": round(create_to_ready, 1) if first and create_to_ready else None,
+                    "timeline": timeline.done()}
         return self._failed_boot(a.vm, current, files)
 
     def _failed_boot(self, vm: str, record: VmRecord, files: VmFiles) -> Details:

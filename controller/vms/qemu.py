@@ -60,6 +60,7 @@ class Machine:
     vcpus: int
     memory: int
     accel: str  # kvm | tcg
+    host_key: Path | None = None  # the VM's own SSH host key, handed to the guest through fw_cfg
     tsc_khz: int | None = None  # the host's TSC rate, which a TCG guest needs told (see host_tsc_khz)
     user: str | None = QEMU_USER  # the unprivileged user QEMU drops to once its files are open
 
@@ -76,8 +77,9 @@ def qemu_argv(m: Machine, files: VmFiles) -> list[str]:
     guesses one from content a guest wrote, and a qcow2 disk's backing file is the one named here."""
     cpu = ["-accel", "kvm", "-cpu", "host"] if m.accel == "kvm" else ["-accel", "tcg", "-cpu", "max"]
     # cryptomgr.notests: the kernel's crypto self-tests cost 0.5 s of a TCG boot and test nothing of ours
+    # warmvm.debug=1: the guest marks its boot stages on the console (a few lines; the boot timeline)
     append = (f"console=ttyS0 quiet cryptomgr.notests warmvm.ip={m.address} warmvm.gw={m.gateway} "
-              f"warmvm.hostname={m.name}")
+              f"warmvm.hostname={m.name} warmvm.debug=1")
     if m.accel == "tcg" and m.tsc_khz:
         append += f" tsc_early_khz={m.tsc_khz}"
     argv = [QEMU, "-name", f"warmvm-{m.name}", "-M", "microvm,rtc=on", *cpu,
@@ -92,6 +94,7 @@ def qemu_argv(m: Machine, files: VmFiles) -> list[str]:
             "-device", "virtio-blk-device,drive=work,serial=warmvm-work",
             "-netdev", f"tap,id=n0,ifname={escape(m.tap)},script=no,downscript=no",
             "-device", f"virtio-net-device,netdev=n0,mac={m.mac}",
+            *(["-fw_cfg", f"name=opt/warmvm/hostkey,file={escape(m.host_key)}"] if m.host_key else []),
             "-pidfile", str(files.pidfile), "-sandbox", SANDBOX]
     return argv + (["-runas", m.user] if m.user else [])
 

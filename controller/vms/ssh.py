@@ -15,15 +15,24 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-OPTIONS = ["-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null", "-o", "LogLevel=ERROR",
+OPTIONS = ["-o", "StrictHostKeyChecking=yes", "-o", "GlobalKnownHostsFile=/dev/null", "-o", "LogLevel=ERROR",
            "-o", "BatchMode=yes"]
 READY = b"warmvm: ready"
+Pin = tuple[Path, str]  # a VM's known_hosts file and the alias its key is pinned under
 PATIENT = 20  # seconds one readiness login may take on a loaded host
 RETRY = 0.5  # between two logins that failed
 
 
-def ssh_argv(key: Path, ip: str, command: list[str], connect_timeout: int = 5) -> list[str]:
-    return ["ssh", "-i", str(key), *OPTIONS, "-o", f"ConnectTimeout={connect_timeout}", f"root@{ip}", *command]
+def ssh_argv(key: Path, ip: str, command: list[str], pin: Pin, connect_timeout: int = 5) -> list[str]:
+    """ssh into a VM as root, accepting only the host key pinned for it (a guest that shows another
+    key, another VM's for instance, is refused by ssh: "Host key verification failed")."""
+    known_hosts, alias = pin
+    return ["ssh", "-i", str(key), *OPTIONS, "-o", f"UserKnownHostsFile={known_hosts}", "-o", f"HostKeyAlias={alias}",
+            "-o", f"ConnectTimeout={connect_timeout}", f"root@{ip}", *command]
+
+
+def host_alias(vm: str) -> str:
+    return f"warmvm-{vm}"
 
 
 def port_open(ip: str, port: int = 22, timeout: float = 0.05) -> bool:
@@ -36,15 +45,56 @@ def port_open(ip: str, port: int = 22, timeout: float = 0.05) -> bool:
         return False
 
 
-def wait_ready(key: Path, ip: str, deadline: float, console: Path, alive: Callable[[], bool]) -> bool:
+# The boot's stages as the guest marks them on its console (warmvm.debug=1), seen by the host's clock:
+# the guest's own uptime runs slow under TCG until its clocksource switches, so it is not used.
+STAGES = (("kernel", b""), ("initramfs", b"initramfs start"), ("root_mounted", b"mounted"),
+          ("init", b"init: start"), ("network", b"init: network done"), ("sshd", READY))
+
+
+class Timeline:
+    """When each boot stage first showed on the console, in ms after `started` (wall clock)."""
+
+    def __init__(self, console: Path, started: float) -> None:
+        self.console, self.started = console, started
+        self.seen: dict[str, float] = {}
+        self.offset = 0
+        self.text = b""
+
+    def poll(self) -> bool:
+        """Reads what the console gained; True once the guest said it is ready. A guest can lie here:
+        it only decides when the login is tried, never that the VM is ready."""
+        try:
+            with open(self.console, "rb") as f:
+                f.seek(self.offset)
+                new = f.read(1 << 20)
+        except OSError:
+            return False
+        if new:
+            self.offset += len(new)
+            self.text = (self.text + new)[-(1 << 16):]
+            now = (time.time() - self.started) * 1000
+            for stage, marker in STAGES:
+                if stage not in self.seen and marker in self.text:
+                    self.seen[stage] = round(now, 1)
+        return "sshd" in self.seen
+
+    def done(self) -> dict[str, float]:
+        """The stages seen, in boot order, and the SSH login's end (the console is read once more: the
+        login may have been tried on the open port before the last lines were read)."""
+        ssh_ms = round((time.time() - self.started) * 1000, 1)
+        self.poll()
+        return {stage: min(self.seen[stage], ssh_ms) for stage, _ in STAGES if stage in self.seen} | {"ssh": ssh_ms}
+
+
+def wait_ready(key: Path, ip: str, deadline: float, timeline: Timeline, alive: Callable[[], bool], pin: Pin) -> bool:
     """Polls until `ssh true` succeeds (True), the deadline passes or the VM dies (False)."""
     while time.monotonic() < deadline:
         if not alive():
             return False
-        if said_ready(console) or port_open(ip):
+        if timeline.poll() or port_open(ip):
             remaining = max(1, int(deadline - time.monotonic()))
             try:
-                done = subprocess.run(ssh_argv(key, ip, ["true"], min(PATIENT, remaining)), capture_output=True,
+                done = subprocess.run(ssh_argv(key, ip, ["true"], pin, min(PATIENT, remaining)), capture_output=True,
                                       stdin=subprocess.DEVNULL, timeout=PATIENT + 10, check=False)
             except subprocess.TimeoutExpired:
                 continue
@@ -54,13 +104,3 @@ def wait_ready(key: Path, ip: str, deadline: float, console: Path, alive: Callab
             continue
         time.sleep(0.01)
     return False
-
-
-def said_ready(console: Path) -> bool:
-    """The guest's init printed its ready line (the console is emptied at every start). A guest can
-    lie here: it only decides when the login is tried, not that the VM is ready."""
-    try:
-        with open(console, "rb") as f:
-            return READY in f.read(1 << 20)
-    except OSError:
-        return False
