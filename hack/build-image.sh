@@ -9,7 +9,9 @@
 # 0 at once (--force rebuilds). Debs are cached in OUTDIR/.debs.
 #
 # Outputs (OUTDIR/.complete is written last; without it nothing else counts):
-#   vmlinuz        Debian 12 linux-image-*-cloud-amd64 kernel
+#   vmlinuz        Debian 12 linux-image-*-cloud-amd64 kernel (bzImage, LZ4)
+#   vmlinux        the same kernel, uncompressed, for PVH direct boot under -M microvm
+#                  (no real-mode setup, no decompression: ~0.4 s less per boot under TCG)
 #   initrd.img     gzip'd newc cpio: busybox + virtio modules + /init
 #   rootfs.ext4    32 MiB ext4 (sparse, no journal), to be attached READ-ONLY
 #                  and shared by all VMs: busybox, dropbear, /sbin/init, the
@@ -99,7 +101,7 @@ OUT=$(cd "$OUT" && pwd)
 # Version of the inputs: this script plus the guest files (paths, modes, data).
 version() {
 	{
-		sha256sum "$HACK/build-image.sh" | cut -d' ' -f1
+		cat "$HACK/build-image.sh" "$IMG/extract-vmlinux.py" | sha256sum | cut -d' ' -f1
 		(cd "$IMG" && find initramfs rootfs root -print0 | LC_ALL=C sort -z |
 			while IFS= read -r -d '' f; do
 				if [[ -f $f ]]; then
@@ -114,7 +116,7 @@ VERSION="build-image $(version)"
 
 complete() {
 	[[ -f $OUT/.complete && "$(cat "$OUT/.complete")" == "$VERSION" &&
-		-s $OUT/vmlinuz && -s $OUT/initrd.img && -s $OUT/rootfs.ext4 && -d $OUT/root ]]
+		-s $OUT/vmlinuz && -s $OUT/vmlinux && -s $OUT/initrd.img && -s $OUT/rootfs.ext4 && -d $OUT/root ]]
 }
 if [[ $FORCE == 0 ]] && complete; then
 	log "up to date: $OUT"
@@ -122,7 +124,7 @@ if [[ $FORCE == 0 ]] && complete; then
 	exit 0
 fi
 
-for t in apt-get apt-cache dpkg-deb tar mkfs.ext4 gzip sha256sum flock truncate awk; do
+for t in apt-get apt-cache dpkg-deb tar mkfs.ext4 gzip sha256sum flock truncate awk lz4 python3; do
 	command -v "$t" >/dev/null || die "$t not found (run hack/install-deps.sh)"
 done
 
@@ -260,6 +262,7 @@ log "initrd modules: ${ORDER[*]}"
 	"$BB" cpio -o -H newc --renumber-inodes --ignore-devno 2>/dev/null) |
 	gzip -9n >"$TMP/initrd.img"
 cp "$KX/boot/vmlinuz-$KVER" "$TMP/vmlinuz"
+python3 "$HACK/image/extract-vmlinux.py" "$TMP/vmlinuz" "$TMP/vmlinux" >&2 || die "extracting vmlinux failed"
 
 # ---- 4. rootfs.ext4 ----------------------------------------------------------
 R=$TMP/rootfs
@@ -332,7 +335,7 @@ fi
 
 # ---- 6. move into place, stamp last -----------------------------------------
 rm -f "$OUT/.complete"
-for f in vmlinuz initrd.img rootfs.ext4 packages.txt; do
+for f in vmlinuz vmlinux initrd.img rootfs.ext4 packages.txt; do
 	mv -f "$TMP/$f" "$OUT/$f"
 done
 if [[ -e $OUT/root ]]; then mv "$OUT/root" "$TMP/old-root"; fi

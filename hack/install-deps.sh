@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # Installs what warmvm drives on the host: QEMU, e2fsprogs, xfsprogs (reflink test file
-# systems), the SSH client, iproute2, nftables (guests' anti-spoofing), and the unprivileged
+# systems), the SSH client, iproute2, nftables (guests' anti-spoofing), lz4 (the image build
+# unpacks the kernel for PVH boot), and the unprivileged
 # user QEMU runs as (warmvm-qemu). Idempotent; quiet when all is present.
 set -euo pipefail
-pkgs=(qemu-system-x86 qemu-utils e2fsprogs xfsprogs openssh-client iproute2 nftables)
+pkgs=(qemu-system-x86 qemu-utils e2fsprogs xfsprogs openssh-client iproute2 nftables lz4)
 QEMU_USER=warmvm-qemu
 missing=()
 for p in "${pkgs[@]}"; do

@@ -185,3 +185,27 @@ def test_a_boot_records_its_timeline_stage_by_stage_in_order(env: tuple[Path, Pa
     assert all(0 < timeline[a] <= timeline[b] for a, b in zip(stages, stages[1:], strict=False)), timeline
     assert timeline["ssh"] <= awaited["boot_ms"] + 50
     assert_verified(specs, state)
+
+
+def test_the_short_boot_path_changes_nothing_the_guest_sees(env: tuple[Path, Path], demo_image: Path) -> None:
+    """The same kernel booted as a bzImage and directly at its PVH entry (the uncompressed vmlinux the
+    image build extracts): same kernel release, file systems, work disk, network, services."""
+    specs, state = env
+    pvh = image_spec(demo_image).replace("name: demo", "name: pvh").replace("default: true", "default: false") \
+        .replace(f"kernel: {demo_image}/vmlinuz", f"kernel: {demo_image}/vmlinux")
+    write(specs / "pvh.yaml", pvh)
+    write(specs / "vms.yaml", vm_spec("via-bz", diskSize="64Mi") + "---\n" + vm_spec("via-pvh", image="pvh",
+                                                                                        diskSize="64Mi"))
+    reconcile(specs, state)
+    # mount points, types and options but tmpfs sizes (the kernel sizes them from its RAM, which differs by
+    # the ~0.5 MB the bzImage's decompressor kept reserved)
+    probe = ("uname -r; uname -m; cat /proc/sys/kernel/osrelease; "
+             "awk '{gsub(/,?(size|nr_inodes)=[0-9k]+/, \"\", $4); print $2, $3, $4}' /proc/mounts | sort; "
+             "hostname; ip -o -4 addr show | awk '{print $2, $3}'; ip route | sed 's/ *$//'; "
+             "ls /root; cat /root/README; ps -o vsz,comm | awk '$1 != 0 && NR > 1 {print $2}' | sort -u")  # services
+    seen = {vm: ssh(state, vm, probe) for vm in ("via-bz", "via-pvh")}
+    rows = vms(specs, state)
+    normal = {vm: text.replace(vm, "VM").replace(rows[vm]["ip"], "IP") for vm, text in seen.items()}
+    assert normal["via-bz"] == normal["via-pvh"], seen
+    assert "/root ext4" in normal["via-pvh"] and "dropbear" in normal["via-pvh"]
+    assert_verified(specs, state)

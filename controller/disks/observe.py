@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import struct
 from pathlib import Path
 
 from ..core.errors import WarmvmError
@@ -120,13 +121,16 @@ class ImageFiles:
         return path.is_dir()
 
     def is_kernel(self, path: Path) -> bool:
-        """An x86 bzImage: the boot protocol's "HdrS" magic at offset 0x202."""
+        """An x86 bzImage (the boot protocol's "HdrS" magic at 0x202), or a kernel ELF with a PVH entry,
+        which microvm boots directly (no real-mode setup, no decompression)."""
         try:
             with open(path, "rb") as f:
                 f.seek(0x202)
-                return f.read(4) == b"HdrS"
+                if f.read(4) == b"HdrS":
+                    return True
         except OSError:
             return False
+        return pvh_entry(path) is not None
 
     def is_ext4(self, path: Path) -> bool:
         return ext4.is_ext4(path)
@@ -136,3 +140,43 @@ class ImageFiles:
             return ext4.ext4_has_dir(rootfs, inner)
         except WarmvmError:
             return False
+
+
+XEN_ELFNOTE_PHYS32_ENTRY = 18
+PT_NOTE = 4
+
+
+def pvh_entry(path: Path) -> int | None:
+    """The PVH entry point of a 64-bit kernel ELF (its Xen note of type 18), or None. Reads only the
+    headers and the note segments, not the whole (50 MB) file."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(64)
+            if head[:5] != b"\x7fELF\x02" or len(head) < 64:
+                return None
+            phoff = struct.unpack_from("<Q", head, 0x20)[0]
+            phentsize, phnum = struct.unpack_from("<HH", head, 0x36)
+            f.seek(phoff)
+            table = f.read(phentsize * min(phnum, 64))
+            for i in range(len(table) // phentsize):
+                p_type, _, p_offset, _, _, p_filesz = struct.unpack_from("<IIQQQQ", table, i * phentsize)
+                if p_type == PT_NOTE:
+                    f.seek(p_offset)
+                    entry = _pvh_note(f.read(min(p_filesz, 1 << 16)))
+                    if entry is not None:
+                        return entry
+    except (OSError, struct.error):
+        return None
+    return None
+
+
+def _pvh_note(notes: bytes) -> int | None:
+    pos = 0
+    while pos + 12 <= len(notes):
+        namesz, descsz, ntype = struct.unpack_from("<III", notes, pos)
+        desc = pos + 12 + ((namesz + 3) & ~3)
+        if notes[pos + 12: pos + 12 + namesz].rstrip(b"\0") == b"Xen" and ntype == XEN_ELFNOTE_PHYS32_ENTRY \
+                and desc + 4 <= len(notes):
+            return int(struct.unpack_from("<I", notes, desc)[0])
+        pos = desc + ((descsz + 3) & ~3)
+    return None
