@@ -221,3 +221,19 @@ def demo_files(booting: tuple[Path, Path]) -> list[Path]:
     """What the demo image's build leaves beside its rootfs: no host key any more."""
     image = Path((booting[0] / "image.yaml").read_text().split("rootfs: '")[1].split("'")[0]).parent
     return list(image.iterdir())
+
+
+def test_a_console_log_is_capped_and_a_link_there_is_not_followed(tmp_path: Path) -> None:
+    from controller.statedir.layout import VmFiles
+    from controller.vms import qemu
+    files = VmFiles(tmp_path)
+    files.console.write_bytes(b"x" * (qemu.CONSOLE_CAP + 4096) + b"the last line\n")
+    assert qemu.cap_console(files)
+    kept = files.console.read_bytes()
+    assert len(kept) <= qemu.CONSOLE_KEEP + 100 and kept.endswith(b"the last line\n")
+    assert kept.startswith(b"[warmvm: console log cut")
+    files.console.unlink()
+    target = tmp_path / "elsewhere"
+    target.write_bytes(b"y" * (qemu.CONSOLE_CAP + 1))
+    files.console.symlink_to(target)
+    assert not qemu.cap_console(files) and target.stat().st_size == qemu.CONSOLE_CAP + 1
