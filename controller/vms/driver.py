@@ -112,7 +112,8 @@ class VmDriver:
             raise TemporaryError(f"vm/{a.vm}: its TAP or work disk is not ready")
         record = self._record(a.vm)
         files = self.files(a.vm)
-        running = qemu.running_pid(files, record.pid) or qemu.find_untracked(files)
+        # a QEMU no pid file names can only exist if a start was ever recorded (the intent precedes the spawn)
+        running = qemu.running_pid(files, record.pid) or (qemu.find_untracked(files) if record.started else None)
         if running is not None:  # spawned by a run killed before it could record it: tracked from now on
             self._save(a.vm, record.with_(pid=running))
             return {"pid": running, "adopted": True}
