@@ -20,12 +20,15 @@ STAGES = {"ip", "tap", "disk", "qemu_start", "boot", "controller", "total"}
 
 def test_bench_smoke_run_reports_every_stage(tmp_path: Path) -> None:
     out = tmp_path / "out"
-    result = subprocess.run(["bash", str(REPO / "hack" / "bench.sh"), "--runs", "1", "--vms", "1", "--modes", "warm",
+    result = subprocess.run(["bash", str(REPO / "hack" / "bench.sh"), "--runs", "1", "--vms", "1", "--modes", "warm,reference",
                              "--root-mib", "8", "--files", "100", "--disk-size", "256Mi", "--out", str(out)],
                             capture_output=True, text=True, timeout=600, cwd=REPO, stdin=subprocess.DEVNULL)
     assert result.returncode == 0, result.stderr[-2000:]
     report = json.loads((out / "bench-create.json").read_text())
-    assert set(report["modes"]) == {"warm"}
+    assert set(report["modes"]) == {"warm", "reference"}
+    assert report["modes"]["reference"]["stats"]["total"]["median"] > 0 and "warm_over_reference" in report
+    assert list(report["modes"]["warm"]["timeline"]) == ["kernel", "initramfs", "root_mounted", "init", "network",
+                                                         "sshd", "ssh"]
     warm = report["modes"]["warm"]
     assert set(warm["stats"]) == STAGES
     assert all(set(s) >= {"min", "median", "max"} for s in warm["stats"].values())
