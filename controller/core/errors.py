@@ -46,9 +46,6 @@ def os_error(what: str, e: OSError) -> WarmvmError:
     return PermanentError(message)
 
 
-def is_transient(code: int | None) -> bool:
-    return code in _TRANSIENT
-
 
 MAX_DELAY = 5.0  # the one cap: a pass never waits longer for a retry
 
