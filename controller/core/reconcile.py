@@ -114,27 +114,42 @@ def reconcile(desired: Desired, drivers: Drivers, observe: Callable[[], Observed
 
 
 def _apply_pass(todo: list[Action], drivers: Drivers, log: Lifecycle, result: Result) -> float:
-    """Applies one pass's actions, parallel ones side by side; returns the longest retry delay asked."""
+    """Applies one pass's actions, parallel ones side by side; returns the longest retry delay asked.
+    VMs are provisioned side by side too: each VM's own steps (lease, TAP, disk, start) run in order,
+    the VMs' chains at once, so a VM's start never waits for the provisioning of the VMs before it."""
     result.passes += 1
     delay = 0.0
-    for batch in _batches(todo):
-        if len(batch) == 1:
-            delay = max(delay, _apply_one(batch[0], drivers, log, result))
+    for group in _groups(todo):
+        if len(group) == 1 and len(group[0]) == 1:
+            delay = max(delay, _apply_one(group[0][0], drivers, log, result))
             continue
-        with ThreadPoolExecutor(max_workers=min(len(batch), MAX_PARALLEL)) as pool:
-            delays = list(pool.map(lambda a: _apply_one(a, drivers, log, result), batch))
+        with ThreadPoolExecutor(max_workers=min(len(group), MAX_PARALLEL)) as pool:
+            delays = list(pool.map(lambda chain: _apply_chain(chain, drivers, log, result), group))
         delay = max(delay, *delays)
     return delay
 
 
-def _batches(actions: list[Action]) -> list[list[Action]]:
-    """Runs of adjacent parallel actions together; every other action alone, in order."""
-    out: list[list[Action]] = []
+def _apply_chain(chain: list[Action], drivers: Drivers, log: Lifecycle, result: Result) -> float:
+    return max(_apply_one(action, drivers, log, result) for action in chain)
+
+
+def _groups(actions: list[Action]) -> list[list[list[Action]]]:
+    """What runs at once: a list of chains, each applied in order, the chains side by side. A run of
+    adjacent VM steps (Action.step >= 0) becomes one chain per VM; a run of adjacent parallel actions
+    of one type, one chain each; every other action alone, in order."""
+    out: list[list[list[Action]]] = []
     for action in actions:
-        if action.parallel and out and out[-1][0].parallel and type(out[-1][0]) is type(action):
-            out[-1].append(action)
+        last = out[-1] if out else None
+        if action.step >= 0 and last and last[0][0].step >= 0:
+            chain = next((c for c in last if getattr(c[0], "vm", None) == getattr(action, "vm", None)), None)
+            if chain is not None:
+                chain.append(action)
+            else:
+                last.append([action])
+        elif action.parallel and last and last[0][0].parallel and type(last[0][0]) is type(action):
+            last.append([action])
         else:
-            out.append([action])
+            out.append([[action]])
     return out
 
 

@@ -22,6 +22,7 @@ import os
 import random
 import socket
 import struct
+import threading
 from collections.abc import Callable, Sequence
 from ipaddress import IPv4Interface
 from typing import TYPE_CHECKING, Any
@@ -66,6 +67,7 @@ class _NameTaken(Exception):
 class NetworkDriver:
     def __init__(self, instance: str, rng: random.Random | None = None) -> None:
         self.instance = instance  # carried in every mark this driver writes
+        self.naming = threading.Lock()
         self._ipr: IPRoute | None = None
         self.rng = rng or random.Random()
         self.allocators: dict[str, NameAllocator] = {}
@@ -192,12 +194,14 @@ class NetworkDriver:
     def create_taps(self, prefix: str, count: int, mark: Mark, bridge: str, isolated: bool | None = None) -> list[str]:
         master = self.bridge_index(bridge)
         names: list[str] = []
-        while len(names) < count:
-            names += self._create_batch(prefix, min(BATCH, count - len(names)), mark, master, isolated)
+        with self.naming:
+            while len(names) < count:
+                names += self._create_batch(prefix, min(BATCH, count - len(names)), mark, master, isolated)
         return names
 
     def create_tap(self, prefix: str, mark: Mark, bridge: str, isolated: bool | None = None) -> str:
-        return self._create_batch(prefix, 1, mark, self.bridge_index(bridge), isolated)[0]
+        with self.naming:  # VMs are provisioned side by side: one allocator, one at a time
+            return self._create_batch(prefix, 1, mark, self.bridge_index(bridge), isolated)[0]
 
     def _create_batch(self, prefix: str, count: int, mark: Mark, master: int,
                       isolated: bool | None = None) -> list[str]:
