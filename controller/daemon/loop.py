@@ -98,6 +98,7 @@ def _pass(store: Store, options: Options, log: Lifecycle, background: Background
         time.sleep(ERROR_PAUSE)
     finally:
         links.busy.clear()
+        links.settle()
     status.passes += 1
     status.last_pass, status.last_ms = time.time(), (time.perf_counter() - started) * 1000
     if store.root.is_dir():

@@ -63,6 +63,8 @@ class LinkWatcher:
         self.bridges: frozenset[str] = frozenset()
         self.known: dict[str, Seen] = {}
         self.busy = threading.Event()
+        self.pending: set[str] = set()  # devices that had events during a pass
+        self.lock = threading.Lock()
 
     def track(self, prefixes: Iterable[str], bridges: Iterable[str], known: dict[str, Seen]) -> None:
         self.prefixes, self.bridges, self.known = tuple(prefixes), frozenset(bridges), known
@@ -84,15 +86,31 @@ class LinkWatcher:
     def _relevant(self, deleted: bool, link: Link) -> bool:
         mark = parse_mark(link.alias)
         ours = mark is not None and (mark.instance == self.instance() or mark.instance is None)
-        watched = link.name in self.known or link.name in self.bridges or any(map(link.name.startswith, self.prefixes))
-        if not (ours or watched):
+        if not (ours or self._watched(link.name)):
             return False
         if self.busy.is_set() and not deleted:
-            return False  # the pass under way observes its own work when it is done
-        now = get_link(link.name)  # events tell history; what counts is the device as it is now
+            with self.lock:
+                self.pending.add(link.name)  # judged once the pass is over, against what it left
+            return False
+        return self._changed(link.name)
+
+    def _watched(self, name: str) -> bool:
+        return name in self.known or name in self.bridges or any(map(name.startswith, self.prefixes))
+
+    def _changed(self, name: str) -> bool:
+        """Events tell history; what counts is the device as it is now against what the last pass left:
+        one of ours gone or changed, or a device that is new under a watched name."""
+        now = get_link(name)
         if now is None:
-            return link.name in self.known  # one of ours is gone; a device that came and went is nothing
+            return name in self.known  # one of ours is gone; a device that came and went is nothing
         return self.known.get(now.name) != (now.alias, now.master, now.up)
+
+    def settle(self) -> None:
+        """A pass is over: the events that came during it are judged now; any real change wakes."""
+        with self.lock:
+            names, self.pending = self.pending, set()
+        if any(self._changed(name) for name in names):
+            self.wake.post("netlink")
 
 
 class ExitWatcher:
