@@ -292,13 +292,12 @@ log "root fs modules: ${ORDER[*]}"
 
 # dropbear, its key tools and the shared libraries they need, resolved with the unpacked ld.so
 # so that every library comes from the Debian 12 debs, not from the host. No host key in the image:
-# every VM gets its own from the host at boot (fw_cfg, see /sbin/init), converted from OpenSSH's
-# format by dropbearconvert; dropbearkey makes one only if none is given.
+# every VM gets its own from the host at boot (fw_cfg, in dropbear's format, see /sbin/init);
+# dropbearkey makes one only if none is given.
 cp "$X/usr/sbin/dropbear" "$R/usr/sbin/dropbear"
-cp "$X/usr/lib/dropbear/dropbearconvert" "$R/usr/bin/dropbearconvert"
 cp "$X/usr/bin/dropbearkey" "$R/usr/bin/dropbearkey"
 : >"$TMP/ldd"
-for bin in "$X/usr/sbin/dropbear" "$X/usr/lib/dropbear/dropbearconvert" "$X/usr/bin/dropbearkey"; do
+for bin in "$X/usr/sbin/dropbear" "$X/usr/bin/dropbearkey"; do
 	run_unpacked --list "$bin" >>"$TMP/ldd" || die "ld.so --list $bin failed"
 done
 if grep -q 'not found' "$TMP/ldd"; then die "dropbear: missing libraries: $(grep 'not found' "$TMP/ldd")"; fi

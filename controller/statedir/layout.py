@@ -53,6 +53,11 @@ class VmFiles:
         return self.directory / "ssh_host_ed25519_key"
 
     @property
+    def host_key_dropbear(self) -> Path:
+        """The same key in dropbear's format: what fw_cfg hands the guest."""
+        return self.directory / "ssh_host_ed25519_key.dropbear"
+
+    @property
     def known_hosts(self) -> Path:
         """The VM's host key, pinned: what `warmvm ssh` and the readiness probe accept from it."""
         return self.directory / "known_hosts"

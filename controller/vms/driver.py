@@ -90,6 +90,8 @@ class VmDriver:
         known_hosts: made in the tmp area, the pin renamed into place last."""
         files = self.files(vm)
         if files.host_key.exists() and files.known_hosts.exists():
+            if not files.host_key_dropbear.exists():  # VMs whose guests converted the key themselves
+                atomic_write(files.host_key_dropbear, ssh.dropbear_key(files.host_key.read_text()), self.layout.tmp)
             return
         self.layout.tmp.mkdir(mode=0o700, parents=True, exist_ok=True)
         with tempfile.TemporaryDirectory(dir=self.layout.tmp) as tmp:
@@ -100,6 +102,7 @@ class VmDriver:
             if done.returncode != 0:
                 raise PermanentError(f"vm/{vm}: ssh-keygen failed: {done.stderr.strip()}")
             kind, blob = made.with_suffix(".pub").read_text().split()[:2]
+            atomic_write(files.host_key_dropbear, ssh.dropbear_key(made.read_text()), self.layout.tmp)
             made.replace(files.host_key)
             made.with_suffix(".pub").replace(files.host_key.with_suffix(".pub"))
         atomic_write(files.known_hosts, f"{ssh.host_alias(vm)} {kind} {blob}\n".encode(), self.layout.tmp)
@@ -121,7 +124,7 @@ class VmDriver:
         self._host_key(a.vm)  # VMs provisioned before host keys were their own get theirs now
         machine = Machine(a.vm, a.image.kernel, a.image.initrd, a.image.rootfs, files.disk, a.disk_format,
                           self._backing(a.vm, a.disk_format), a.tap, record.mac, a.address, str(a.gateway),
-                          a.vcpus, a.memory, accel, files.host_key, qemu.host_tsc_khz())
+                          a.vcpus, a.memory, accel, files.host_key_dropbear, qemu.host_tsc_khz())
         # intent first: the record says a boot is starting before QEMU exists; QEMU's own pid file
         # then finds it, whenever this process dies
         starting = record.with_(pid=None, started=time.time(), accel=accel, ready=None, boots=record.boots + 1,

@@ -60,7 +60,7 @@ class Machine:
     vcpus: int
     memory: int
     accel: str  # kvm | tcg
-    host_key: Path | None = None  # the VM's own SSH host key, handed to the guest through fw_cfg
+    host_key: Path | None = None  # the VM's own SSH host key (dropbear's format), handed over through fw_cfg
     tsc_khz: int | None = None  # the host's TSC rate, which a TCG guest needs told (see host_tsc_khz)
     user: str | None = QEMU_USER  # the unprivileged user QEMU drops to once its files are open
 
