@@ -285,8 +285,8 @@ def test_kill_9_at_random_points_of_provisioning_loses_and_doubles_nothing(
     assert len(set(ips)) == 3, ips
     for vm in ("vm-a", "vm-b", "vm-c"):
         files = sorted(p.name for p in (state / "vms" / vm).iterdir())
-        assert files == ["disk.img", "disk.json", "known_hosts", "ssh_host_ed25519_key", "ssh_host_ed25519_key.pub",
-                         "vm.json"], files
+        assert files == ["disk.img", "disk.json", "known_hosts", "ssh_host_ed25519_key",
+                         "ssh_host_ed25519_key.dropbear", "ssh_host_ed25519_key.pub", "vm.json"], files
         assert ext4.read_tree(disk(state, vm))["d0/f0"] == (root / "d0" / "f0").read_bytes()
     assert list((state / "tmp").iterdir()) == []
     assert not list(Path("/tmp").glob("tmp*inject*")) and not list((state / "vms").glob("*/.*"))
