@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from controller.disks.observe import kernel_format
 from controller.network.marks import vm_mark
 
 from .conftest import REPO, network_spec, vm_spec, warmvm, write
@@ -65,10 +66,20 @@ def test_doctor_on_a_healthy_private_host_passes_and_says_so_in_a_table(host: tu
     assert result.stdout.splitlines()[0].split() == ["CHECK", "STATUS", "FINDING"]
     found = checks(run(specs, state, "doctor", "-o", "json"))
     assert found["image/demo/seed"]["status"] == "ok" and found["vm/vm-a/disk"]["status"] == "ok"
+    assert found["image/demo/kernel"]["finding"].endswith(": a bzImage")
     assert found["tool/qemu-img"]["status"] == "ok" and "version" in found["tool/qemu-img"]["finding"]
     assert found["accel/kvm"]["status"] in ("ok", "warn")
     deep = checks(run(specs, state, "doctor", "--deep", "-o", "json"))
     assert deep["image/demo/seed-fsck"]["status"] == "ok"
+
+
+def test_a_kernel_is_named_by_its_format_a_pvh_vmlinux_included(demo_image: Path, tmp_path: Path) -> None:
+    """The demo image boots its PVH vmlinux, an ELF: doctor once called it a bzImage."""
+    make_kernel(tmp_path / "bzImage")
+    (tmp_path / "junk").write_bytes(b"\x7fELF" + bytes(4096))
+    assert kernel_format(tmp_path / "bzImage") == "bzImage"
+    assert kernel_format(demo_image / "vmlinux") == "PVH ELF"
+    assert kernel_format(tmp_path / "junk") is None and kernel_format(tmp_path / "absent") is None
 
 
 def test_doctor_names_the_package_of_a_missing_tool_and_fails(host: tuple[Path, Path], tmp_path: Path) -> None:

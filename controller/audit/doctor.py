@@ -22,7 +22,7 @@ from ..core.errors import WarmvmError
 from ..core.model import Desired, Network
 from ..core.state import Observed
 from ..disks import ext4
-from ..disks.observe import ImageFiles
+from ..disks.observe import ImageFiles, kernel_format
 from ..statedir.layout import Layout
 from ..statedir.safety import unsafe_reason
 from ..vms import qemu
@@ -240,10 +240,12 @@ def _images(ctx: Context) -> Iterator[Check]:
     files = ImageFiles()
     for image in sorted(ctx.desired.images.values(), key=lambda i: i.name):
         name = f"image/{image.name}"
-        yield Check(f"{name}/kernel", OK if files.is_kernel(image.kernel) else FAIL,
-                    f"{image.kernel}: " + ("a bzImage" if files.is_kernel(image.kernel) else "not a bzImage"))
-        yield Check(f"{name}/rootfs", OK if files.is_ext4(image.rootfs) else FAIL,
-                    f"{image.rootfs}: " + ("ext4" if files.is_ext4(image.rootfs) else "not ext4"))
+        kind = kernel_format(image.kernel)
+        yield Check(f"{name}/kernel", OK if kind else FAIL,
+                    f"{image.kernel}: " + (f"a {kind}" if kind else "neither a bzImage nor a PVH ELF"))
+        is_ext4 = files.is_ext4(image.rootfs)
+        yield Check(f"{name}/rootfs", OK if is_ext4 else FAIL,
+                    f"{image.rootfs}: " + ("ext4" if is_ext4 else "not ext4"))
         if image.seed is None:
             yield Check(f"{name}/seed", OK, "workSeed: none: every disk is built from scratch (slow path, by choice)")
             continue

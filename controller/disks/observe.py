@@ -121,16 +121,7 @@ class ImageFiles:
         return path.is_dir()
 
     def is_kernel(self, path: Path) -> bool:
-        """An x86 bzImage (the boot protocol's "HdrS" magic at 0x202), or a kernel ELF with a PVH entry,
-        which microvm boots directly (no real-mode setup, no decompression)."""
-        try:
-            with open(path, "rb") as f:
-                f.seek(0x202)
-                if f.read(4) == b"HdrS":
-                    return True
-        except OSError:
-            return False
-        return pvh_entry(path) is not None
+        return kernel_format(path) is not None
 
     def is_ext4(self, path: Path) -> bool:
         return ext4.is_ext4(path)
@@ -140,6 +131,19 @@ class ImageFiles:
             return ext4.ext4_has_dir(rootfs, inner)
         except WarmvmError:
             return False
+
+
+def kernel_format(path: Path) -> str | None:
+    """"bzImage" (the boot protocol's "HdrS" magic at 0x202), "PVH ELF" (a kernel ELF with a PVH entry,
+    which microvm boots directly: no real-mode setup, no decompression), or None: not a kernel."""
+    try:
+        with open(path, "rb") as f:
+            f.seek(0x202)
+            if f.read(4) == b"HdrS":
+                return "bzImage"
+    except OSError:
+        return None
+    return "PVH ELF" if pvh_entry(path) is not None else None
 
 
 XEN_ELFNOTE_PHYS32_ENTRY = 18

@@ -195,7 +195,8 @@ class _Loader:
         initrd = path("initrd", spec.initrd) if spec.initrd else None
         rootfs = path("rootfs", spec.rootfs)
         if ok and not self.probe.is_kernel(kernel):
-            self.error(doc, ("spec", "kernel"), f"{spec.kernel!r} is not a Linux kernel image (no bzImage header)")
+            self.error(doc, ("spec", "kernel"),
+                       f"{spec.kernel!r} is not a Linux kernel image (neither a bzImage nor a PVH ELF)")
             ok = False
         if ok and not self.probe.is_ext4(rootfs):
             self.error(doc, ("spec", "rootfs"), f"{spec.rootfs!r} is not an ext4 image")
