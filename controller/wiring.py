@@ -27,6 +27,7 @@ from .core.state import Observed
 from .disks import ext4
 from .disks.observe import ImageFiles, observe_disks, observe_images
 from .network.observe import observe_net
+from .snapshots.observe import observe_snapshots
 from .specs.documents import spec_files
 from .specs.load import load
 from .statedir.layout import Layout
@@ -141,7 +142,8 @@ class Host:
                             vms=observe_vms(self.layout, broken),
                             now=time.time(),
                             trash=observe_trash(self.layout),
-                            broken=broken)
+                            broken=broken,
+                            snapshots=observe_snapshots(self.layout, desired))
         except OSError as e:
             raise os_error("observing the host", e) from None
 
@@ -150,11 +152,12 @@ class Host:
         from .core.apply import Drivers
         from .disks.driver import DiskDriver
         from .network.driver import NetworkDriver
+        from .snapshots.driver import SnapshotDriver
         from .vms.driver import VmDriver
         if self.instance is None:
             raise PermanentError(f"{self.layout.root}: has no instance identity yet (only reconcile makes it)")
         return Drivers([NetworkDriver(self.instance), DiskDriver(self.layout, self.pubkey, self.reflink, progress),
-                        VmDriver(self.layout, self.boot_timeout)])
+                        VmDriver(self.layout, self.boot_timeout), SnapshotDriver(self.layout, self.boot_timeout)])
 
 
 def open_host(store: Store, prepare: bool, clone_method: str = "auto", trust: bool = True) -> Host:

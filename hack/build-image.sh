@@ -4,7 +4,7 @@
 # Builds the warmvm demo guest from Debian 12 packages, fetched with
 # `apt-get download` and unpacked with dpkg-deb: nothing is installed on the
 # host, nothing is mounted. Needs: apt-get, dpkg-deb, mkfs.ext4 (e2fsprogs),
-# gzip, sha256sum, flock. Cached and idempotent: when OUTDIR/.complete holds
+# gzip, sha256sum, flock, gcc (static, for warmvm-identity). Cached and idempotent: when OUTDIR/.complete holds
 # the hash of this script and of hack/image/{initramfs,rootfs,root}, it exits
 # 0 at once (--force rebuilds). Debs are cached in OUTDIR/.debs.
 #
@@ -14,7 +14,8 @@
 #                  (no real-mode setup, no decompression: ~0.4 s less per boot under TCG)
 #   initrd.img     gzip'd newc cpio: busybox + virtio modules + /init
 #   rootfs.ext4    32 MiB ext4 (sparse, no journal), to be attached READ-ONLY
-#                  and shared by all VMs: busybox, dropbear, /sbin/init, the
+#                  and shared by all VMs: busybox, dropbear, /sbin/init,
+#                  /sbin/warmvm-identity (a restored copy's identity, see identity.c), the
 #                  power-button modules (button, evdev) for acpid
 #   root/          demo contents of /root; the controller turns it (plus
 #                  .ssh/authorized_keys) into each VM's ext4 WORK disk
@@ -101,7 +102,7 @@ OUT=$(cd "$OUT" && pwd)
 # Version of the inputs: this script plus the guest files (paths, modes, data).
 version() {
 	{
-		cat "$HACK/build-image.sh" "$IMG/extract-vmlinux.py" | sha256sum | cut -d' ' -f1
+		cat "$HACK/build-image.sh" "$IMG/extract-vmlinux.py" "$IMG/identity.c" | sha256sum | cut -d' ' -f1
 		(cd "$IMG" && find initramfs rootfs root -print0 | LC_ALL=C sort -z |
 			while IFS= read -r -d '' f; do
 				if [[ -f $f ]]; then
@@ -124,7 +125,7 @@ if [[ $FORCE == 0 ]] && complete; then
 	exit 0
 fi
 
-for t in apt-get apt-cache dpkg-deb tar mkfs.ext4 gzip sha256sum flock truncate awk lz4 python3; do
+for t in apt-get apt-cache dpkg-deb tar mkfs.ext4 gzip sha256sum flock truncate awk lz4 python3 gcc; do
 	command -v "$t" >/dev/null || die "$t not found (run hack/install-deps.sh)"
 done
 
@@ -280,6 +281,10 @@ ln -s /run/resolv.conf "$R/etc/resolv.conf"
 ln -s /proc/self/mounts "$R/etc/mtab"
 echo warmvm >"$R/etc/hostname"
 chmod 0755 "$R/sbin/warmvm-shutdown" "$R/etc/acpi/PWRF/00000080"
+# A restored snapshot's copy takes its own identity with it (RNG reseed, clock, host key): static,
+# so it needs nothing from the image's libraries.
+gcc -static -Os -s -Wall -Werror -o "$R/sbin/warmvm-identity" "$IMG/identity.c" ||
+	die "compiling warmvm-identity failed (gcc and libc6-dev: run hack/install-deps.sh)"
 
 # Power-button modules for /sbin/init (dependencies already in the initrd
 # are loaded there and left out here).

@@ -70,6 +70,7 @@ class VM:
     running: bool
     ip: IPv4Address | None
     source: Source
+    boot: str = "cold"  # cold: a full boot | restore: from the image's boot snapshot once there is one
 
 
 @dataclass(frozen=True)

@@ -6,7 +6,8 @@ another's (the TAP a VM claims, the format of the disk made for it), and
 orders the result. An empty plan means converged. Actions are ordered by
 phase: what a new VM waits for (its IP, TAP, disk and QEMU, VM by VM), then
 the waits for SSH, then what only keeps the host warm (refilling the pool,
-generating seeds), then cleaning up.
+generating seeds and snapshots; a snapshot only in a pass that provisions no VM), then cleaning
+up.
 
 Deleting actions are held back (and reported, with why) while a removal may
 be an accident: while any spec is invalid (the broken file may still
@@ -25,6 +26,8 @@ from ..disks.actions import DiskClone, DiskGrow, DiskScratch
 from ..disks.plan import plan_disks, plan_seeds
 from ..network.actions import TapClaim
 from ..network.plan import plan_networks
+from ..snapshots.actions import SnapshotGenerate
+from ..snapshots.plan import plan_snapshots
 from ..vms.actions import VmAwait, VmStart
 from ..vms.plan import plan_vms
 from .actions import PHASE_START, PHASE_VM, Action
@@ -32,7 +35,7 @@ from .model import Desired
 from .state import Observed
 
 Planner = Callable[[Desired, Observed], tuple[list[Action], list[str]]]
-PLANNERS: tuple[Planner, ...] = (plan_networks, plan_disks, plan_vms, plan_seeds)
+PLANNERS: tuple[Planner, ...] = (plan_networks, plan_disks, plan_vms, plan_seeds, plan_snapshots)
 
 
 def _order(action: Action) -> tuple[int, str, int]:
@@ -62,7 +65,7 @@ def plan(desired: Desired, observed: Observed) -> Plan:
         acts, probs = planner(desired, observed)
         actions += acts
         problems += probs
-    actions = _bind(actions)
+    actions = _defer_snapshots(_bind(actions))
     actions.sort(key=_order)
     holds = holds_on_removal(desired, observed)
     if not holds or not any(a.deletes for a in actions):
@@ -86,6 +89,14 @@ def holds_on_removal(desired: Desired, observed: Observed) -> tuple[str, ...]:
         holds.append(f"{len(removed)} of {len(observed.vms)} VMs would be removed "
                      "(confirm with: warmvm reconcile --confirm-removals)")
     return tuple(holds)
+
+
+def _defer_snapshots(actions: list[Action]) -> list[Action]:
+    """A template's boot takes seconds: it waits for a pass in which no VM is being provisioned, so
+    that a VM asked for now never waits for a snapshot to be made (it boots cold, and says why)."""
+    if any(a.phase in (PHASE_VM, PHASE_START) for a in actions):
+        return [a for a in actions if not isinstance(a, SnapshotGenerate)]
+    return actions
 
 
 def _bind(actions: list[Action]) -> list[Action]:

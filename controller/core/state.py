@@ -1,7 +1,7 @@
 """Observed state: everything the planners know about the host, as one value.
 
 Composed of each domain's observed types (network/state.py, disks/state.py,
-vms/state.py); built by the observers that `wiring` puts together, and handed
+vms/state.py, snapshots/state.py); built by the observers that `wiring` puts together, and handed
 to the pure planners as data.
 """
 
@@ -12,6 +12,7 @@ from pathlib import Path
 
 from ..disks.state import DiskRecord, DiskState, ImageState
 from ..network.state import NetState
+from ..snapshots.state import Snapshots
 from ..vms.state import VmRecord, VmState
 
 
@@ -38,6 +39,7 @@ class Observed:
     now: float = 0.0  # when it was observed (wall clock): for the trash's ages and expiry
     trash: tuple[TrashEntry, ...] = ()
     broken: dict[str, str] = field(default_factory=dict)  # "vm/NAME" -> why its records cannot be read
+    snapshots: Snapshots = Snapshots()
 
     @property
     def running(self) -> frozenset[str]:

@@ -259,7 +259,7 @@ class _Loader:
                                                 f"({net.cidr}, gateway {net.gateway})")
                 return None
         return VM(name, network, image, spec.disk_size, spec.vcpus, spec.memory, spec.accel,
-                  spec.running, spec.ip, self._source(doc))
+                  spec.running, spec.ip, self._source(doc), spec.boot)
 
     def _reference(self, doc: Document, field: str, wanted: str | None, known: dict[str, Any],
                    kind: str, missing_ok: bool = False) -> str | None:

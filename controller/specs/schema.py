@@ -251,6 +251,7 @@ class VMSpec:
     accel: str
     running: bool
     ip: IPv4Address | None
+    boot: str
 
 
 def _none_or_mapping(value: Any) -> Any:
@@ -273,10 +274,11 @@ IMAGE = Schema(lambda **v: ImageSpec(v["kernel"], v["initrd"], v["rootfs"], v["w
                (Field("kernel", string), Field("initrd", optional(string), None), Field("rootfs", string),
                 Field("workSeed", WORK_SEED, WorkSeedSpec("rootfs:/root")), Field("default", boolean, False)))
 VM = Schema(lambda **v: VMSpec(v["network"], v["image"], v["diskSize"], v["vcpus"], v["memory"], v["accel"],
-                               v["running"], v["ip"]),
+                               v["running"], v["ip"], v["boot"]),
             (Field("network", optional(string), None), Field("image", optional(string), None),
              Field("diskSize", parse_quantity, 1 << 30), Field("vcpus", integer(1, 64), 1),
              Field("memory", parse_quantity, 256 << 20), Field("accel", one_of("auto", "kvm", "tcg"), "auto"),
-             Field("running", boolean, True), Field("ip", optional(check_ip), None)))
+             Field("running", boolean, True), Field("ip", optional(check_ip), None),
+             Field("boot", one_of("cold", "restore"), "cold")))
 
 SCHEMAS: dict[str, Schema[Any]] = {"Network": NETWORK, "Image": IMAGE, "VM": VM}

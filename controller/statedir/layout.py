@@ -8,11 +8,15 @@
     images/IMAGE/seed-FP.ext4     base work seed built from inputs with fingerprint FP
     images/IMAGE/seed-FP-SIZE.ext4   the same seed grown to SIZE bytes (one per disk size in use)
     images/IMAGE/seed.json        the last seed generation (fingerprint, error)
+    snapshots/IMAGE/FP.bin        a boot snapshot of IMAGE (QEMU's saved state of a template VM), made from
+                                  inputs with fingerprint FP; FP.json its record, written after it
+    snapshots/IMAGE/failed.json   fingerprints whose snapshot could not be made, and why
     vms/VM/disk.img               the VM's work disk (qcow2 overlay or raw: see disk.json)
     vms/VM/disk.json              how it was made (image, seed, path taken, format, size)
     vms/VM/vm.json                its IP lease, MAC and current boot
     vms/VM/ssh_host_ed25519_key[.pub], known_hosts   its own SSH host key, and the pin of it
     vms/VM/qemu.pid, qmp.sock, console.log, qemu.log   its QEMU
+    vms/VM/identity               what a VM restored from a snapshot is told it is (fw_cfg), made at each start
     trash/VM.REMOVED/             a removed VM's directory, moved aside whole (disk and lease) at
                                   REMOVED (unix seconds), kept for the retention time
     tmp/                          scratch space on the same file system (renamed from); emptied
@@ -26,6 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 SEED = re.compile(r"^seed-([0-9a-f]{16})(?:-(\d+))?\.ext4$")
+SNAPSHOT = re.compile(r"^([0-9a-f]{16})\.(bin|json)$")
 TRASH = re.compile(r"^([a-z0-9]([a-z0-9-]*[a-z0-9])?)\.(\d+)$")
 
 
@@ -61,6 +66,10 @@ class VmFiles:
     def known_hosts(self) -> Path:
         """The VM's host key, pinned: what `warmvm ssh` and the readiness probe accept from it."""
         return self.directory / "known_hosts"
+
+    @property
+    def identity(self) -> Path:
+        return self.directory / "identity"
 
     @property
     def pidfile(self) -> Path:
@@ -124,6 +133,17 @@ class Layout:
     def seed(self, image: str, fingerprint: str, size: int | None = None) -> Path:
         suffix = f"-{size}" if size is not None else ""
         return self.image_dir(image) / f"seed-{fingerprint}{suffix}.ext4"
+
+    @property
+    def snapshots(self) -> Path:
+        return self.root / "snapshots"
+
+    def snapshot(self, image: str, fingerprint: str) -> tuple[Path, Path]:
+        """A snapshot's state file and its record."""
+        return (self.snapshots / image / f"{fingerprint}.bin", self.snapshots / image / f"{fingerprint}.json")
+
+    def snapshot_failures(self, image: str) -> Path:
+        return self.snapshots / image / "failed.json"
 
     def seed_record(self, image: str) -> Path:
         return self.image_dir(image) / "seed.json"

@@ -8,6 +8,7 @@ from typing import ClassVar
 
 from ..core.actions import PHASE_AWAIT, PHASE_CLEANUP, PHASE_SETUP, PHASE_START, Action
 from ..core.model import Image
+from ..snapshots.state import Snapshot
 
 REMOVED = "spec removed"
 
@@ -41,6 +42,8 @@ class VmStart(Action):
     memory: int
     accel: str
     spec: str
+    snapshot: Snapshot | None = None  # restored from it (falling back to a cold boot if that fails)
+    cold_because: str | None = None  # why a VM that asks to be restored boots cold
 
 
 @dataclass(frozen=True)

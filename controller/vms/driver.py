@@ -9,14 +9,13 @@ starts it again, up to BOOT_ATTEMPTS, with the runner's backoff in between.
 
 from __future__ import annotations
 
-import json
+import hashlib
 import os
-import platform
 import shutil
 import subprocess
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from ..core.actions import Details, Handlers
@@ -128,11 +127,51 @@ class VmDriver:
         # intent first: the record says a boot is starting before QEMU exists; QEMU's own pid file
         # then finds it, whenever this process dies
         starting = record.with_(pid=None, started=time.time(), accel=accel, ready=None, boots=record.boots + 1,
-                                spec=a.spec)
+                                spec=a.spec, boot="cold", snapshot=None)
+        details = {"accel": accel, "tap": a.tap, "restart": record.boots > 0 or None}
+        cold_because = a.cold_because
+        if a.snapshot is not None:
+            restored = self._restore(a, machine, starting)
+            if isinstance(restored, int):
+                return details | {"pid": restored, "boot": "restore", "snapshot": str(a.snapshot)}
+            cold_because = restored
+            starting = starting.with_(started=time.time(), restore_failed=a.snapshot.record.fingerprint)
         self._save(a.vm, starting)
         pid = qemu.start(machine, files)
         self._save(a.vm, starting.with_(pid=pid))
-        return {"accel": accel, "tap": a.tap, "pid": pid, "restart": record.boots > 0 or None}
+        return details | {"pid": pid, "boot": "cold", "cold_because": cold_because}
+
+    def _restore(self, a: VmStart, machine: Machine, starting: VmRecord) -> int | str:
+        """QEMU started from the VM's snapshot, its guest told who it is: its pid, or why it failed
+        (QEMU killed; the caller boots cold). The snapshot's digest is checked while QEMU starts up,
+        before QEMU reads a byte of it; a snapshot that does not match is deleted (made again)."""
+        assert a.snapshot is not None
+        files, snapshot = self.files(a.vm), a.snapshot
+        if snapshot.record.accel != machine.accel:
+            return f"snapshot {snapshot} was made for {snapshot.record.accel}"
+        identity = qemu.Identity(a.vm, a.address, str(a.gateway), machine.mac, files.host_key_dropbear.read_bytes())
+        atomic_write(files.identity, identity.entry(), self.layout.tmp)
+        restoring = replace(machine, identity=files.identity, incoming=True, tsc_khz=snapshot.record.tsc_khz)
+        self._save(a.vm, starting.with_(boot="restore", snapshot=snapshot.record.fingerprint))
+        pid = qemu.start(restoring, files)
+        self._save(a.vm, starting.with_(boot="restore", snapshot=snapshot.record.fingerprint, pid=pid))
+        try:
+            source = os.open(snapshot.path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        except OSError as e:
+            qemu.kill(files, pid)
+            return f"restore failed: {snapshot.path}: {e.strerror}"
+        try:
+            if _sha256(source) != snapshot.record.sha256:
+                snapshot.path.unlink(missing_ok=True)
+                raise OSError(f"snapshot {snapshot} is corrupt (its digest does not match its record): deleted")
+            with qemu.connect(files, pid, self.boot_timeout) as session:
+                qemu.load_state(session, source, self.boot_timeout)
+        except OSError as e:
+            qemu.kill(files, pid)
+            return f"restore failed: {e}"
+        finally:
+            os.close(source)
+        return pid
 
     def vm_await(self, a: VmAwait) -> Details:
         record = self._record(a.vm)
@@ -166,7 +205,9 @@ class VmDriver:
         else:
             reason = f"no SSH within {self.boot_timeout:g}s; " + (f"console: {tail}" if tail else "console is empty")
         attempts = record.attempts + 1
-        self._save(vm, record.with_(pid=None, ready=None, attempts=attempts, failure=reason))
+        restore_failed = record.snapshot if record.boot == "restore" else record.restore_failed
+        self._save(vm, record.with_(pid=None, ready=None, attempts=attempts, failure=reason,
+                                    restore_failed=restore_failed))
         if attempts >= BOOT_ATTEMPTS:
             raise PermanentError(f"boot failed {attempts} times, giving up: {reason}")
         raise TemporaryError(f"boot {attempts} of {BOOT_ATTEMPTS} failed: {reason}", delay=backoff(attempts, base=2.0))
@@ -228,30 +269,13 @@ class VmDriver:
             raise TemporaryError(f"vm/{vm}: its QEMU (pid {pid}) is still running")
 
     def _accel(self, wanted: str) -> str:
-        usable = self._kvm_usable()
-        if wanted == "kvm" and not usable:
-            raise PermanentError("accel: kvm was asked for, but KVM is not usable on this host")
-        if wanted == "auto":
-            return "kvm" if usable else "tcg"
-        return wanted
-
-    def _kvm_usable(self) -> bool:
-        """Detected once per host boot and cached in the state directory."""
-        cache = self.layout.host_facts
-        key = f"{platform.release()}|{_boot_id()}"
-        try:
-            data = json.loads(cache.read_text())
-            if data.get("key") == key:
-                return bool(data["kvm"])
-        except (FileNotFoundError, json.JSONDecodeError, KeyError):
-            pass
-        usable = qemu.kvm_usable()
-        atomic_write(cache, json.dumps({"key": key, "kvm": usable}).encode(), self.layout.tmp)
-        return usable
+        return qemu.resolve_accel(wanted, self.layout, write=True)
 
 
-def _boot_id() -> str:
-    try:
-        return Path("/proc/sys/kernel/random/boot_id").read_text().strip()
-    except OSError:
-        return str(os.getpid())
+def _sha256(fd: int) -> str:
+    """The digest of an open file, read from its start; its offset is left at the start."""
+    os.lseek(fd, 0, os.SEEK_SET)
+    with open(fd, "rb", closefd=False) as f:
+        digest = hashlib.file_digest(f, "sha256").hexdigest()
+    os.lseek(fd, 0, os.SEEK_SET)
+    return digest

@@ -20,6 +20,7 @@ from ipaddress import IPv4Address, IPv4Interface
 from ..core.actions import Action
 from ..core.model import VM, Desired, Network
 from ..core.state import Observed
+from ..snapshots.state import Shape, Snapshot
 from .actions import REMOVED, IpAssign, TrashExpire, VmAwait, VmForget, VmRestore, VmStart, VmStop, VmTrash
 from .state import BOOT_ATTEMPTS, VmRecord, VmState
 
@@ -98,9 +99,23 @@ def _boot(vm: VM, desired: Desired, net: Network, ip: IPv4Address, observed: Obs
     image = desired.images[vm.image]
     tap = observed.net.vm_taps().get(vm.name)
     disk = observed.disks.get(vm.name)
+    snapshot, cold_because = _snapshot(vm, observed)
     return [VmStart(vm.name, image, tap.name if tap else None, disk.format if disk else None, address,
-                    net.gateway, vm.vcpus, vm.memory, vm.accel, spec_hash(vm)),
+                    net.gateway, vm.vcpus, vm.memory, vm.accel, spec_hash(vm), snapshot, cold_because),
             VmAwait(vm.name, ip)]
+
+
+def _snapshot(vm: VM, observed: Observed) -> tuple[Snapshot | None, str | None]:
+    """The snapshot a VM with `boot: restore` is restored from, or why it boots cold."""
+    if vm.boot != "restore" or vm.image is None:
+        return None, None
+    snapshot = observed.snapshots.ready(vm.image, Shape(vm.memory, vm.vcpus, vm.accel))
+    if snapshot is None:
+        return None, "its snapshot is not ready yet"
+    state = observed.vms.get(vm.name)
+    if state is not None and state.record.restore_failed == snapshot.record.fingerprint:
+        return None, f"its restore from snapshot {snapshot.record.fingerprint} failed before"
+    return snapshot, None
 
 
 def _converge(vm: VM, desired: Desired, net: Network, state: VmState,

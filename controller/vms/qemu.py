@@ -20,17 +20,21 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import platform
 import pwd
 import shutil
 import signal
 import socket
+import struct
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from ipaddress import IPv4Interface
 from pathlib import Path
+from typing import Any
 
 from ..core.errors import PermanentError
-from ..statedir.layout import VmFiles
+from ..statedir.layout import Layout, VmFiles
+from ..statedir.store import atomic_write
 
 QEMU = "qemu-system-x86_64"
 QEMU_USER = "warmvm-qemu"  # made by hack/install-deps.sh
@@ -53,16 +57,20 @@ class Machine:
     disk: Path
     disk_format: str  # raw | qcow2, as recorded when the disk was made
     backing: Path | None  # a qcow2 disk's seed, named here: never read from the disk's own header
-    tap: str
+    tap: str | int  # the TAP's name, or an open TAP file descriptor handed to QEMU (a template's)
     mac: str
-    address: IPv4Interface  # the guest's address with its prefix length
-    gateway: str
+    address: IPv4Interface | None  # the guest's address with its prefix length (None: a template)
+    gateway: str | None
     vcpus: int
     memory: int
     accel: str  # kvm | tcg
     host_key: Path | None = None  # the VM's own SSH host key (dropbear's format), handed over through fw_cfg
     tsc_khz: int | None = None  # the host's TSC rate, which a TCG guest needs told (see host_tsc_khz)
     user: str | None = QEMU_USER  # the unprivileged user QEMU drops to once its files are open
+    # The snapshot layout (a template, and every copy restored from it): no identity on the kernel
+    # command line, which is part of the saved state, but one fixed-size fw_cfg entry, which is not
+    identity: Path | None = None
+    incoming: bool = False  # waits for a saved state (QMP migrate-incoming) instead of booting
 
 
 def mac_for(name: str) -> str:
@@ -76,27 +84,39 @@ def qemu_argv(m: Machine, files: VmFiles) -> list[str]:
     QEMU's parser), disks are -blockdev nodes in JSON with their recorded format, so that QEMU never
     guesses one from content a guest wrote, and a qcow2 disk's backing file is the one named here."""
     cpu = ["-accel", "kvm", "-cpu", "host"] if m.accel == "kvm" else ["-accel", "tcg", "-cpu", "max"]
-    # cryptomgr.notests: the kernel's crypto self-tests cost 0.5 s of a TCG boot and test nothing of ours
-    # warmvm.debug=1: the guest marks its boot stages on the console (a few lines; the boot timeline)
-    append = (f"console=ttyS0 quiet cryptomgr.notests warmvm.ip={m.address} warmvm.gw={m.gateway} "
-              f"warmvm.hostname={m.name} warmvm.debug=1")
-    if m.accel == "tcg" and m.tsc_khz:
-        append += f" tsc_early_khz={m.tsc_khz}"
+    netdev = f"fd={m.tap}" if isinstance(m.tap, int) else f"ifname={escape(m.tap)},script=no,downscript=no"
+    if m.identity is not None:
+        fw_cfg = ["-fw_cfg", f"name={IDENTITY_ENTRY},file={escape(m.identity)}"]
+    else:
+        fw_cfg = ["-fw_cfg", f"name=opt/warmvm/hostkey,file={escape(m.host_key)}"] if m.host_key else []
     argv = [QEMU, "-name", f"warmvm-{m.name}", "-M", "microvm,rtc=on", *cpu,
             "-m", str(m.memory >> 20), "-smp", str(m.vcpus), "-nodefaults", "-no-user-config",
             "-display", "none",
             "-chardev", f"file,id=console,path={escape(files.console)},append=on", "-serial", "chardev:console",
             "-qmp", f"unix:{escape(files.qmp)},server=on,wait=off",
-            "-kernel", str(m.kernel), *(["-initrd", str(m.initrd)] if m.initrd else []), "-append", append,
+            "-kernel", str(m.kernel), *(["-initrd", str(m.initrd)] if m.initrd else []), "-append", kernel_cmdline(m),
             *_blockdev("root", m.rootfs, "raw", read_only=True),
             "-device", "virtio-blk-device,drive=root,serial=warmvm-root",
             *_work_disk(m),
             "-device", "virtio-blk-device,drive=work,serial=warmvm-work",
-            "-netdev", f"tap,id=n0,ifname={escape(m.tap)},script=no,downscript=no",
+            "-netdev", f"tap,id=n0,{netdev}",
             "-device", f"virtio-net-device,netdev=n0,mac={m.mac}",
-            *(["-fw_cfg", f"name=opt/warmvm/hostkey,file={escape(m.host_key)}"] if m.host_key else []),
+            *fw_cfg,
             "-pidfile", str(files.pidfile), "-sandbox", SANDBOX]
-    return argv + (["-runas", m.user] if m.user else [])
+    return argv + (["-runas", m.user] if m.user else []) + (["-incoming", "defer"] if m.incoming else [])
+
+
+def kernel_cmdline(m: Machine) -> str:
+    # cryptomgr.notests: the kernel's crypto self-tests cost 0.5 s of a TCG boot and test nothing of ours
+    # warmvm.debug=1: the guest marks its boot stages on the console (a few lines; the boot timeline)
+    if m.identity is not None:
+        append = "console=ttyS0 quiet cryptomgr.notests warmvm.template=1 warmvm.debug=1"
+    else:
+        append = (f"console=ttyS0 quiet cryptomgr.notests warmvm.ip={m.address} warmvm.gw={m.gateway} "
+                  f"warmvm.hostname={m.name} warmvm.debug=1")
+    if m.accel == "tcg" and m.tsc_khz:
+        append += f" tsc_early_khz={m.tsc_khz}"
+    return append
 
 
 def escape(value: object) -> str:
@@ -124,7 +144,8 @@ def _work_disk(m: Machine) -> list[str]:
 
 
 def start(m: Machine, files: VmFiles) -> int:
-    """Spawns QEMU detached (own session, output to qemu.log) and returns its pid at once."""
+    """Spawns QEMU detached (own session, output to qemu.log) and returns its pid at once. A TAP
+    given as a descriptor is QEMU's fd 3."""
     files.directory.mkdir(mode=0o700, parents=True, exist_ok=True)
     for stale in (files.pidfile, files.qmp):
         stale.unlink(missing_ok=True)
@@ -141,12 +162,15 @@ def start(m: Machine, files: VmFiles) -> int:
         except KeyError:
             raise PermanentError(f"user {m.user!r} does not exist: QEMU would run as root (make setup adds it)") \
                 from None
+    actions = [(os.POSIX_SPAWN_OPEN, 0, "/dev/null", os.O_RDONLY, 0),
+               (os.POSIX_SPAWN_OPEN, 1, str(files.log), os.O_WRONLY | os.O_APPEND | os.O_NOFOLLOW, 0o600),
+               (os.POSIX_SPAWN_DUP2, 1, 2)]
+    if isinstance(m.tap, int):
+        actions.append((os.POSIX_SPAWN_DUP2, m.tap, 3))
+        argv = qemu_argv(replace(m, tap=3), files)
     old = os.umask(0o077)  # the QMP socket and logs: owner only
     try:
-        pid = os.posix_spawn(binary, argv, os.environ, setsid=True, file_actions=[
-            (os.POSIX_SPAWN_OPEN, 0, "/dev/null", os.O_RDONLY, 0),
-            (os.POSIX_SPAWN_OPEN, 1, str(files.log), os.O_WRONLY | os.O_APPEND | os.O_NOFOLLOW, 0o600),
-            (os.POSIX_SPAWN_DUP2, 1, 2)])
+        pid = os.posix_spawn(binary, argv, os.environ, setsid=True, file_actions=actions)
     finally:
         os.umask(old)
     return pid
@@ -264,23 +288,129 @@ def _wait_gone(files: VmFiles, pid: int | None, timeout: float) -> bool:
     return True
 
 
-def qmp(path: Path, command: str, timeout: float = 2.0) -> dict:  # type: ignore[type-arg]
-    """One QMP command: greeting, capabilities negotiation, the command, its reply."""
-    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
-        sock.settimeout(timeout)
-        sock.connect(str(path))
-        stream = sock.makefile("rwb")
-        json.loads(stream.readline())  # greeting
-        for execute in ("qmp_capabilities", command):
-            stream.write(json.dumps({"execute": execute}).encode() + b"\n")
-            stream.flush()
-            while True:
-                reply = json.loads(stream.readline())
-                if "event" not in reply:
-                    break
-            if "error" in reply:
-                raise OSError(f"QMP {execute}: {reply['error'].get('desc')}")
-        return reply  # type: ignore[no-any-return]
+class Qmp:
+    """A QMP session: greeting and capabilities negotiation once, then commands, each with its reply
+    (events in between are skipped). A descriptor goes along with a command as SCM_RIGHTS."""
+
+    def __init__(self, path: Path, timeout: float = 2.0) -> None:
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            self.sock.settimeout(timeout)
+            self.sock.connect(str(path))
+            self.stream = self.sock.makefile("rb")
+            json.loads(self.stream.readline())  # greeting
+            self.run("qmp_capabilities")
+        except (OSError, ValueError) as e:
+            self.sock.close()
+            raise OSError(f"QMP {path}: {e}") from None
+
+    def run(self, command: str, fd: int | None = None, **arguments: object) -> Any:
+        message = json.dumps({"execute": command, **({"arguments": arguments} if arguments else {})}).encode() + b"\n"
+        if fd is None:
+            self.sock.sendall(message)
+        else:
+            socket.send_fds(self.sock, [message], [fd])
+        while True:
+            line = self.stream.readline()
+            if not line:
+                raise OSError(f"QMP {command}: QEMU closed the connection")
+            reply = json.loads(line)
+            if "event" not in reply:
+                break
+        if "error" in reply:
+            raise OSError(f"QMP {command}: {reply['error'].get('desc')}")
+        return reply.get("return")
+
+    def close(self) -> None:
+        self.stream.close()
+        self.sock.close()
+
+    def __enter__(self) -> Qmp:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def qmp(path: Path, command: str, timeout: float = 2.0) -> Any:
+    """One QMP command in a session of its own."""
+    with Qmp(path, timeout) as session:
+        return session.run(command)
+
+
+def exited(pid: int) -> bool:
+    """Whether a QEMU this process spawned has exited (it is reaped then). Right after the spawn its
+    command line may not be QEMU's yet, so `running_pid` cannot tell."""
+    try:
+        done, _ = os.waitpid(pid, os.WNOHANG)
+    except ChildProcessError:
+        return True
+    return done == pid
+
+
+def connect(files: VmFiles, pid: int, timeout: float) -> Qmp:
+    """A session with a QEMU this process just spawned, once its QMP socket listens (QEMU dying
+    first: OSError)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            return Qmp(files.qmp, timeout)
+        except OSError:
+            if exited(pid) or time.monotonic() > deadline:
+                raise OSError(f"QEMU exited: {failure_reason(files) or 'no message'}") from None
+            time.sleep(0.005)
+
+
+def save_state(session: Qmp, out: int, timeout: float) -> None:
+    """The guest paused and its whole state written to the open file `out` (QMP migrate to an fd:
+    QEMU's sandbox forbids spawning the `exec:` helper)."""
+    session.run("stop")
+    session.run("migrate-set-parameters", **{"max-bandwidth": 1 << 40})  # a file, not a network link
+    session.run("getfd", fd=out, fdname="state")
+    session.run("migrate", uri="fd:state")
+    _await_migration(session, timeout, "saving")
+
+
+def load_state(session: Qmp, source: int, timeout: float) -> None:
+    """A QEMU started with `-incoming defer` loads a saved state from the open file `source`, then
+    runs it (the template was saved paused, and QEMU restores it paused)."""
+    session.run("getfd", fd=source, fdname="state")
+    session.run("migrate-incoming", uri="fd:state")
+    _await_migration(session, timeout, "loading")
+    if session.run("query-status")["status"] != "running":
+        session.run("cont")
+
+
+def _await_migration(session: Qmp, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while (info := session.run("query-migrate")).get("status") != "completed":
+        if info.get("status") in ("failed", "cancelled") or time.monotonic() > deadline:
+            raise OSError(f"{what} the state: {info.get('error-desc') or info.get('status') or 'timed out'}")
+        time.sleep(0.005)
+
+
+IDENTITY_ENTRY = "opt/warmvm/identity"
+IDENTITY_SIZE = 4096  # fixed: the guest's fw_cfg driver caches each entry's size from the template
+TEMPLATE_IDENTITY = b"warmvm-template\n".ljust(IDENTITY_SIZE, b"\0")
+
+
+@dataclass(frozen=True)
+class Identity:
+    """What makes a restored copy this VM (hack/image/identity.c reads it)."""
+
+    hostname: str
+    address: IPv4Interface
+    gateway: str
+    mac: str
+    host_key: bytes  # dropbear's format
+
+    def entry(self) -> bytes:
+        """The fw_cfg entry, made at each start: fresh entropy for the guest's RNG, the host's clock."""
+        text = (f"warmvm-identity\nhostname={self.hostname}\nip={self.address}\ngw={self.gateway}\nmac={self.mac}\n"
+                f"time={time.time_ns()}\nseed={os.urandom(64).hex()}\nhostkey={self.host_key.hex()}\n").encode()
+        if len(text) > IDENTITY_SIZE:
+            raise PermanentError(f"the identity of {self.hostname} does not fit in {IDENTITY_SIZE} bytes")
+        return text.ljust(IDENTITY_SIZE, b"\0")
 
 
 def console_tail(files: VmFiles, lines: int = 15) -> str:
@@ -301,6 +431,56 @@ def host_tsc_khz() -> int | None:
     except (OSError, ValueError, IndexError):
         pass
     return None
+
+
+TUNSETIFF, IFF_TAP, IFF_NO_PI, IFF_VNET_HDR = 0x400454CA, 0x0002, 0x1000, 0x4000
+
+
+def transient_tap() -> int:
+    """A new TAP that exists only as long as this descriptor (and QEMU's copy of it): the kernel names
+    it (wvtpl0, wvtpl1, ...), so it is never one that exists already; it is attached to nothing and
+    never up. A template's: its guest lets its NIC go before it is saved."""
+    import fcntl
+    fd = os.open("/dev/net/tun", os.O_RDWR | os.O_CLOEXEC)
+    try:
+        fcntl.ioctl(fd, TUNSETIFF, struct.pack("16sH22x", b"wvtpl%d", IFF_TAP | IFF_NO_PI | IFF_VNET_HDR))
+    except OSError:
+        os.close(fd)
+        raise
+    return fd
+
+
+def resolve_accel(wanted: str, layout: Layout, write: bool = False) -> str:
+    """kvm | tcg for a spec's auto | kvm | tcg, from whether KVM is usable on this host (probed once
+    per host boot; the result cached in the state directory if `write`)."""
+    usable = _kvm_usable_cached(layout, write)
+    if wanted == "kvm" and not usable:
+        raise PermanentError("accel: kvm was asked for, but KVM is not usable on this host")
+    if wanted == "auto":
+        return "kvm" if usable else "tcg"
+    return wanted
+
+
+def _kvm_usable_cached(layout: Layout, write: bool) -> bool:
+    cache = layout.host_facts
+    key = f"{platform.release()}|{_boot_id()}"
+    try:
+        data = json.loads(cache.read_text())
+        if data.get("key") == key:
+            return bool(data["kvm"])
+    except (OSError, ValueError, KeyError):
+        pass
+    usable = kvm_usable()
+    if write:
+        atomic_write(cache, json.dumps({"key": key, "kvm": usable}).encode(), layout.tmp)
+    return usable
+
+
+def _boot_id() -> str:
+    try:
+        return Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+    except OSError:
+        return str(os.getpid())
 
 
 def kvm_usable() -> bool:

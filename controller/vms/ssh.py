@@ -50,7 +50,8 @@ def port_open(ip: str, port: int = 22, timeout: float = 0.05) -> bool:
 # The boot's stages as the guest marks them on its console (warmvm.debug=1), seen by the host's clock:
 # the guest's own uptime runs slow under TCG until its clocksource switches, so it is not used.
 STAGES = (("kernel", b""), ("initramfs", b"initramfs start"), ("root_mounted", b"mounted"),
-          ("init", b"init: start"), ("network", b"init: network done"), ("sshd", READY))
+          ("init", b"init: start"), ("identity", b"init: identity taken"), ("network", b"init: network done"),
+          ("sshd", READY))
 
 
 class Timeline:

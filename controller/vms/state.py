@@ -31,6 +31,9 @@ class VmRecord:
     attempts: int = 0  # consecutive boots that never answered SSH
     failure: str | None = None
     create_to_ready_ms: float | None = None
+    boot: str | None = None  # how the current boot began: cold | restore
+    snapshot: str | None = None  # the snapshot (fingerprint) the current boot was restored from
+    restore_failed: str | None = None  # the snapshot (fingerprint) a restore of this VM failed from: not tried again
 
     def with_(self, **changes: Any) -> VmRecord:
         return replace(self, **changes)

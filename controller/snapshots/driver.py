@@ -1,0 +1,135 @@
+"""The snapshot driver: a template VM booted, saved, recorded; snapshots freed.
+
+The template runs the image's own boot in the snapshot layout (qemu.py): an
+empty work disk and a TAP of its own that is attached to nothing, and its
+guest stops before it takes any identity (its /sbin/init with
+warmvm.template=1). Once it says so on its console, QEMU pauses it and
+writes its state into a file of the tmp area, which is renamed into place
+when complete; the record, with the file's digest, follows it. Nothing of
+the template outlives the action: its QEMU is killed, its directory removed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+from ..core.actions import Details, Handlers
+from ..core.errors import PermanentError, TemporaryError
+from ..core.state import Observed
+from ..statedir.layout import Layout, VmFiles
+from ..statedir.store import read_json, replacing, write_json
+from ..vms import qemu
+from .actions import SnapshotDelete, SnapshotGenerate
+from .observe import template_machine
+from .state import SnapshotRecord
+
+POINT = b"warmvm: snapshot point"
+TEMPLATE_DISK = 16 << 20  # the template's work disk: probed, then let go by its guest before the save
+SAVE_TIMEOUT = 120.0
+
+
+class SnapshotDriver:
+    def __init__(self, layout: Layout, boot_timeout: float = 60.0) -> None:
+        self.layout = layout
+        self.boot_timeout = boot_timeout
+
+    def handlers(self) -> Handlers:
+        return {SnapshotGenerate: self.snapshot_generate, SnapshotDelete: self.snapshot_delete}
+
+    def prepare(self, observed: Observed) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+    def snapshot_generate(self, a: SnapshotGenerate) -> Details:
+        started = time.monotonic()
+        accel = qemu.resolve_accel(a.shape.accel, self.layout, write=True)
+        tsc_khz = qemu.host_tsc_khz() if accel == "tcg" else None
+        state, record_file = self.layout.snapshot(a.image.name, a.fingerprint)
+        state.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        self.layout.tmp.mkdir(mode=0o700, parents=True, exist_ok=True)
+        work = Path(tempfile.mkdtemp(dir=self.layout.tmp, prefix=f"template-{a.image.name}."))
+        try:
+            with replacing(state, self.layout.tmp) as out:
+                version = self._save(a, accel, tsc_khz, work, out)
+                size, digest = os.stat(out).st_size, _sha256(out)
+        except PermanentError as e:
+            failures = read_json(self.layout.snapshot_failures(a.image.name)) or {}
+            write_json(self.layout.snapshot_failures(a.image.name), failures | {a.fingerprint: str(e)},
+                       self.layout.tmp)
+            raise PermanentError(f"no snapshot, VMs of {a.shape} boot cold: {e}") from None
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+        elapsed = (time.monotonic() - started) * 1000
+        record = SnapshotRecord(a.image.name, a.fingerprint, a.shape.memory, a.shape.vcpus, accel, tsc_khz, size,
+                                digest, round(elapsed, 1), time.time(), version)
+        write_json(record_file, record.to_dict(), self.layout.tmp)
+        return {"shape": str(a.shape), "size": size, "generate_ms": round(elapsed, 1)}
+
+    def _save(self, a: SnapshotGenerate, accel: str, tsc_khz: int | None, work: Path, out: Path) -> str:
+        """Boots the template to its snapshot point and saves it into `out`; the QEMU version."""
+        files = VmFiles(work)
+        disk, identity = work / "work.img", work / "identity"
+        with open(disk, "wb") as f:
+            f.truncate(TEMPLATE_DISK)
+        identity.write_bytes(qemu.TEMPLATE_IDENTITY)
+        tap = qemu.transient_tap()
+        try:
+            pid = qemu.start(template_machine(a.image, a.shape, accel, tsc_khz, disk, identity, tap), files)
+        finally:
+            os.close(tap)
+        try:
+            self._await_point(files, pid)
+            fd = os.open(out, os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+            try:
+                with qemu.connect(files, pid, 5.0) as session:
+                    qemu.save_state(session, fd, SAVE_TIMEOUT)
+                    v = session.run("query-version")
+                os.fsync(fd)
+            except OSError as e:
+                raise PermanentError(f"saving the template: {e}") from None
+            finally:
+                os.close(fd)
+            return f"{v['qemu']['major']}.{v['qemu']['minor']}.{v['qemu']['micro']} {v.get('package', '')}".strip()
+        finally:
+            qemu.kill(files, pid)
+
+    def _await_point(self, files: VmFiles, pid: int) -> None:
+        deadline = time.monotonic() + self.boot_timeout
+        while POINT not in _read(files.console):
+            if qemu.exited(pid):
+                why = qemu.failure_reason(files) or qemu.console_tail(files, 1) or "no message"
+                raise PermanentError(f"the template's QEMU exited: {why}")
+            if time.monotonic() > deadline:
+                raise TemporaryError(f"the template did not reach its snapshot point within {self.boot_timeout:g}s")
+            time.sleep(0.02)
+
+    def snapshot_delete(self, a: SnapshotDelete) -> Details:
+        for path in a.files:
+            path.unlink(missing_ok=True)
+        failures = self.layout.snapshot_failures(a.image)
+        known = read_json(failures) or {}
+        if a.fingerprint in known:
+            write_json(failures, {k: v for k, v in known.items() if k != a.fingerprint}, self.layout.tmp)
+        directory = failures.parent
+        if directory.is_dir() and not any(p.suffix in (".bin", ".json") and p != failures for p in directory.iterdir()):
+            shutil.rmtree(directory)
+        return {"files": len(a.files)}
+
+
+def _read(path: Path) -> bytes:
+    try:
+        return path.read_bytes()[-65536:]
+    except OSError:
+        return b""
+
+
+def _sha256(path: Path) -> str:
+    with open(path, "rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()

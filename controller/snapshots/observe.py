@@ -1,0 +1,84 @@
+"""Reads the snapshots on disk, and the fingerprint of the inputs each wanted snapshot has today.
+
+The fingerprint covers what a restored guest is made of and what it is
+restored into: the template's whole QEMU command line (with placeholders for
+per-run paths, so any change to the device layout or the kernel command line
+is a new snapshot), the kernel, initrd and rootfs files (stat data) and the
+QEMU binary. Nothing here reads a state file's content.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+from pathlib import Path
+
+from ..core.errors import WarmvmError
+from ..core.model import Desired, Image
+from ..statedir.layout import SNAPSHOT, Layout, VmFiles
+from ..statedir.store import read_json
+from ..vms import qemu
+from .plan import wanted_shapes
+from .state import FORMAT, Shape, Snapshot, SnapshotFiles, SnapshotRecord, Snapshots
+
+TEMPLATE_MAC = "52:54:00:00:00:01"  # overwritten by every copy's own (identity.c sets it)
+
+
+def template_machine(image: Image, shape: Shape, accel: str, tsc_khz: int | None, work: Path, identity: Path,
+                     tap: int | str) -> qemu.Machine:
+    """The template's machine; a copy restored from it runs the same, with its own disk, TAP and identity."""
+    return qemu.Machine(f"template-{image.name}", image.kernel, image.initrd, image.rootfs, work, "raw", None, tap,
+                        TEMPLATE_MAC, None, None, shape.vcpus, shape.memory, accel, tsc_khz=tsc_khz,
+                        identity=identity)
+
+
+def fingerprint(image: Image, shape: Shape, layout: Layout) -> str | None:
+    try:
+        accel = qemu.resolve_accel(shape.accel, layout)
+    except WarmvmError:
+        return None  # kvm asked for where there is none: such a VM does not start at all
+    machine = template_machine(image, shape, accel, None, Path("WORK"), Path("IDENTITY"), "TAP")
+    parts: list[object] = [FORMAT, qemu.qemu_argv(machine, VmFiles(Path("DIR")))]
+    for path in (image.kernel, image.initrd, image.rootfs, shutil.which(qemu.QEMU)):
+        if path is not None:
+            try:
+                st = os.stat(path)
+            except OSError:
+                return None  # a missing file: the spec check reports it
+            parts.append([str(path), st.st_size, st.st_mtime_ns, st.st_ino])
+    return hashlib.sha256(json.dumps(parts).encode()).hexdigest()[:16]
+
+
+def observe_snapshots(layout: Layout, desired: Desired) -> Snapshots:
+    wanted = {(name, shape): fingerprint(desired.images[name], shape, layout)
+              for name, shape in sorted(wanted_shapes(desired)) if name in desired.images}
+    on_disk: dict[tuple[str, str], SnapshotFiles] = {}
+    failed: dict[tuple[str, str], str] = {}
+    for directory in sorted(layout.snapshots.iterdir()) if layout.snapshots.is_dir() else []:
+        found: dict[str, list[Path]] = {}
+        for path in sorted(directory.iterdir()):
+            m = SNAPSHOT.match(path.name)
+            if m:
+                found.setdefault(m.group(1), []).append(path)
+        for fp, paths in found.items():
+            on_disk[(directory.name, fp)] = SnapshotFiles(directory.name, fp, tuple(paths),
+                                                          _complete(layout, directory.name, fp))
+        for fp, why in (read_json(layout.snapshot_failures(directory.name)) or {}).items():
+            failed[(directory.name, str(fp))] = str(why)
+    return Snapshots(wanted, on_disk, failed)
+
+
+def _complete(layout: Layout, image: str, fp: str) -> Snapshot | None:
+    """The snapshot, if its record reads and its state file is there with the recorded size."""
+    state, record_file = layout.snapshot(image, fp)
+    try:
+        data = read_json(record_file)
+        record = SnapshotRecord.from_dict(data, str(record_file)) if data is not None else None
+        size = os.lstat(state).st_size
+    except (WarmvmError, OSError):
+        return None
+    if record is None or record.image != image or record.fingerprint != fp or record.size != size:
+        return None
+    return Snapshot(state, record)

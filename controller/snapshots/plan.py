@@ -1,0 +1,38 @@
+"""Snapshot planning: a snapshot per image and shape that VMs with `boot: restore` use. Pure.
+
+Made like a work seed, once per set of inputs (fingerprint: kernel, initrd,
+rootfs, the template's QEMU command line, QEMU itself), in the warm phase,
+after the VMs of the pass started; a failed generation is not retried until
+the inputs change. Unlike a seed, an older snapshot is never used: a guest
+restored from other inputs would not be the VM its spec describes. Every
+snapshot that no VM's image and shape want now is freed.
+"""
+
+from __future__ import annotations
+
+from ..core.actions import Action
+from ..core.model import Desired
+from ..core.state import Observed
+from .actions import SnapshotDelete, SnapshotGenerate
+from .state import Shape, Snapshots
+
+
+def wanted_shapes(desired: Desired) -> set[tuple[str, Shape]]:
+    """The (image, shape) of every VM that asks to be restored."""
+    return {(vm.image, Shape(vm.memory, vm.vcpus, vm.accel)) for vm in desired.vms.values()
+            if vm.boot == "restore" and vm.image is not None}
+
+
+def plan_snapshots(desired: Desired, observed: Observed) -> tuple[list[Action], list[str]]:
+    snapshots: Snapshots = observed.snapshots
+    actions: list[Action] = []
+    for (image, shape), fingerprint in sorted(snapshots.wanted.items()):
+        if fingerprint is None or image not in desired.images or (image, fingerprint) in snapshots.failed:
+            continue  # a failure is shown by `get images`; its VMs boot cold
+        if snapshots.ready(image, shape) is None:
+            actions.append(SnapshotGenerate(desired.images[image], shape, fingerprint))
+    keep = {(image, fp) for (image, _), fp in snapshots.wanted.items()}
+    for (image, fingerprint), files in sorted(snapshots.on_disk.items()):
+        if (image, fingerprint) not in keep:
+            actions.append(SnapshotDelete(image, fingerprint, files.files))
+    return actions, []
