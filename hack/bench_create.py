@@ -1,13 +1,15 @@
 """VM create benchmark; run by hack/bench.sh inside its own namespace and state directory.
 
-Two modes, interleaved run by run (cold, warm, cold, warm, ...) so that the
-machine's drift hits both alike, with identical VM semantics (same kernel,
+The modes run interleaved, run by run (cold, warm, cold, warm, ...) so that the
+machine's drift hits all alike, with identical VM semantics (same kernel,
 initrd, rootfs, /root contents, disk size and guest):
   cold: image `cold` has no work seed (the work disk is built from scratch out
         of the rootfs's /root) and the pool is empty (the TAP is created on the
         VM's path);
   warm: image `warm` has its seed (and the seed grown to the disk size) ready,
         and the pool holds a warm TAP per VM;
+  restore: image `warm` with its seed, a warm TAP per VM and its boot snapshot
+        (made before anything is measured); each VM has `boot: restore`;
   reference: what a user would do instead, by hand: the same kernel package
         (its bzImage), initramfs and rootfs booted the stock way (-M microvm,
         console=ttyS0 and the tsc_early_khz TCG needs; no warmvm tuning) on a
@@ -72,7 +74,8 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=REPO / "state" / "bench-out")
     args = ap.parse_args()
     modes = [m for m in args.modes.split(",") if m]
-    assert set(modes) <= {"cold", "warm", "reference"} and modes, "--modes takes cold, warm and reference"
+    assert set(modes) <= {"cold", "warm", "restore", "reference"} and modes, \
+        "--modes takes cold, warm, restore and reference"
 
     rootfs_dir = bench_image(args.root_mib, args.files)
     bench = Bench(args, rootfs_dir)
@@ -84,6 +87,8 @@ def main() -> None:
             print(f"run {run + 1}/{args.runs} {mode}: " + ", ".join(
                 f"{r['vm']} total {r['total']:.0f} ms" for r in results[mode][-args.vms:]), file=sys.stderr)
     report = summarise(results, vars(args) | {"modes": modes})
+    if "restore" in modes:
+        report["snapshots"] = bench.snapshots()
     report["verify"] = bench.verify()
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "bench-create.json").write_text(json.dumps(report, indent=2, default=str))
@@ -139,6 +144,9 @@ class Bench:
         self.disk_size = parse_quantity(args.disk_size)
         self.overhead: dict[str, float] = {}
         self.image = image
+        # a bench removes every VM it made, on purpose: nothing kept in the trash, no confirmation
+        self.policy = Policy(retain_removed=0, confirm_removals=True)
+        self.keep: list[str] = []  # VM specs written with every other
         kernel = image / ("vmlinux" if (image / "vmlinux").exists() else "vmlinuz")  # warmvm's boot: PVH
         for mode, seed in (("cold", "none"), ("warm", "{from: 'rootfs:/root'}")):
             (self.specs / f"image-{mode}.yaml").write_text(
@@ -151,10 +159,10 @@ class Bench:
             "apiVersion: warmvm/v1\nkind: Network\nmetadata: {name: bench}\n"
             f"spec: {{bridge: wvbench0, cidr: 10.99.0.0/20, tapPool: {{size: {pool}}}}}\n")
 
-    def vms(self, image: str, names: list[str], running: bool = True) -> None:
+    def vms(self, image: str, names: list[str], running: bool = True, boot: str = "cold") -> None:
         docs = [f"apiVersion: warmvm/v1\nkind: VM\nmetadata: {{name: {n}}}\n"
-                f"spec: {{image: {image}, diskSize: {self.disk_size}, running: {str(running).lower()}}}\n"
-                for n in names]
+                f"spec: {{image: {image}, diskSize: {self.disk_size}, running: {str(running).lower()}, boot: {boot}}}\n"
+                for n in names] + self.keep
         path = self.specs / "vms.yaml"
         if docs:
             path.write_text("---\n".join(docs))
@@ -169,8 +177,7 @@ class Bench:
         start = time.perf_counter()
         with store.lock(10):
             locked = time.perf_counter()
-            # a bench removes every VM it made, on purpose: nothing kept in the trash, no confirmation
-            desired = replace(load_specs(self.specs), policy=Policy(retain_removed=0, confirm_removals=True))
+            desired = replace(load_specs(self.specs), policy=self.policy)
             loaded = time.perf_counter()
             assert not desired.errors, desired.errors
             host = open_host(store, True)
@@ -204,22 +211,35 @@ class Bench:
         a provisioned (not booted) VM takes the slow path while the seed is generated, a second
         one derives the sized seed."""
         self.network(0)
-        for prep in (["prep-0"], ["prep-1"]) if "warm" in modes else ():
+        for prep in (["prep-0"], ["prep-1"]) if {"warm", "restore"} & set(modes) else ():
             self.vms("warm", prep, running=False)
             self.settle()
+        if "restore" in modes:
+            # a provisioned VM that asks for it makes the image's snapshot and keeps it wanted to the end
+            # (with nothing retained, an unwanted snapshot is freed at once)
+            self.vms("warm", ["snapshot-holder"], running=False, boot="restore")
+            self.settle()
+            self.keep = [(self.specs / "vms.yaml").read_text()]
+            assert self.snapshots(), "bench: the warm image's snapshot was not made"
         self.vms("warm", [])
         self.settle()
+
+    def snapshots(self) -> list[dict[str, Any]]:
+        """Each snapshot's size and generation time, as its record says."""
+        return [{k: v for k, v in json.loads(p.read_text()).items() if k in ("image", "size", "generate_ms",
+                                                                              "memory", "vcpus", "accel")}
+                for p in sorted((self.state / "snapshots").glob("*/*.json")) if p.name != "failed.json"]
 
     def create(self, mode: str, run: int) -> list[dict[str, float]]:
         if mode == "reference":
             return self.reference(run)
         k = self.args.vms
-        self.network(k if mode == "warm" else 0)
+        self.network(0 if mode == "cold" else k)
         self.settle()  # the pool at its size for this mode (not measured)
         names = [f"{mode}-{run}-{i}" for i in range(k)]
         ready: dict[str, float] = {}
         t0 = time.time()
-        self.vms(mode, names)
+        self.vms("warm" if mode == "restore" else mode, names, boot="restore" if mode == "restore" else "cold")
         pollers = [threading.Thread(target=self._poll_ssh, args=(n, t0, ready), daemon=True) for n in names]
         for p in pollers:
             p.start()
@@ -227,6 +247,8 @@ class Bench:
         for p in pollers:
             p.join(timeout=self.args.boot_timeout)
         out = [self._stages(name, records, t0, ready) for name in names]
+        if mode == "restore" and any(r["boot_how"] != "restore" for r in out):
+            print(f"bench: warning: not every VM was restored: {[r['boot_how'] for r in out]}", file=sys.stderr)
         self.vms(mode, [])
         self.settle()  # stop and remove them (not measured)
         return out
@@ -279,6 +301,7 @@ class Bench:
 
     def verify(self) -> dict[str, Any]:
         """The leak audit once everything the bench made is gone: a leak is a reconciler bug."""
+        self.keep = []
         self.vms("warm", [])
         self.settle()
         desired = replace(load_specs(self.specs), policy=Policy(retain_removed=0))
@@ -328,6 +351,7 @@ class Bench:
                 "qemu_start": ms("vm_start"), "boot": boot, "controller": (started - t0) * 1000,
                 "total": (ready[name] - t0) * 1000, "disk_path": path,
                 "tap_from": next((r.get("from") for r in mine if r["stage"] == "tap_claim"), None),
+                "boot_how": next((r.get("boot") for r in mine if r["stage"] == "vm_start"), None),
                 "timeline": timeline,  # each boot stage's first sight on the console, ms after QEMU's spawn
                 **self.overhead}  # the whole reconcile's, outside the actions
 
@@ -363,6 +387,10 @@ def summarise(results: dict[str, list[dict[str, Any]]], config: dict[str, Any]) 
                                     for m in stats if m != "reference"}
         if "warm" in stats:
             report["warm_over_reference"] = stats["warm"]["total"]["median"] / ref
+    if {"restore", "warm"} <= set(stats):
+        report["restore_over_warm"] = stats["restore"]["total"]["median"] / stats["warm"]["total"]["median"]
+    if "restore" in stats:
+        report["restore_total_median_ms"] = stats["restore"]["total"]["median"]
     return report
 
 
@@ -389,6 +417,14 @@ def print_report(report: dict[str, Any]) -> None:
     if "warm_over_reference" in report:
         print(f"  warm / reference (create to first SSH, medians): {report['warm_over_reference']:.2f} "
               "(target <= 0.5)")
+    if "restore_over_warm" in report:
+        print(f"  restore / warm (create to first SSH, medians): {report['restore_over_warm']:.2f} (target <= 0.2)")
+    if "restore_total_median_ms" in report:
+        print(f"  restore create to first SSH: {report['restore_total_median_ms']:.0f} ms median (target <= 1000 ms)")
+    for snap in report.get("snapshots", []):
+        shape = f"{snap['memory'] >> 20} MiB, {snap['vcpus']} vCPU, {snap['accel']}"
+        print(f"  snapshot of image {snap['image']} ({shape}): {snap['size'] / 1e6:.1f} MB, "
+              f"made in {snap['generate_ms'] / 1000:.2f} s")
     if "warm_controller_median_ms" in report:
         print(f"  warm controller share: {report['warm_controller_median_ms']:.1f} ms median per VM "
               "(target <= 50 ms on a reflink-capable state directory)")
@@ -431,7 +467,7 @@ def chart(report: dict[str, Any], path: Path) -> None:
         stats = report["modes"][mode]["stats"]
         values = [max(stats[s]["median"], 0.01) for s in controller]
         right.bar([j + i * width for j in range(len(controller))], values, width, label=mode,
-                  color="#4c72b0" if mode == "cold" else "#dd8452")
+                  color={"cold": "#4c72b0", "warm": "#dd8452", "restore": "#55a868"}.get(mode, "#8172b2"))
     right.set_yscale("log")
     right.set_xticks([j + width * (len(modes) - 1) / 2 for j in range(len(controller))],
                      [LABELS[s] for s in controller], rotation=20, fontsize=8)
@@ -439,8 +475,8 @@ def chart(report: dict[str, Any], path: Path) -> None:
     right.set_title("the controller's own stages")
     right.legend()
     cfg = report["config"]
-    fig.suptitle(f"warmvm VM create: cold vs warm ({cfg['runs']} runs x {cfg['vms']} VM, disk {cfg['disk_size']}, "
-                 f"state on {cfg['state_fs']})")
+    fig.suptitle(f"warmvm VM create: {' vs '.join(modes)} ({cfg['runs']} runs x {cfg['vms']} VM, "
+                 f"disk {cfg['disk_size']}, state on {cfg['state_fs']})")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
 

@@ -63,22 +63,24 @@ def observe_snapshots(layout: Layout, desired: Desired) -> Snapshots:
             if m:
                 found.setdefault(m.group(1), []).append(path)
         for fp, paths in found.items():
-            on_disk[(directory.name, fp)] = SnapshotFiles(directory.name, fp, tuple(paths),
-                                                          _complete(layout, directory.name, fp))
+            on_disk[(directory.name, fp)] = _files(layout, desired, directory.name, fp, tuple(paths))
         for fp, why in (read_json(layout.snapshot_failures(directory.name)) or {}).items():
             failed[(directory.name, str(fp))] = str(why)
     return Snapshots(wanted, on_disk, failed)
 
 
-def _complete(layout: Layout, image: str, fp: str) -> Snapshot | None:
-    """The snapshot, if its record reads and its state file is there with the recorded size."""
+def _files(layout: Layout, desired: Desired, image: str, fp: str, paths: tuple[Path, ...]) -> SnapshotFiles:
+    """The snapshot, if its record reads and its state file is there with the recorded size; whether
+    it was made from today's inputs, and when it was last restored from."""
     state, record_file = layout.snapshot(image, fp)
     try:
         data = read_json(record_file)
         record = SnapshotRecord.from_dict(data, str(record_file)) if data is not None else None
-        size = os.lstat(state).st_size
+        st = os.lstat(state)
     except (WarmvmError, OSError):
-        return None
-    if record is None or record.image != image or record.fingerprint != fp or record.size != size:
-        return None
-    return Snapshot(state, record)
+        return SnapshotFiles(image, fp, paths, None)
+    if record is None or record.image != image or record.fingerprint != fp or record.size != st.st_size:
+        return SnapshotFiles(image, fp, paths, None)
+    spec = desired.images.get(image)
+    current = spec is not None and fingerprint(spec, Shape(record.memory, record.vcpus, record.accel), layout) == fp
+    return SnapshotFiles(image, fp, paths, Snapshot(state, record), current, st.st_mtime)

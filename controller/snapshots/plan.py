@@ -4,8 +4,10 @@ Made like a work seed, once per set of inputs (fingerprint: kernel, initrd,
 rootfs, the template's QEMU command line, QEMU itself), in the warm phase,
 after the VMs of the pass started; a failed generation is not retried until
 the inputs change. Unlike a seed, an older snapshot is never used: a guest
-restored from other inputs would not be the VM its spec describes. Every
-snapshot that no VM's image and shape want now is freed.
+restored from other inputs would not be the VM its spec describes, so it is
+freed at once. One that no VM wants now is kept for the retention time after
+its last restore (as a removed VM's disk is kept), so that VMs that come and
+go (CI runners) keep being restored; `--retain-removed 0` frees it at once.
 """
 
 from __future__ import annotations
@@ -31,8 +33,10 @@ def plan_snapshots(desired: Desired, observed: Observed) -> tuple[list[Action], 
             continue  # a failure is shown by `get images`; its VMs boot cold
         if snapshots.ready(image, shape) is None:
             actions.append(SnapshotGenerate(desired.images[image], shape, fingerprint))
-    keep = {(image, fp) for (image, _), fp in snapshots.wanted.items()}
+    wanted = {(image, fp) for (image, _), fp in snapshots.wanted.items()}
+    retention = desired.policy.retain_removed
     for (image, fingerprint), files in sorted(snapshots.on_disk.items()):
-        if (image, fingerprint) not in keep:
+        recent = files.current and image in desired.images and files.used + retention > observed.now
+        if (image, fingerprint) not in wanted and not recent:
             actions.append(SnapshotDelete(image, fingerprint, files.files))
     return actions, []

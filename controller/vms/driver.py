@@ -171,6 +171,7 @@ class VmDriver:
             return f"restore failed: {e}"
         finally:
             os.close(source)
+        os.utime(snapshot.path)  # its last use: an unwanted snapshot is kept for the retention after it
         return pid
 
     def vm_await(self, a: VmAwait) -> Details:

@@ -23,6 +23,7 @@ READY = b"warmvm: ready"
 Pin = tuple[Path, str]  # a VM's known_hosts file and the alias its key is pinned under
 PATIENT = 20  # seconds one readiness login may take on a loaded host
 RETRY = 0.5  # between two logins that failed
+PROBE_MARKED = 1.0  # seconds between port probes of a guest that marks its boot on the console
 
 
 def ssh_argv(key: Path, ip: str, command: list[str], pin: Pin, connect_timeout: int = 5) -> list[str]:
@@ -90,11 +91,19 @@ class Timeline:
 
 
 def wait_ready(key: Path, ip: str, deadline: float, timeline: Timeline, alive: Callable[[], bool], pin: Pin) -> bool:
-    """Polls until `ssh true` succeeds (True), the deadline passes or the VM dies (False)."""
+    """Polls until `ssh true` succeeds (True), the deadline passes or the VM dies (False). A guest
+    that marks its boot on the console is taken at its word on when to try: a connection to its
+    port costs it a forked sshd, just when it is busiest, so its port is probed only now and then
+    (in case its ready line was lost)."""
+    probed = 0.0
     while time.monotonic() < deadline:
         if not alive():
             return False
-        if timeline.poll() or port_open(ip):
+        ready = timeline.poll()
+        if not ready and time.monotonic() - probed >= (PROBE_MARKED if timeline.seen else 0.0):
+            probed = time.monotonic()
+            ready = port_open(ip)
+        if ready:
             remaining = max(1, int(deadline - time.monotonic()))
             try:
                 done = subprocess.run(ssh_argv(key, ip, ["true"], pin, min(PATIENT, remaining)), capture_output=True,

@@ -1,7 +1,7 @@
 /* warmvm-identity: the restored guest takes its own identity. Runs as root in the guest, started
  * by /sbin/init of a snapshot template (warmvm.template=1) once its shared boot is done.
  *
- *   warmvm-identity FWCFG_RAW OUT_ENV
+ *   warmvm-identity FWCFG_RAW OUT_ENV [DRIVER:DEVICE ...]
  *
  * It says "warmvm: snapshot point" on the console, then waits (5 ms polls, no fork, nothing else
  * running) until the fw_cfg entry FWCFG_RAW holds an identity instead of the template's
@@ -13,7 +13,11 @@
  *     with the template's RNG state;
  *   - the wall clock is set to the host's;
  *   - the host name is set, the SSH host key is written for dropbear (0600, a new file);
- *   - OUT_ENV gets the network settings, as KEY=VALUE lines, for /sbin/init.
+ *   - the virtio devices the template let go (DRIVER:DEVICE, e.g. virtio_net:virtio2) are bound
+ *     again, so they are probed afresh from the restoring QEMU (its disk and its size);
+ *   - the NIC gets the VM's MAC, address and default route (ioctls: no fork of ip(8), which costs
+ *     tens of ms each under TCG), and lo comes up;
+ *   - OUT_ENV gets the identity's settings, as KEY=VALUE lines, for /sbin/init.
  * Any failure exits non-zero: init then powers the guest off, so the controller boots it cold,
  * never runs a clone.
  *
@@ -23,11 +27,18 @@
 #define _GNU_SOURCE
 #include <errno.h>
 #include <fcntl.h>
+#include <arpa/inet.h>
+#include <dirent.h>
 #include <linux/random.h>
+#include <linux/sockios.h>
+#include <net/if.h>
+#include <net/if_arp.h>
+#include <net/route.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/ioctl.h>
+#include <sys/socket.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -165,13 +176,111 @@ static int env_out(char *text, const char *out) {
 	return fclose(f) ? fail(out) : 0;
 }
 
+/* Binds each DRIVER:DEVICE again; the name of the network interface of a virtio_net one goes to nic. */
+static int bind_devices(int n, char **devices, char *nic, size_t size) {
+	for (int i = 0; i < n; i++) {
+		char *colon = strchr(devices[i], ':'), path[256];
+		if (!colon || strchr(devices[i], '/')) {
+			errno = 0;
+			return fail(devices[i]);
+		}
+		*colon = 0;
+		snprintf(path, sizeof path, "/sys/bus/virtio/drivers/%s/bind", devices[i]);
+		int fd = open(path, O_WRONLY | O_CLOEXEC);
+		if (fd < 0 || write(fd, colon + 1, strlen(colon + 1)) < 0 || close(fd))
+			return fail(path);
+		if (strcmp(devices[i], "virtio_net") == 0) {
+			snprintf(path, sizeof path, "/sys/bus/virtio/devices/%s/net", colon + 1);
+			DIR *dir = opendir(path);
+			struct dirent *e;
+			while (dir && (e = readdir(dir)))
+				if (e->d_name[0] != '.' && strlen(e->d_name) < size)
+					memcpy(nic, e->d_name, strlen(e->d_name) + 1);
+			if (dir)
+				closedir(dir);
+		}
+	}
+	return 0;
+}
+
+static int if_ioctl(int sock, const char *name, unsigned long request, struct ifreq *ifr) {
+	snprintf(ifr->ifr_name, IFNAMSIZ, "%s", name);
+	return ioctl(sock, request, ifr);
+}
+
+static int up(int sock, const char *name) {
+	struct ifreq ifr = {0};
+	if (if_ioctl(sock, name, SIOCGIFFLAGS, &ifr))
+		return -1;
+	ifr.ifr_flags |= IFF_UP;
+	return if_ioctl(sock, name, SIOCSIFFLAGS, &ifr);
+}
+
+static void set_addr(struct sockaddr *sa, struct in_addr a) {
+	struct sockaddr_in sin = {.sin_family = AF_INET, .sin_addr = a};
+	memcpy(sa, &sin, sizeof sin);
+}
+
+/* The NIC configured as `ip link set address; ip addr add; ip link set up; ip route add default` would. */
+static int network(char *text, const char *nic) {
+	char mac[32], ip[32], gw[32], *slash;
+	struct in_addr addr, gateway;
+	struct ifreq ifr = {0};
+	unsigned int m[6];
+	if (value(text, "mac", mac, sizeof mac, 1) || value(text, "ip", ip, sizeof ip, 1) ||
+	    value(text, "gw", gw, sizeof gw, 0))
+		return fail("network settings");
+	int sock = socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+	if (sock < 0 || up(sock, "lo"))
+		return fail("lo");
+	if (!*nic) {
+		errno = 0;
+		return fail("no network interface");
+	}
+	if (sscanf(mac, "%x:%x:%x:%x:%x:%x", &m[0], &m[1], &m[2], &m[3], &m[4], &m[5]) != 6)
+		return fail("mac");
+	ifr.ifr_hwaddr.sa_family = ARPHRD_ETHER;
+	for (int i = 0; i < 6; i++)
+		ifr.ifr_hwaddr.sa_data[i] = (char)m[i];
+	if (if_ioctl(sock, nic, SIOCSIFHWADDR, &ifr))
+		return fail("setting the MAC");
+	slash = strchr(ip, '/');
+	int prefix = slash ? atoi(slash + 1) : 32;
+	if (slash)
+		*slash = 0;
+	if (!inet_aton(ip, &addr) || prefix < 0 || prefix > 32)
+		return fail("ip");
+	set_addr(&ifr.ifr_addr, addr);
+	if (if_ioctl(sock, nic, SIOCSIFADDR, &ifr))
+		return fail("setting the address");
+	set_addr(&ifr.ifr_netmask, (struct in_addr){htonl(prefix ? 0xffffffffu << (32 - prefix) : 0)});
+	if (if_ioctl(sock, nic, SIOCSIFNETMASK, &ifr) || up(sock, nic))
+		return fail("bringing the interface up");
+	if (*gw) {
+		struct rtentry route = {0};
+		if (!inet_aton(gw, &gateway))
+			return fail("gw");
+		set_addr(&route.rt_dst, (struct in_addr){0});
+		set_addr(&route.rt_genmask, (struct in_addr){0});
+		set_addr(&route.rt_gateway, gateway);
+		route.rt_flags = RTF_UP | RTF_GATEWAY;
+		route.rt_dev = (char *)nic;
+		if (ioctl(sock, SIOCADDRT, &route))
+			return fail("adding the default route");
+	}
+	close(sock);
+	return 0;
+}
+
 int main(int argc, char **argv) {
 	static char text[IDENTITY_SIZE + 1];
-	if (argc != 3) {
-		fprintf(stderr, "usage: warmvm-identity FWCFG_RAW OUT_ENV\n");
+	char nic[IFNAMSIZ] = "";
+	if (argc < 3) {
+		fprintf(stderr, "usage: warmvm-identity FWCFG_RAW OUT_ENV [DRIVER:DEVICE ...]\n");
 		return 2;
 	}
-	if (wait_identity(argv[1], text) || reseed(text) || set_clock(text) || host_key(text) || env_out(text, argv[2]))
+	if (wait_identity(argv[1], text) || reseed(text) || set_clock(text) || host_key(text) ||
+	    env_out(text, argv[2]) || bind_devices(argc - 3, argv + 3, nic, sizeof nic) || network(text, nic))
 		return 1;
 	explicit_bzero(text, sizeof text);
 	return 0;
