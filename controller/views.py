@@ -69,8 +69,31 @@ def images(desired: Desired, observed: Observed) -> list[Row]:
                      "seed": seed, "seedSize": _size(files.size) if files else "-",
                      "seedAge": _age(observed.now - files.mtime) if files else "-",
                      "sizedSeeds": len(files.sized) if files else 0,
+                     "snapshots": _snapshots(name, observed),
                      "vms": sum(1 for d in observed.disks.values() if d.image == name)})
     return rows
+
+
+def _snapshots(image: str, observed: Observed) -> str:
+    """Each shape VMs want restored, and how its snapshot is; then the snapshots kept for no VM now."""
+    snapshots = observed.snapshots
+    parts = []
+    for (name, shape), fingerprint in sorted(snapshots.wanted.items()):
+        if name != image:
+            continue
+        ready = snapshots.ready(name, shape)
+        if ready is not None:
+            state = f"ready {_size(ready.record.size)}"
+        elif fingerprint is not None and (name, fingerprint) in snapshots.failed:
+            state = f"failed: {snapshots.failed[(name, fingerprint)]}"
+        else:
+            state = "not made yet (its VMs boot cold)"
+        parts.append(f"{shape} {state}")
+    wanted = set(snapshots.wanted.values())
+    kept = [f for (name, fp), f in snapshots.on_disk.items() if name == image and fp not in wanted and f.snapshot]
+    if kept:
+        parts.append(f"{len(kept)} kept for no VM now")
+    return "; ".join(parts) or "-"
 
 
 def _size(size: int) -> str:

@@ -5,7 +5,7 @@ observed state is written out by hand (links as the dump reports them,
 seeds, disks and VM records as observation would find them) and the plan is
 compared line by line. The reader is strict: every part of the observed
 state (`links`, `images`, `disks`, `vms`, `trash`, `clone_method`, `now`) a
-planner reads must be given, even if empty (`broken` alone defaults to none); a part left out raises as soon as a planner
+planner reads must be given, even if empty (`broken` and `snapshots` alone default to none); a part left out raises as soon as a planner
 touches it, so no case passes on facts it never stated. The image files a
 spec names are given under `files` (anything not listed does not exist).
 
@@ -28,6 +28,10 @@ Case format (quantities as in specs: 64Mi, 1Gi):
       trash:     [{vm, removed_at, ip, network, image, format, seed: FP-SIZE|null}]
       now:       unix seconds, for the trash's expiry
       broken:    {vm/NAME: why}
+      snapshots: {wanted: [{image, memory, vcpus, accel, fingerprint}],
+                  on_disk: [{image, fingerprint, complete: BOOL, current: BOOL, used: SECONDS}],
+                  failed: {IMAGE/FP: why}}
+                 left out: none wanted, none on disk (no VM asks to be restored)
       firewall:  {present: BOOL, dropped: [PORT...], guests: [{port, mac, ip}]} | {error: WHY}
                  our nftables table (warmvm-c0ffee00); left out: not observed, so containment
                  is not planned (as before a state directory exists). Links may say `isolated: true`.
@@ -50,6 +54,7 @@ from controller.core.state import Observed, TrashEntry
 from controller.disks.state import DiskRecord, DiskState, ImageState, SeedFiles
 from controller.network.firewall import Guest, Ruleset
 from controller.network.state import Address, FirewallState, Link, net_state
+from controller.snapshots.state import Shape, Snapshot, SnapshotFiles, SnapshotRecord, Snapshots
 from controller.specs.load import load
 from controller.specs.schema import parse_quantity
 from controller.vms.plan import spec_hash
@@ -155,7 +160,8 @@ def _vms(data: dict[str, Any], specs: dict[str, Any]) -> Any:
         spec = spec_hash(specs[name]) if v.get("spec") == "current" else v.get("spec", "")
         record = VmRecord(v["network"], v["ip"], "52:54:00:00:00:01", 0.0, spec=spec, pid=v.get("pid"),
                           ready=1.0 if v.get("ready") else None, boots=v.get("boots", 1 if v.get("pid") else 0),
-                          attempts=v.get("attempts", 0), failure=v.get("failure"))
+                          attempts=v.get("attempts", 0), failure=v.get("failure"),
+                          restore_failed=v.get("restore_failed"))
         out[name] = VmState(name, record, alive=v["alive"])
     return out
 
@@ -174,10 +180,27 @@ def _trash(data: dict[str, Any]) -> Any:
     return tuple(out)
 
 
+def _snapshots(data: dict[str, Any]) -> Snapshots:
+    given = data.get("snapshots") or {}
+    wanted = {(w["image"], Shape(parse_quantity(w["memory"]), w["vcpus"], w["accel"])): w["fingerprint"]
+              for w in given.get("wanted", [])}
+    on_disk = {}
+    for d in given.get("on_disk", []):
+        image, fp = d["image"], d["fingerprint"]
+        state, record = STATE / "snapshots" / image / f"{fp}.bin", STATE / "snapshots" / image / f"{fp}.json"
+        snapshot = Snapshot(state, SnapshotRecord(image, fp, 256 << 20, 1, "tcg", None, 1 << 26, "0" * 64, 1.0, 0.0,
+                                                  "7.2.0")) if d.get("complete", True) else None
+        on_disk[(image, fp)] = SnapshotFiles(image, fp, (state, record), snapshot, d.get("current", True),
+                                             d.get("used", 0.0))
+    failed = {tuple(key.split("/")): why for key, why in (given.get("failed") or {}).items()}
+    return Snapshots(wanted, on_disk, failed)  # type: ignore[arg-type]
+
+
 def observed_from(data: dict[str, Any], specs: dict[str, Any]) -> Observed:
     return Observed(net=_net(data), images=_images(data), disks=_disks(data),
                     clone_method=data.get("clone_method", Missing("clone_method")), vms=_vms(data, specs),
-                    now=data.get("now", Missing("now")), trash=_trash(data), broken=data.get("broken", {}))
+                    now=data.get("now", Missing("now")), trash=_trash(data), broken=data.get("broken", {}),
+                    snapshots=_snapshots(data))
 
 
 @pytest.mark.parametrize("case", CASES, ids=[c.stem for c in CASES])

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import REPO, assert_verified, vm_spec, write
+from .conftest import REPO, assert_verified, vm_spec, warmvm, write
 from .test_vms_e2e import env, reconcile, ssh, vms  # noqa: F401  (env: the fixture)
 
 pytestmark = pytest.mark.e2e
@@ -127,14 +127,23 @@ def test_a_snapshot_whose_inputs_changed_is_not_used(snapshotted: tuple[Path, Pa
     assert vms(specs, state)["vm-a"]["phase"] == "Running"
 
 
+def doctor_snapshot(specs: Path, state: Path) -> list[dict[str, str]]:
+    result = warmvm(specs, state, "doctor", "--deep", "-o", "json")
+    return [c for c in json.loads(result.stdout) if c["name"].startswith("image/demo/snapshot/")]
+
+
 def test_a_corrupt_snapshot_falls_back_to_a_cold_boot(snapshotted: tuple[Path, Path]) -> None:
     specs, state = snapshotted
     (snapshot,) = snapshots(state)
+    images = json.loads(warmvm(specs, state, "get", "images", "-o", "json").stdout)
+    assert images[0]["snapshots"].startswith("256Mi/1cpu/auto ready"), images
+    assert [c["status"] for c in doctor_snapshot(specs, state)] == ["ok", "ok"]
     with open(snapshot, "r+b") as f:  # a flipped byte in the middle: QEMU would load it without a word
         f.seek(snapshot.stat().st_size // 2)
         byte = f.read(1)
         f.seek(-1, os.SEEK_CUR)
         f.write(bytes([byte[0] ^ 0xFF]))
+    assert [c["status"] for c in doctor_snapshot(specs, state)] == ["ok", "fail"], "doctor --deep finds it"
     write(specs / "vms.yaml", keep_earlier(restore_spec("vm-a")))
     result = reconcile(specs, state)
     assert "corrupt" in result.stderr and boot_of(state, "vm-a")["boot"] == "cold", result.stderr

@@ -133,6 +133,7 @@ VM_CASES = {
     "vcpus_out_of_range": ({"vcpus": "0"}, "vm.yaml:6: spec.vcpus: Input should be greater than or equal to 1"),
     "memory_out_of_range": ({"memory": "16Mi"}, "vm.yaml:6: spec.memory: 16Mi is out of range (64Mi to 1Ti)"),
     "unknown_accel": ({"accel": "xen"}, "vm.yaml:6: spec.accel: Input should be 'auto', 'kvm' or 'tcg'"),
+    "unknown_boot": ({"boot": "snapshot"}, "vm.yaml:6: spec.boot: Input should be 'cold' or 'restore'"),
     "ip_outside_network": ({"ip": "10.99.0.5"}, "vm.yaml:6: spec.ip: 10.99.0.5 is not a free host address of network 'default'"),
     "ip_is_the_gateway": ({"ip": "10.88.0.1"}, "vm.yaml:6: spec.ip: 10.88.0.1 is not a free host address"),
     "ip_not_an_address": ({"ip": "banana"}, "vm.yaml:6: spec.ip: 'banana' is not an IPv4 address"),

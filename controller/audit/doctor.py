@@ -6,6 +6,7 @@ the state's tmp area, as reconcile does).
 
 from __future__ import annotations
 
+import hashlib
 import ipaddress
 import os
 import pwd
@@ -246,10 +247,34 @@ def _images(ctx: Context) -> Iterator[Check]:
         is_ext4 = files.is_ext4(image.rootfs)
         yield Check(f"{name}/rootfs", OK if is_ext4 else FAIL,
                     f"{image.rootfs}: " + ("ext4" if is_ext4 else "not ext4"))
+        yield from _snapshots(ctx, image.name, name)
         if image.seed is None:
             yield Check(f"{name}/seed", OK, "workSeed: none: every disk is built from scratch (slow path, by choice)")
             continue
         yield from _seed(ctx, image.name, name)
+
+
+def _snapshots(ctx: Context, image: str, name: str) -> Iterator[Check]:
+    """Each shape VMs of the image want restored: its snapshot ready and current (with --deep, its
+    digest as recorded), or why its VMs boot cold."""
+    snapshots = ctx.observed.snapshots
+    for (owner, shape), fingerprint in sorted(snapshots.wanted.items()):
+        if owner != image:
+            continue
+        check, ready = f"{name}/snapshot/{shape}", snapshots.ready(image, shape)
+        if ready is None:
+            why = snapshots.failed.get((image, fingerprint or ""), "not made yet")
+            yield Check(check, WARN, f"no snapshot ({why}): VMs with boot: restore of this shape boot cold",
+                        "any reconcile makes it once no VM is being provisioned")
+            continue
+        yield Check(check, OK, f"snapshot {ready.record.fingerprint} ready and current "
+                               f"({ready.record.size >> 20} MiB, QEMU {ready.record.qemu})")
+        if ctx.deep:
+            with open(ready.path, "rb") as f:
+                intact = hashlib.file_digest(f, "sha256").hexdigest() == ready.record.sha256
+            yield Check(f"{check}/digest", OK if intact else FAIL,
+                        f"{ready.path.name}: " + ("its digest is the one recorded" if intact else "corrupt"),
+                        "" if intact else "a restore from it falls back to a cold boot and deletes it")
 
 
 def _seed(ctx: Context, image: str, name: str) -> Iterator[Check]:

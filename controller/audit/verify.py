@@ -17,12 +17,14 @@ from ..core.model import Desired
 from ..core.state import Observed
 from ..disks.actions import SeedDelete
 from ..disks.plan import plan_seed_cleanup
+from ..snapshots.actions import SnapshotDelete
+from ..snapshots.plan import plan_snapshots
 from .observe import HostFacts
 
 
 @dataclass(frozen=True)
 class Finding:
-    kind: str  # tap, bridge, pool, disk, lease, vm-dir, image-dir, seed, trash, qemu, tmp, mount, loop
+    kind: str  # tap, bridge, pool, disk, lease, vm-dir, image-dir, seed, snapshot, trash, qemu, tmp, mount, loop
     name: str
     why: str
 
@@ -51,7 +53,8 @@ class Report:
 
 def verify(desired: Desired, observed: Observed, facts: HostFacts, vms_dir: str) -> Report:
     leaks = [*_network(desired, observed), *_vm_files(desired, observed, facts), *_seeds(desired, observed),
-             *_processes(desired, facts, vms_dir), *_leftovers(desired, observed, facts)]
+             *_snapshots(desired, observed), *_processes(desired, facts, vms_dir),
+             *_leftovers(desired, observed, facts)]
     capacity = tuple(Capacity(n.name, len(observed.net.idle_taps(n.name)), n.pool_size)
                      for n in sorted(desired.networks.values(), key=lambda n: n.name))
     return Report(capacity, tuple(leaks), tuple(_foreign(desired, observed, facts)))
@@ -110,6 +113,12 @@ def _seeds(desired: Desired, observed: Observed) -> list[Finding]:
         if isinstance(action, SeedDelete):
             out += [Finding("seed", f"{action.image}/{f.name}", "used by no image or disk") for f in action.files]
     return out
+
+
+def _snapshots(desired: Desired, observed: Observed) -> list[Finding]:
+    actions, _ = plan_snapshots(desired, observed)
+    return [Finding("snapshot", f"{a.image}/{f.name}", "wanted by no VM, or made from other inputs")
+            for a in actions if isinstance(a, SnapshotDelete) for f in a.files]
 
 
 def _processes(desired: Desired, facts: HostFacts, vms_dir: str) -> list[Finding]:

@@ -19,11 +19,12 @@ import time
 from pathlib import Path
 
 from ..core.actions import Details, Handlers
-from ..core.errors import PermanentError, TemporaryError
+from ..core.errors import PermanentError
 from ..core.state import Observed
 from ..statedir.layout import Layout, VmFiles
 from ..statedir.store import read_json, replacing, write_json
 from ..vms import qemu
+from ..vms.ssh import READY
 from .actions import SnapshotDelete, SnapshotGenerate
 from .observe import template_machine
 from .state import SnapshotRecord
@@ -101,13 +102,18 @@ class SnapshotDriver:
             qemu.kill(files, pid)
 
     def _await_point(self, files: VmFiles, pid: int) -> None:
+        """Until the template's guest waits for its identity. One that boots on (its init knows no
+        templates) or never gets there fails for good: tried again only when the inputs change."""
         deadline = time.monotonic() + self.boot_timeout
-        while POINT not in _read(files.console):
+        while POINT not in (console := _read(files.console)):
             if qemu.exited(pid):
                 why = qemu.failure_reason(files) or qemu.console_tail(files, 1) or "no message"
                 raise PermanentError(f"the template's QEMU exited: {why}")
+            if READY in console:
+                raise PermanentError("the image's init booted the template through (it does not stop for "
+                                     "warmvm.template=1): this image cannot be snapshotted")
             if time.monotonic() > deadline:
-                raise TemporaryError(f"the template did not reach its snapshot point within {self.boot_timeout:g}s")
+                raise PermanentError(f"the template did not reach its snapshot point within {self.boot_timeout:g}s")
             time.sleep(0.02)
 
     def snapshot_delete(self, a: SnapshotDelete) -> Details:

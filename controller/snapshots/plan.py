@@ -39,4 +39,7 @@ def plan_snapshots(desired: Desired, observed: Observed) -> tuple[list[Action], 
         recent = files.current and image in desired.images and files.used + retention > observed.now
         if (image, fingerprint) not in wanted and not recent:
             actions.append(SnapshotDelete(image, fingerprint, files.files))
+    for image, fingerprint in sorted(snapshots.failed):  # the record of a failure nothing can want again
+        if (image, fingerprint) not in wanted and (image, fingerprint) not in snapshots.on_disk:
+            actions.append(SnapshotDelete(image, fingerprint, ()))
     return actions, []
