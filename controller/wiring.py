@@ -30,9 +30,10 @@ from .network.observe import observe_net
 from .snapshots.observe import observe_snapshots
 from .specs.documents import spec_files
 from .specs.load import load
-from .statedir.layout import Layout
+from .statedir.layout import Layout, VmFiles
 from .statedir.safety import unsafe_reason
 from .statedir.store import Store
+from .vms import qemu
 from .vms.observe import observe_trash, observe_vms
 
 if TYPE_CHECKING:
@@ -191,8 +192,12 @@ def _clone_methods(layout: Layout) -> list[str]:
 
 
 def clean_tmp(layout: Layout) -> None:
-    """Leftovers of a killed run (we hold the lock, so nothing else is building)."""
+    """Leftovers of a killed run (we hold the lock, so nothing else is building), a snapshot
+    template's QEMU among them: found by its own pid file in this tmp area, and killed."""
     if layout.tmp.is_dir():
+        for leftover in layout.tmp.glob("template-*"):
+            files = VmFiles(leftover)
+            qemu.kill(files, qemu.running_pid(files) or qemu.find_untracked(files))
         shutil.rmtree(layout.tmp)
 
 

@@ -99,7 +99,7 @@ class SnapshotDriver:
                 os.close(fd)
             return f"{v['qemu']['major']}.{v['qemu']['minor']}.{v['qemu']['micro']} {v.get('package', '')}".strip()
         finally:
-            qemu.kill(files, pid)
+            qemu.kill_spawned(pid)
 
     def _await_point(self, files: VmFiles, pid: int) -> None:
         """Until the template's guest waits for its identity. One that boots on (its init knows no

@@ -116,6 +116,9 @@ class VmDriver:
         files = self.files(a.vm)
         # a QEMU no pid file names can only exist if a start was ever recorded (the intent precedes the spawn)
         running = qemu.running_pid(files, record.pid) or (qemu.find_untracked(files) if record.started else None)
+        if running is not None and record.boot == "restore" and not _restored(files):
+            qemu.kill(files, running)  # a run killed mid-restore left it waiting for its state: start over
+            running = None
         if running is not None:  # spawned by a run killed before it could record it: tracked from now on
             self._save(a.vm, record.with_(pid=running))
             return {"pid": running, "adopted": True}
@@ -158,7 +161,7 @@ class VmDriver:
         try:
             source = os.open(snapshot.path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
         except OSError as e:
-            qemu.kill(files, pid)
+            qemu.kill_spawned(pid)
             return f"restore failed: {snapshot.path}: {e.strerror}"
         try:
             if _sha256(source) != snapshot.record.sha256:
@@ -167,10 +170,11 @@ class VmDriver:
             with qemu.connect(files, pid, self.boot_timeout) as session:
                 qemu.load_state(session, source, self.boot_timeout)
         except OSError as e:
-            qemu.kill(files, pid)
+            qemu.kill_spawned(pid)
             return f"restore failed: {e}"
         finally:
             os.close(source)
+            files.identity.unlink(missing_ok=True)  # read by QEMU at its start; its key and seed not kept
         os.utime(snapshot.path)  # its last use: an unwanted snapshot is kept for the retention after it
         return pid
 
@@ -271,6 +275,14 @@ class VmDriver:
 
     def _accel(self, wanted: str) -> str:
         return qemu.resolve_accel(wanted, self.layout, write=True)
+
+
+def _restored(files: VmFiles) -> bool:
+    """Whether a QEMU started to restore runs its guest (not still waiting for, or loading, its state)."""
+    try:
+        return bool(qemu.qmp(files.qmp, "query-status")["status"] == "running")
+    except (OSError, ValueError, KeyError, TypeError):
+        return False
 
 
 def _sha256(fd: int) -> str:

@@ -274,9 +274,11 @@ def stop(files: VmFiles, pid: int | None, timeout: float) -> str:
 
 
 def kill(files: VmFiles, pid: int | None) -> None:
-    if running_pid(files, pid) is not None:
-        os.kill(pid, signal.SIGKILL)  # type: ignore[arg-type]
-        _wait_gone(files, pid, 5.0)
+    """SIGKILL to this VM's QEMU (its pid file's, else `pid`, if either is one), and waits for it to go."""
+    found = running_pid(files, pid)
+    if found is not None:
+        os.kill(found, signal.SIGKILL)
+        _wait_gone(files, found, 5.0)
 
 
 def _wait_gone(files: VmFiles, pid: int | None, timeout: float) -> bool:
@@ -346,6 +348,18 @@ def exited(pid: int) -> bool:
     except ChildProcessError:
         return True
     return done == pid
+
+
+def kill_spawned(pid: int) -> None:
+    """Kills a QEMU this process spawned and has not reaped (until it is reaped, its pid cannot be
+    another process's), and reaps it. Right after the spawn, its command line may still be ours."""
+    try:
+        done, _ = os.waitpid(pid, os.WNOHANG)
+    except ChildProcessError:
+        return  # reaped already
+    if done == 0:
+        os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
 
 
 def connect(files: VmFiles, pid: int, timeout: float) -> Qmp:
