@@ -446,7 +446,7 @@ def chart(report: dict[str, Any], path: Path) -> None:
     parts = ["ip", "tap", "disk", "qemu_start", "boot"]
     colors = {"ip": "#8da0cb", "tap": "#66c2a5", "disk": "#fc8d62", "qemu_start": "#e78ac3", "boot": "#a6d854",
               "other": "#cccccc"}
-    fig, (left, right) = plt.subplots(1, 2, figsize=(12, 5), gridspec_kw={"width_ratios": [3, 2]})
+    fig, (left, middle, right) = plt.subplots(1, 3, figsize=(17, 5), gridspec_kw={"width_ratios": [3, 3, 2]})
     for y, mode in enumerate(modes):
         stats = report["modes"][mode]["stats"]
         x = 0.0
@@ -461,6 +461,7 @@ def chart(report: dict[str, Any], path: Path) -> None:
     left.set_xlabel("seconds (median per VM)")
     left.set_title("spec to SSH, by stage")
     left.legend(loc="upper center", bbox_to_anchor=(0.5, -0.2), ncol=3, fontsize=8)
+    _timeline_chart(middle, report, modes)
     width = 0.8 / len(modes)
     controller = ["ip", "tap", "disk", "qemu_start", "controller"]
     for i, mode in enumerate(modes):
@@ -479,6 +480,26 @@ def chart(report: dict[str, Any], path: Path) -> None:
                  f"disk {cfg['disk_size']}, state on {cfg['state_fs']})")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
+
+
+STAGE_COLORS = {"kernel": "#c6dbef", "initramfs": "#9ecae1", "root_mounted": "#6baed6", "init": "#4292c6",
+                "identity": "#fdae6b", "network": "#2171b5", "sshd": "#08519c", "ssh": "#a6d854"}
+
+
+def _timeline_chart(ax: Any, report: dict[str, Any], modes: list[str]) -> None:
+    """Each mode's boot, stage by stage (medians, from QEMU's spawn), stacked in the order seen."""
+    for y, mode in enumerate(modes):
+        stages = sorted(report["modes"][mode].get("timeline", {}).items(), key=lambda kv: kv[1]["median"])
+        x = 0.0
+        for stage, stat in stages:
+            end = stat["median"] / 1000
+            ax.barh(y, max(0.0, end - x), left=x, color=STAGE_COLORS.get(stage, "#bbbbbb"),
+                    label=stage if stage not in ax.get_legend_handles_labels()[1] else None)
+            x = max(x, end)
+    ax.set_yticks(range(len(modes)), modes)
+    ax.set_xlabel("seconds after QEMU's spawn (median; each bar ends when its stage was seen)")
+    ax.set_title("boot stages")
+    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.2), ncol=4, fontsize=8)
 
 
 if __name__ == "__main__":
