@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import subprocess
 import sys
 import time
@@ -17,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import REPO, assert_verified, vm_spec, warmvm, write
+from .conftest import REPO, assert_verified, qemu_pids_under, vm_spec, warmvm, write
 from .test_vms_e2e import env, reconcile, ssh, vms  # noqa: F401  (env: the fixture)
 
 pytestmark = pytest.mark.e2e
@@ -149,4 +150,30 @@ def test_a_corrupt_snapshot_falls_back_to_a_cold_boot(snapshotted: tuple[Path, P
     assert "corrupt" in result.stderr and boot_of(state, "vm-a")["boot"] == "cold", result.stderr
     assert vms(specs, state)["vm-a"]["phase"] == "Running"
     ssh(state, "vm-a", "true")
+    assert_verified(specs, state)
+
+
+def test_kill_9_during_a_restore_never_leaves_a_stuck_or_doubled_qemu(snapshotted: tuple[Path, Path]) -> None:
+    """The controller dies at a random moment of a restore (before or after QEMU loaded its state): the
+    next reconcile ends with one QEMU for the VM, running as that VM."""
+    specs, state = snapshotted
+    rng = random.Random(int.from_bytes(os.urandom(4), "little"))
+    cmd = [sys.executable, "-m", "controller", "--specs", str(specs), "--state", str(state), "reconcile"]
+    for round_ in range(3):
+        vm = f"vm-k{round_}"
+        write(specs / "vms.yaml", keep_earlier(restore_spec(vm)))
+        proc = subprocess.Popen(cmd, cwd=REPO, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                stderr=subprocess.DEVNULL)
+        try:
+            deadline = time.monotonic() + 60
+            while not qemu_pids_under(state / "vms" / vm) and time.monotonic() < deadline:
+                time.sleep(0.001)
+            time.sleep(rng.uniform(0, 0.3))  # QEMU starting up, its state loading, or its guest running
+        finally:
+            proc.kill()
+            proc.wait()
+        result = reconcile(specs, state)
+        assert "no SSH within" not in result.stderr, "a QEMU left waiting for its state is not waited for"
+        assert len(qemu_pids_under(state / "vms" / vm)) == 1
+        assert ssh(state, vm, "hostname") == f"{vm}\n"
     assert_verified(specs, state)

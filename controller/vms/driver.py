@@ -181,6 +181,12 @@ class VmDriver:
     def vm_await(self, a: VmAwait) -> Details:
         record = self._record(a.vm)
         files = self.files(a.vm)
+        if record.boot == "restore" and not _restored(files):
+            # the run that started it was killed before QEMU had its state: it would wait forever
+            qemu.kill(files, record.pid)
+            self._save(a.vm, record.with_(pid=None, ready=None))
+            raise TemporaryError(f"vm/{a.vm}: its restore was cut short (QEMU never got its state): restored again",
+                                 delay=0.0)
         started = record.started or time.time()
         deadline = time.monotonic() + max(0.0, started + self.boot_timeout - time.time())
         timeline = ssh.Timeline(files.console, started)
