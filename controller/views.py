@@ -5,9 +5,10 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from .core.model import Desired
+from .core.model import VM, Desired
 from .core.state import Observed
 from .vms.plan import phase
+from .vms.state import VmRecord
 
 Row = dict[str, Any]
 
@@ -42,6 +43,7 @@ def vms(desired: Desired, observed: Observed) -> list[Row]:
         current, reason = phase(name, vm, observed)
         rows.append({"name": name, "phase": current, "ip": record.ip if record else "-",
                      "tap": tap.name if tap else "-", "accel": (record.accel or "-") if record else "-",
+                     "boot": _boot(vm, record),
                      "image": vm.image if vm and vm.image else "-",
                      "disk": f"{_size(disk.size)} {disk.taken}" if disk else "-",
                      "restarts": max(0, record.boots - 1) if record else 0,
@@ -72,6 +74,13 @@ def images(desired: Desired, observed: Observed) -> list[Row]:
                      "snapshots": _snapshots(name, observed),
                      "vms": sum(1 for d in observed.disks.values() if d.image == name)})
     return rows
+
+
+def _boot(vm: VM | None, record: VmRecord | None) -> str:
+    """How its current boot began, and how its spec asks it to (when they differ: it fell back)."""
+    did = record.boot if record and record.boot else "-"
+    wants = vm.boot if vm else did
+    return did if did in ("-", wants) else f"{did} (asks {wants})"
 
 
 def _snapshots(image: str, observed: Observed) -> str:

@@ -87,8 +87,9 @@ def test_two_restored_vms_are_two_vms(snapshotted: tuple[Path, Path], getrandom_
     result = reconcile(specs, state)
     assert result.stderr.count("boot=restore") == 2, result.stderr
     seen = {}
+    rows = vms(specs, state)
     for vm in ("vm-a", "vm-b"):
-        assert boot_of(state, vm)["boot"] == "restore"
+        assert boot_of(state, vm)["boot"] == "restore" and rows[vm]["boot"] == "restore"
         ssh(state, vm, f"echo {vm} > /root/mine; sync")
         tool = subprocess.run([*warmvm_ssh(state, vm), "cat > /tmp/getrandom && chmod +x /tmp/getrandom"],
                               input=getrandom_tool.read_bytes(), capture_output=True, timeout=60, cwd=REPO)
@@ -148,7 +149,8 @@ def test_a_corrupt_snapshot_falls_back_to_a_cold_boot(snapshotted: tuple[Path, P
     write(specs / "vms.yaml", keep_earlier(restore_spec("vm-a")))
     result = reconcile(specs, state)
     assert "corrupt" in result.stderr and boot_of(state, "vm-a")["boot"] == "cold", result.stderr
-    assert vms(specs, state)["vm-a"]["phase"] == "Running"
+    row = vms(specs, state)["vm-a"]
+    assert row["phase"] == "Running" and row["boot"] == "cold (asks restore)"
     ssh(state, "vm-a", "true")
     assert_verified(specs, state)
 
