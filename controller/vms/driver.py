@@ -134,9 +134,9 @@ class VmDriver:
         details = {"accel": accel, "tap": a.tap, "restart": record.boots > 0 or None}
         cold_because = a.cold_because
         if a.snapshot is not None:
-            restored = self._restore(a, machine, starting)
+            restored, timing = self._restore(a, machine, starting)
             if isinstance(restored, int):
-                return details | {"pid": restored, "boot": "restore", "snapshot": str(a.snapshot)}
+                return details | {"pid": restored, "boot": "restore", "snapshot": str(a.snapshot)} | timing
             cold_because = restored
             starting = starting.with_(started=time.time(), restore_failed=a.snapshot.record.fingerprint)
         self._save(a.vm, starting)
@@ -144,39 +144,44 @@ class VmDriver:
         self._save(a.vm, starting.with_(pid=pid))
         return details | {"pid": pid, "boot": "cold", "cold_because": cold_because}
 
-    def _restore(self, a: VmStart, machine: Machine, starting: VmRecord) -> int | str:
+    def _restore(self, a: VmStart, machine: Machine, starting: VmRecord) -> tuple[int | str, Details]:
         """QEMU started from the VM's snapshot, its guest told who it is: its pid, or why it failed
-        (QEMU killed; the caller boots cold). The snapshot's digest is checked while QEMU starts up,
-        before QEMU reads a byte of it; a snapshot that does not match is deleted (made again)."""
+        (QEMU killed; the caller boots cold); and how long QEMU took to listen and to load. The
+        snapshot's digest is checked while QEMU starts up, before QEMU reads a byte of it; a snapshot
+        that does not match is deleted (made again)."""
         assert a.snapshot is not None
         files, snapshot = self.files(a.vm), a.snapshot
         if snapshot.record.accel != machine.accel:
-            return f"snapshot {snapshot} was made for {snapshot.record.accel}"
+            return f"snapshot {snapshot} was made for {snapshot.record.accel}", {}
         identity = qemu.Identity(a.vm, a.address, str(a.gateway), machine.mac, files.host_key_dropbear.read_bytes())
         atomic_write(files.identity, identity.entry(), self.layout.tmp)
         restoring = replace(machine, identity=files.identity, incoming=True, tsc_khz=snapshot.record.tsc_khz)
         self._save(a.vm, starting.with_(boot="restore", snapshot=snapshot.record.fingerprint))
+        spawned = time.monotonic()
         pid = qemu.start(restoring, files)
         self._save(a.vm, starting.with_(boot="restore", snapshot=snapshot.record.fingerprint, pid=pid))
         try:
             source = os.open(snapshot.path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
         except OSError as e:
             qemu.kill_spawned(pid)
-            return f"restore failed: {snapshot.path}: {e.strerror}"
+            return f"restore failed: {snapshot.path}: {e.strerror}", {}
         try:
             if _sha256(source) != snapshot.record.sha256:
                 snapshot.path.unlink(missing_ok=True)
                 raise OSError(f"snapshot {snapshot} is corrupt (its digest does not match its record): deleted")
             with qemu.connect(files, pid, self.boot_timeout) as session:
+                listening = time.monotonic()
                 qemu.load_state(session, source, self.boot_timeout)
         except OSError as e:
             qemu.kill_spawned(pid)
-            return f"restore failed: {e}"
+            return f"restore failed: {e}", {}
         finally:
             os.close(source)
             files.identity.unlink(missing_ok=True)  # read by QEMU at its start; its key and seed not kept
         os.utime(snapshot.path)  # its last use: an unwanted snapshot is kept for the retention after it
-        return pid
+        loaded = time.monotonic()
+        return pid, {"restore_qmp_ms": round((listening - spawned) * 1000, 1),
+                     "restore_load_ms": round((loaded - listening) * 1000, 1)}
 
     def vm_await(self, a: VmAwait) -> Details:
         record = self._record(a.vm)
