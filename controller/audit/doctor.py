@@ -6,7 +6,6 @@ the state's tmp area, as reconcile does).
 
 from __future__ import annotations
 
-import hashlib
 import ipaddress
 import os
 import pwd
@@ -26,6 +25,7 @@ from ..disks import ext4
 from ..disks.observe import ImageFiles, kernel_format
 from ..statedir.layout import Layout
 from ..statedir.safety import unsafe_reason
+from ..statedir.store import sha256
 from ..vms import qemu
 
 OK, WARN, FAIL = "ok", "warn", "fail"
@@ -270,8 +270,7 @@ def _snapshots(ctx: Context, image: str, name: str) -> Iterator[Check]:
         yield Check(check, OK, f"snapshot {ready.record.fingerprint} ready and current "
                                f"({ready.record.size >> 20} MiB, QEMU {ready.record.qemu})")
         if ctx.deep:
-            with open(ready.path, "rb") as f:
-                intact = hashlib.file_digest(f, "sha256").hexdigest() == ready.record.sha256
+            intact = sha256(ready.path) == ready.record.sha256
             yield Check(f"{check}/digest", OK if intact else FAIL,
                         f"{ready.path.name}: " + ("its digest is the one recorded" if intact else "corrupt"),
                         "" if intact else "a restore from it falls back to a cold boot and deletes it")

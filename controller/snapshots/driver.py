@@ -11,7 +11,6 @@ the template outlives the action: its QEMU is killed, its directory removed.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import shutil
 import tempfile
@@ -22,7 +21,7 @@ from ..core.actions import Details, Handlers
 from ..core.errors import PermanentError
 from ..core.state import Observed
 from ..statedir.layout import Layout, VmFiles
-from ..statedir.store import read_json, replacing, write_json
+from ..statedir.store import read_json, replacing, sha256, write_json
 from ..vms import qemu
 from ..vms.ssh import READY
 from .actions import SnapshotDelete, SnapshotGenerate
@@ -59,7 +58,7 @@ class SnapshotDriver:
         try:
             with replacing(state, self.layout.tmp) as out:
                 version = self._save(a, accel, tsc_khz, work, out)
-                size, digest = os.stat(out).st_size, _sha256(out)
+                size, digest = os.stat(out).st_size, sha256(out)
         except PermanentError as e:
             failures = read_json(self.layout.snapshot_failures(a.image.name)) or {}
             write_json(self.layout.snapshot_failures(a.image.name), failures | {a.fingerprint: str(e)},
@@ -139,7 +138,3 @@ def _tail(path: Path, size: int = 1 << 16) -> bytes:
     except OSError:
         return b""
 
-
-def _sha256(path: Path) -> str:
-    with open(path, "rb") as f:
-        return hashlib.file_digest(f, "sha256").hexdigest()

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import errno
 import fcntl
+import hashlib
 import json
 import os
 import re
@@ -146,3 +147,19 @@ def fsync_dir(directory: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def sha256(file: int | Path) -> str:
+    """The digest of a file (never through a link), or of an open one read from its start, whose
+    offset is left at the start again."""
+    if isinstance(file, Path):
+        fd = os.open(file, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        try:
+            return sha256(fd)
+        finally:
+            os.close(fd)
+    os.lseek(file, 0, os.SEEK_SET)
+    with open(file, "rb", closefd=False) as f:
+        digest = hashlib.file_digest(f, "sha256").hexdigest()
+    os.lseek(file, 0, os.SEEK_SET)
+    return digest

@@ -9,7 +9,6 @@ starts it again, up to BOOT_ATTEMPTS, with the runner's backoff in between.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import shutil
 import subprocess
@@ -23,7 +22,7 @@ from ..core.errors import PermanentError, TemporaryError, backoff
 from ..core.state import Observed
 from ..disks.observe import read_disk_record
 from ..statedir.layout import SEED, Layout, VmFiles
-from ..statedir.store import atomic_write, fsync_dir, write_json
+from ..statedir.store import atomic_write, fsync_dir, sha256, write_json
 from . import qemu, ssh
 from .actions import IpAssign, TrashExpire, VmAwait, VmForget, VmRestore, VmStart, VmStop, VmTrash
 from .observe import read_record
@@ -166,7 +165,7 @@ class VmDriver:
             qemu.kill_spawned(pid)
             return f"restore failed: {snapshot.path}: {e.strerror}", {}
         try:
-            if _sha256(source) != snapshot.record.sha256:
+            if sha256(source) != snapshot.record.sha256:
                 snapshot.path.unlink(missing_ok=True)
                 raise OSError(f"snapshot {snapshot} is corrupt (its digest does not match its record): deleted")
             with qemu.connect(files, pid, self.boot_timeout) as session:
@@ -294,12 +293,3 @@ def _restored(files: VmFiles) -> bool:
         return bool(qemu.qmp(files.qmp, "query-status")["status"] == "running")
     except (OSError, ValueError, KeyError, TypeError):
         return False
-
-
-def _sha256(fd: int) -> str:
-    """The digest of an open file, read from its start; its offset is left at the start."""
-    os.lseek(fd, 0, os.SEEK_SET)
-    with open(fd, "rb", closefd=False) as f:
-        digest = hashlib.file_digest(f, "sha256").hexdigest()
-    os.lseek(fd, 0, os.SEEK_SET)
-    return digest
