@@ -137,11 +137,24 @@ static int reseed(char *text) {
 	return 0;
 }
 
+/* The host's clock when it wrote the identity, which is older by QEMU's start and the state's load
+ * (a few hundred ms; seconds on a loaded host). The RTC, which QEMU keeps on the host's clock
+ * across the restore, bounds that: when it is a whole second or more ahead, its reading (the
+ * second begun, so +0.5 s) is the better one. */
 static int set_clock(char *text) {
 	char ns[32];
 	if (value(text, "time", ns, sizeof ns, 1))
 		return fail("time");
 	long long t = strtoll(ns, NULL, 10);
+	FILE *rtc = fopen("/sys/class/rtc/rtc0/since_epoch", "re");
+	long long rtc_s = 0;
+	if (rtc) {
+		if (fscanf(rtc, "%lld", &rtc_s) != 1)
+			rtc_s = 0;
+		fclose(rtc);
+	}
+	if (rtc_s * 1000000000LL > t + 1000000000LL)
+		t = rtc_s * 1000000000LL + 500000000LL;
 	struct timespec now = {t / 1000000000LL, t % 1000000000LL};
 	return clock_settime(CLOCK_REALTIME, &now) ? fail("setting the clock") : 0;
 }
