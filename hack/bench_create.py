@@ -67,7 +67,7 @@ def main() -> None:
     ap.add_argument("--vms", type=int, default=1)
     ap.add_argument("--disk-size", default="4Gi")
     ap.add_argument("--state-fs", default="host")
-    ap.add_argument("--modes", default="cold,warm")
+    ap.add_argument("--modes", default="cold,warm,restore,reference")
     ap.add_argument("--root-mib", type=int, default=256)
     ap.add_argument("--files", type=int, default=4000)
     ap.add_argument("--boot-timeout", type=float, default=180.0)

@@ -20,12 +20,12 @@ STAGES = {"ip", "tap", "disk", "qemu_start", "boot", "controller", "total"}
 
 def test_bench_smoke_run_reports_every_stage(tmp_path: Path) -> None:
     out = tmp_path / "out"
-    result = subprocess.run(["bash", str(REPO / "hack" / "bench.sh"), "--runs", "1", "--vms", "1", "--modes", "warm,reference",
+    result = subprocess.run(["bash", str(REPO / "hack" / "bench.sh"), "--runs", "1", "--vms", "1", "--modes", "warm,restore,reference",
                              "--root-mib", "8", "--files", "100", "--disk-size", "256Mi", "--out", str(out)],
                             capture_output=True, text=True, timeout=600, cwd=REPO, stdin=subprocess.DEVNULL)
     assert result.returncode == 0, result.stderr[-2000:]
     report = json.loads((out / "bench-create.json").read_text())
-    assert set(report["modes"]) == {"warm", "reference"}
+    assert set(report["modes"]) == {"warm", "restore", "reference"}
     assert report["modes"]["reference"]["stats"]["total"]["median"] > 0 and "warm_over_reference" in report
     assert list(report["modes"]["warm"]["timeline"]) == ["kernel", "initramfs", "root_mounted", "init", "network",
                                                          "sshd", "ssh"]
@@ -37,4 +37,8 @@ def test_bench_smoke_run_reports_every_stage(tmp_path: Path) -> None:
     assert 0 < vm["controller"] < vm["total"] and vm["boot"] > 0
     assert (out / "bench-create.png").stat().st_size > 10_000
     assert "warm controller share" in result.stdout
+    (restored,) = report["modes"]["restore"]["vms"]
+    assert restored["boot_how"] == "restore" and "identity" in restored["timeline"] and "restore_over_warm" in report
+    (snapshot,) = report["snapshots"]
+    assert snapshot["size"] > 0 and snapshot["generate_ms"] > 0
     assert report["verify"]["clean"], report["verify"]["leaks"]  # the bench leaves nothing behind
