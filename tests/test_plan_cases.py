@@ -29,7 +29,7 @@ Case format (quantities as in specs: 64Mi, 1Gi):
       now:       unix seconds, for the trash's expiry
       broken:    {vm/NAME: why}
       snapshots: {wanted: [{image, memory, vcpus, accel, fingerprint}],
-                  on_disk: [{image, fingerprint, complete: BOOL, current: BOOL, used: SECONDS}],
+                  on_disk: [{image, fingerprint, complete: BOOL}],
                   failed: {IMAGE/FP: why}}
                  left out: none wanted, none on disk (no VM asks to be restored)
       firewall:  {present: BOOL, dropped: [PORT...], guests: [{port, mac, ip}]} | {error: WHY}
@@ -190,8 +190,7 @@ def _snapshots(data: dict[str, Any]) -> Snapshots:
         state, record = STATE / "snapshots" / image / f"{fp}.bin", STATE / "snapshots" / image / f"{fp}.json"
         snapshot = Snapshot(state, SnapshotRecord(image, fp, 256 << 20, 1, "tcg", None, 1 << 26, "0" * 64, 1.0, 0.0,
                                                   "7.2.0")) if d.get("complete", True) else None
-        on_disk[(image, fp)] = SnapshotFiles(image, fp, (state, record), snapshot, d.get("current", True),
-                                             d.get("used", 0.0))
+        on_disk[(image, fp)] = SnapshotFiles(image, fp, (state, record), snapshot)
     failed = {tuple(key.split("/")): why for key, why in (given.get("failed") or {}).items()}
     return Snapshots(wanted, on_disk, failed)  # type: ignore[arg-type]
 

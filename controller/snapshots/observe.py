@@ -63,15 +63,14 @@ def observe_snapshots(layout: Layout, desired: Desired) -> Snapshots:
             if m:
                 found.setdefault(m.group(1), []).append(path)
         for fp, paths in found.items():
-            on_disk[(directory.name, fp)] = _files(layout, desired, directory.name, fp, tuple(paths))
+            on_disk[(directory.name, fp)] = _files(layout, directory.name, fp, tuple(paths))
         for fp, why in (read_json(layout.snapshot_failures(directory.name)) or {}).items():
             failed[(directory.name, str(fp))] = str(why)
     return Snapshots(wanted, on_disk, failed)
 
 
-def _files(layout: Layout, desired: Desired, image: str, fp: str, paths: tuple[Path, ...]) -> SnapshotFiles:
-    """The snapshot, if its record reads and its state file is there with the recorded size; whether
-    it was made from today's inputs, and when it was last restored from."""
+def _files(layout: Layout, image: str, fp: str, paths: tuple[Path, ...]) -> SnapshotFiles:
+    """The snapshot, if its record reads and its state file is there with the recorded size."""
     state, record_file = layout.snapshot(image, fp)
     try:
         data = read_json(record_file)
@@ -81,6 +80,4 @@ def _files(layout: Layout, desired: Desired, image: str, fp: str, paths: tuple[P
         return SnapshotFiles(image, fp, paths, None)
     if record is None or record.image != image or record.fingerprint != fp or record.size != st.st_size:
         return SnapshotFiles(image, fp, paths, None)
-    spec = desired.images.get(image)
-    current = spec is not None and fingerprint(spec, Shape(record.memory, record.vcpus, record.accel), layout) == fp
-    return SnapshotFiles(image, fp, paths, Snapshot(state, record), current, st.st_mtime)
+    return SnapshotFiles(image, fp, paths, Snapshot(state, record))

@@ -4,10 +4,9 @@ Made like a work seed, once per set of inputs (fingerprint: kernel, initrd,
 rootfs, the template's QEMU command line, QEMU itself), in the warm phase,
 after the VMs of the pass started; a failed generation is not retried until
 the inputs change. Unlike a seed, an older snapshot is never used: a guest
-restored from other inputs would not be the VM its spec describes, so it is
-freed at once. One that no VM wants now is kept for the retention time after
-its last restore (as a removed VM's disk is kept), so that VMs that come and
-go (CI runners) keep being restored; `--retain-removed 0` frees it at once.
+restored from other inputs would not be the VM its spec describes. A
+snapshot is freed as soon as nothing uses it: no VM in the specs asks to be
+restored from its image, shape and inputs (a stopped VM that asks keeps it).
 """
 
 from __future__ import annotations
@@ -34,10 +33,8 @@ def plan_snapshots(desired: Desired, observed: Observed) -> tuple[list[Action], 
         if snapshots.ready(image, shape) is None:
             actions.append(SnapshotGenerate(desired.images[image], shape, fingerprint))
     wanted = {(image, fp) for (image, _), fp in snapshots.wanted.items()}
-    retention = desired.policy.retain_removed
     for (image, fingerprint), files in sorted(snapshots.on_disk.items()):
-        recent = files.current and image in desired.images and files.used + retention > observed.now
-        if (image, fingerprint) not in wanted and not recent:
+        if (image, fingerprint) not in wanted:
             actions.append(SnapshotDelete(image, fingerprint, files.files))
     for image, fingerprint in sorted(snapshots.failed):  # the record of a failure nothing can want again
         if (image, fingerprint) not in wanted and (image, fingerprint) not in snapshots.on_disk:

@@ -82,8 +82,6 @@ class SnapshotFiles:
     fingerprint: str
     files: tuple[Path, ...]
     snapshot: Snapshot | None  # None: unfinished, or its record unreadable
-    current: bool = False  # made from the inputs its image and shape have today
-    used: float = 0.0  # when a VM was last restored from it (its state file's mtime)
 
 
 @dataclass(frozen=True)

@@ -177,7 +177,6 @@ class VmDriver:
         finally:
             os.close(source)
             files.identity.unlink(missing_ok=True)  # read by QEMU at its start; its key and seed not kept
-        os.utime(snapshot.path)  # its last use: an unwanted snapshot is kept for the retention after it
         loaded = time.monotonic()
         return pid, {"restore_qmp_ms": round((listening - spawned) * 1000, 1),
                      "restore_load_ms": round((loaded - listening) * 1000, 1)}
