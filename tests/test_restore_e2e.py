@@ -127,6 +127,10 @@ def test_a_snapshot_whose_inputs_changed_is_not_used(snapshotted: tuple[Path, Pa
     assert "snapshot_generate" in result.stderr and "snapshot_delete" in result.stderr
     assert snapshots(state) and snapshots(state) != old, "made again from the new inputs; the old one freed"
     assert vms(specs, state)["vm-a"]["phase"] == "Running"
+    write(specs / "vms.yaml", vm_spec("vm-first", diskSize="64Mi"))  # no VM asks to be restored any more
+    done = warmvm(specs, state, "reconcile", "--confirm-removals", timeout=300)
+    assert done.returncode == 0 and snapshots(state) == [], "nothing uses it: freed"
+    assert not (state / "snapshots" / "demo").exists()
 
 
 def doctor_snapshot(specs: Path, state: Path) -> list[dict[str, str]]:
