@@ -352,7 +352,7 @@ class Bench:
                 "total": (ready[name] - t0) * 1000, "disk_path": path,
                 "tap_from": next((r.get("from") for r in mine if r["stage"] == "tap_claim"), None),
                 "boot_how": next((r.get("boot") for r in mine if r["stage"] == "vm_start"), None),
-                **{k: r[k] for r in mine if r["stage"] == "vm_start"
+                **{k: r[k] for r in mine if r["stage"] in ("vm_start", "vm_await")
                    for k in ("restore_qmp_ms", "restore_load_ms") if k in r},
                 "timeline": timeline,  # each boot stage's first sight on the console, ms after QEMU's spawn
                 **self.overhead}  # the whole reconcile's, outside the actions

@@ -48,7 +48,8 @@ class VmStart(Action):
 
 @dataclass(frozen=True)
 class VmAwait(Action):
-    """Wait for SSH to answer; past the boot deadline, kill it (the next pass starts it again)."""
+    """Wait for SSH to answer; past the boot deadline, kill it (the next pass starts it again). A
+    restored VM's state is loaded here, so that VMs restored together load side by side."""
 
     kind: ClassVar[str] = "vm_await"
     phase: ClassVar[int] = PHASE_AWAIT
@@ -56,6 +57,7 @@ class VmAwait(Action):
     waits: ClassVar[bool] = True
     vm: str
     ip: IPv4Address
+    snapshot: Snapshot | None = None  # its start spawned QEMU to restore this: the state is loaded here first
 
 
 @dataclass(frozen=True)

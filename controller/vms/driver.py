@@ -13,14 +13,16 @@ import os
 import shutil
 import subprocess
 import tempfile
+import threading
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from ..core.actions import Details, Handlers
 from ..core.errors import PermanentError, TemporaryError, backoff
 from ..core.state import Observed
 from ..disks.observe import read_disk_record
+from ..snapshots.state import Snapshot
 from ..statedir.layout import SEED, Layout, VmFiles
 from ..statedir.store import atomic_write, fsync_dir, sha256, write_json
 from . import qemu, ssh
@@ -35,6 +37,9 @@ class VmDriver:
     layout: Layout
     boot_timeout: float = 60.0
     stop_timeout: float = 3.0
+    # snapshot files whose digest this process checked: (path, inode, size, mtime, ctime)
+    _verified: set[tuple[str, int, int, int, int]] = field(default_factory=set)
+    _hashing: threading.Lock = field(default_factory=threading.Lock)
 
     def handlers(self) -> Handlers:
         return {IpAssign: self.ip_assign, VmStart: self.vm_start, VmAwait: self.vm_await, VmStop: self.vm_stop,
@@ -132,59 +137,79 @@ class VmDriver:
                                 spec=a.spec, boot="cold", snapshot=None)
         details = {"accel": accel, "tap": a.tap, "restart": record.boots > 0 or None}
         cold_because = a.cold_because
-        if a.snapshot is not None:
-            restored, timing = self._restore(a, machine, starting)
-            if isinstance(restored, int):
-                return details | {"pid": restored, "boot": "restore", "snapshot": str(a.snapshot)} | timing
-            cold_because = restored
-            starting = starting.with_(started=time.time(), restore_failed=a.snapshot.record.fingerprint)
+        if a.snapshot is not None and a.snapshot.record.accel != accel:
+            cold_because = f"snapshot {a.snapshot} was made for {a.snapshot.record.accel}"
+        elif a.snapshot is not None:
+            pid = self._spawn_restore(a, machine, starting)
+            return details | {"pid": pid, "boot": "restore", "snapshot": str(a.snapshot)}
         self._save(a.vm, starting)
         pid = qemu.start(machine, files)
         self._save(a.vm, starting.with_(pid=pid))
         return details | {"pid": pid, "boot": "cold", "cold_because": cold_because}
 
-    def _restore(self, a: VmStart, machine: Machine, starting: VmRecord) -> tuple[int | str, Details]:
-        """QEMU started from the VM's snapshot, its guest told who it is: its pid, or why it failed
-        (QEMU killed; the caller boots cold); and how long QEMU took to listen and to load. The
-        snapshot's digest is checked while QEMU starts up, before QEMU reads a byte of it; a snapshot
-        that does not match is deleted (made again)."""
+    def _spawn_restore(self, a: VmStart, machine: Machine, starting: VmRecord) -> int:
+        """QEMU in the snapshot's layout with the VM's own TAP, disk and identity, waiting for its
+        state (loaded by the VM's await, so that VMs restored together load side by side)."""
         assert a.snapshot is not None
-        files, snapshot = self.files(a.vm), a.snapshot
-        if snapshot.record.accel != machine.accel:
-            return f"snapshot {snapshot} was made for {snapshot.record.accel}", {}
+        files = self.files(a.vm)
         identity = qemu.Identity(a.vm, a.address, str(a.gateway), machine.mac, files.host_key_dropbear.read_bytes())
         atomic_write(files.identity, identity.entry(), self.layout.tmp)
-        restoring = replace(machine, identity=files.identity, incoming=True, tsc_khz=snapshot.record.tsc_khz)
-        self._save(a.vm, starting.with_(boot="restore", snapshot=snapshot.record.fingerprint))
-        spawned = time.monotonic()
+        restoring = replace(machine, identity=files.identity, incoming=True, tsc_khz=a.snapshot.record.tsc_khz)
+        starting = starting.with_(boot="restore", snapshot=a.snapshot.record.fingerprint)
+        self._save(a.vm, starting)
         pid = qemu.start(restoring, files)
-        self._save(a.vm, starting.with_(boot="restore", snapshot=snapshot.record.fingerprint, pid=pid))
+        self._save(a.vm, starting.with_(pid=pid))
+        return pid
+
+    def _load(self, vm: str, snapshot: Snapshot, record: VmRecord) -> Details:
+        """The snapshot's state into the QEMU this process spawned for it, which then runs: how long
+        QEMU took to listen and to load. The snapshot's digest is checked (once per version of the
+        file and process) before QEMU reads a byte of it; one that does not match is deleted (made
+        again). A failure kills QEMU and records it: the VM's next boot is cold."""
+        files, pid = self.files(vm), record.pid
+        assert pid is not None
+        begun = time.monotonic()
         try:
             source = os.open(snapshot.path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+            try:
+                if not self._intact(snapshot, source):
+                    snapshot.path.unlink(missing_ok=True)
+                    raise OSError(f"snapshot {snapshot} is corrupt (its digest does not match its record): deleted")
+                with qemu.connect(files, pid, self.boot_timeout) as session:
+                    listening = time.monotonic()
+                    qemu.load_state(session, source, self.boot_timeout)
+            finally:
+                os.close(source)
         except OSError as e:
             qemu.kill_spawned(pid)
-            return f"restore failed: {snapshot.path}: {e.strerror}", {}
-        try:
-            if sha256(source) != snapshot.record.sha256:
-                snapshot.path.unlink(missing_ok=True)
-                raise OSError(f"snapshot {snapshot} is corrupt (its digest does not match its record): deleted")
-            with qemu.connect(files, pid, self.boot_timeout) as session:
-                listening = time.monotonic()
-                qemu.load_state(session, source, self.boot_timeout)
-        except OSError as e:
-            qemu.kill_spawned(pid)
-            return f"restore failed: {e}", {}
+            self._save(vm, record.with_(pid=None, ready=None, restore_failed=snapshot.record.fingerprint))
+            raise TemporaryError(f"vm/{vm}: restore failed, it boots cold: {e}", delay=0.0) from None
         finally:
-            os.close(source)
             files.identity.unlink(missing_ok=True)  # read by QEMU at its start; its key and seed not kept
         loaded = time.monotonic()
-        return pid, {"restore_qmp_ms": round((listening - spawned) * 1000, 1),
-                     "restore_load_ms": round((loaded - listening) * 1000, 1)}
+        return {"restore_qmp_ms": round((listening - begun) * 1000, 1),
+                "restore_load_ms": round((loaded - listening) * 1000, 1)}
+
+    def _intact(self, snapshot: Snapshot, fd: int) -> bool:
+        """Whether the open snapshot has its recorded digest: hashed once per version of the file
+        and driver (VMs restored side by side wait for the one hash)."""
+        st = os.fstat(fd)
+        version = (str(snapshot.path), st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+        with self._hashing:
+            if version not in self._verified:
+                if sha256(fd) != snapshot.record.sha256:
+                    return False
+                self._verified.add(version)
+        return True
 
     def vm_await(self, a: VmAwait) -> Details:
         record = self._record(a.vm)
         files = self.files(a.vm)
-        if record.boot == "restore" and not _restored(files):
+        loading: Details = {}
+        if record.boot == "restore" and a.snapshot is not None and record.snapshot == a.snapshot.record.fingerprint \
+                and record.pid is not None and not qemu.exited(record.pid):
+            loading = self._load(a.vm, a.snapshot, record)  # spawned by this pass's start, waiting for its state
+        elif record.boot == "restore" and not _restored(files):
             # the run that started it was killed before QEMU had its state: it would wait forever
             qemu.kill(files, record.pid)
             self._save(a.vm, record.with_(pid=None, ready=None))
@@ -207,7 +232,7 @@ class VmDriver:
             self._save(a.vm, current.with_(ready=now, attempts=0, failure=None, create_to_ready_ms=create_to_ready))
             return {"boot_ms": round((now - started) * 1000, 1),
                     "create_to_ready_ms": round(create_to_ready, 1) if first and create_to_ready else None,
-                    "timeline": timeline.done()}
+                    "timeline": timeline.done(), **loading}
         return self._failed_boot(a.vm, current, files)
 
     def _failed_boot(self, vm: str, record: VmRecord, files: VmFiles) -> Details:

@@ -102,7 +102,7 @@ def _boot(vm: VM, desired: Desired, net: Network, ip: IPv4Address, observed: Obs
     snapshot, cold_because = _snapshot(vm, observed)
     return [VmStart(vm.name, image, tap.name if tap else None, disk.format if disk else None, address,
                     net.gateway, vm.vcpus, vm.memory, vm.accel, spec_hash(vm), snapshot, cold_because),
-            VmAwait(vm.name, ip)]
+            VmAwait(vm.name, ip, snapshot)]
 
 
 def _snapshot(vm: VM, observed: Observed) -> tuple[Snapshot | None, str | None]:
