@@ -244,3 +244,31 @@ def _ready(state: Path, vm: str) -> bool:
         return json.loads((state / "vms" / vm / "vm.json").read_text()).get("ready") is not None
     except (OSError, ValueError):
         return False
+
+
+def test_the_daemon_makes_a_snapshot_once_its_vms_run_and_restores_the_next_vm(
+        daemon: Callable[..., Daemon], workdir: tuple[Path, Path], demo_image: Path) -> None:
+    """Boot waits run beside the passes: a restored VM's state is loaded in its wait, which no later
+    pass's wait for the same VM disturbs."""
+    specs, state = workdir
+    write(specs / "net.yaml", network_spec(size=2))
+    write(specs / "image.yaml", image_spec(demo_image))
+    write(specs / "vm.yaml", vm_spec("vm-a", diskSize="64Mi", boot="restore"))
+    d = daemon("--interval", "3600")
+    try:
+        wait_for(lambda: _ready(state, "vm-a"), timeout=120)
+        wait_for(lambda: list((state / "snapshots").glob("*/*.bin")) != [], timeout=120)
+        write(specs / "vm.yaml", vm_spec("vm-a", diskSize="64Mi", boot="restore") + "---\n"
+              + vm_spec("vm-b", diskSize="64Mi", boot="restore"))
+        wait_for(lambda: _ready(state, "vm-b"), timeout=120)
+        record = json.loads((state / "vms" / "vm-b" / "vm.json").read_text())
+        assert record["boot"] == "restore" and not record.get("restore_failed"), "".join(d.lines)[-4000:]
+        assert len(qemu_pids_under(state / "vms" / "vm-b")) == 1
+    finally:
+        for spec in specs.glob("*.yaml"):
+            spec.unlink()
+        write(specs / "net.yaml", network_spec(size=0))
+        subprocess.run([sys.executable, "-m", "controller", "--specs", str(specs), "--state", str(state),
+                        "--lock-timeout", "60", "--confirm-removals", "reconcile"], cwd=REPO, capture_output=True,
+                       check=False)
+        assert d.stop() == 0

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from ipaddress import IPv4Address, IPv4Interface
 from typing import ClassVar
 
@@ -57,7 +57,9 @@ class VmAwait(Action):
     waits: ClassVar[bool] = True
     vm: str
     ip: IPv4Address
-    snapshot: Snapshot | None = None  # its start spawned QEMU to restore this: the state is loaded here first
+    # its start spawned QEMU to restore this: the state is loaded here first. Not part of the wait's
+    # identity: the daemon never runs a second wait for a VM beside the one loading its state
+    snapshot: Snapshot | None = field(default=None, compare=False)
 
 
 @dataclass(frozen=True)

@@ -312,8 +312,12 @@ class VmDriver:
 
 
 def _restored(files: VmFiles) -> bool:
-    """Whether a QEMU started to restore runs its guest (not still waiting for, or loading, its state)."""
+    """Whether a QEMU started to restore runs its guest, or is being given its state right now;
+    False: it waits for a state no one sends (the run that started it was killed)."""
     try:
-        return bool(qemu.qmp(files.qmp, "query-status")["status"] == "running")
-    except (OSError, ValueError, KeyError, TypeError):
+        with qemu.Qmp(files.qmp) as session:
+            if session.run("query-status")["status"] == "running":
+                return True
+            return bool(session.run("query-migrate").get("status") == "active")
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
         return False
