@@ -263,9 +263,11 @@ def _snapshots(ctx: Context, image: str, name: str) -> Iterator[Check]:
             continue
         check, ready = f"{name}/snapshot/{shape}", snapshots.ready(image, shape)
         if ready is None:
-            why = snapshots.failed.get((image, fingerprint or ""), "not made yet")
-            yield Check(check, WARN, f"no snapshot ({why}): VMs with boot: restore of this shape boot cold",
-                        "any reconcile makes it once no VM is being provisioned")
+            failed = snapshots.failed.get((image, fingerprint or ""))
+            fix = (f"fix the cause, then remove {ctx.layout.snapshot_failures(image)}: it is tried again" if failed
+                   else "any reconcile makes it once no VM is being provisioned")
+            yield Check(check, WARN, f"no snapshot ({failed or 'not made yet'}): VMs with boot: restore of this "
+                                     "shape boot cold", fix)
             continue
         yield Check(check, OK, f"snapshot {ready.record.fingerprint} ready and current "
                                f"({ready.record.size >> 20} MiB, QEMU {ready.record.qemu})")
