@@ -20,15 +20,13 @@ from controller.disks.observe import kernel_format
 from controller.network.marks import vm_mark
 
 from .conftest import REPO, network_spec, vm_spec, warmvm, write
-from .test_seeds import ROOT_FILES, image_spec, make_kernel, make_rootfs
+from .test_seeds import fake_image, image_spec, make_kernel
 
 
 @pytest.fixture
 def host(netns: str, tmp_path: Path) -> Iterator[tuple[Path, Path]]:
     specs, state = tmp_path / "specs", tmp_path / "state"
-    (specs / "img").mkdir(parents=True)
-    make_kernel(specs / "img" / "vmlinuz")
-    make_rootfs(specs / "img" / "rootfs.ext4", ROOT_FILES, tmp_path)
+    fake_image(specs, tmp_path)
     root = tmp_path / "root"
     root.mkdir()
     (root / "README").write_text("hello\n")

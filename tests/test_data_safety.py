@@ -28,7 +28,7 @@ from controller.network.marks import parse_mark
 from controller.network.rtnl import dump_links
 
 from .conftest import REPO, assert_verified, network_spec, vm_spec, warmvm, write
-from .test_seeds import ROOT_FILES, image_spec, make_kernel, make_rootfs
+from .test_seeds import fake_image, image_spec
 
 GUEST_FILE = "/notes/precious.txt"
 
@@ -36,9 +36,7 @@ GUEST_FILE = "/notes/precious.txt"
 @pytest.fixture
 def host(netns: str, tmp_path: Path) -> Iterator[tuple[Path, Path]]:
     specs, state = tmp_path / "specs", tmp_path / "state"
-    (specs / "img").mkdir(parents=True)
-    make_kernel(specs / "img" / "vmlinuz")
-    make_rootfs(specs / "img" / "rootfs.ext4", ROOT_FILES, tmp_path)
+    fake_image(specs, tmp_path)
     write(specs / "net.yaml", network_spec(size=1))
     write(specs / "image.yaml", image_spec())
     yield specs, state
@@ -240,9 +238,7 @@ def test_a_full_disk_during_seed_generation_is_retried_once_space_is_free(
         netns: str, tmp_path: Path, small_fs: Callable[[str], Path]) -> None:
     small_state = small_fs("40m")
     specs = tmp_path / "specs"
-    (specs / "img").mkdir(parents=True)
-    make_kernel(specs / "img" / "vmlinuz")
-    make_rootfs(specs / "img" / "rootfs.ext4", ROOT_FILES, tmp_path)
+    fake_image(specs, tmp_path)
     big = tmp_path / "root"
     big.mkdir()
     (big / "blob").write_bytes(os.urandom(24 << 20))

@@ -55,12 +55,18 @@ def image_spec(name: str = "demo", default: bool = True, seed: str | None = None
     return "".join(lines)
 
 
-@pytest.fixture
-def image_env(netns: str, tmp_path: Path) -> Iterator[tuple[Path, Path]]:
-    specs, state = tmp_path / "specs", tmp_path / "state"
+def fake_image(specs: Path, tmp_path: Path) -> None:
+    """specs/img/vmlinuz (a kernel by its header only) and specs/img/rootfs.ext4 holding ROOT_FILES:
+    enough for every step but a boot."""
     (specs / "img").mkdir(parents=True)
     make_kernel(specs / "img" / "vmlinuz")
     make_rootfs(specs / "img" / "rootfs.ext4", ROOT_FILES, tmp_path)
+
+
+@pytest.fixture
+def image_env(netns: str, tmp_path: Path) -> Iterator[tuple[Path, Path]]:
+    specs, state = tmp_path / "specs", tmp_path / "state"
+    fake_image(specs, tmp_path)
     write(specs / "net.yaml", network_spec(size=0))
     write(specs / "image.yaml", image_spec())
     yield specs, state

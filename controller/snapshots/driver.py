@@ -104,7 +104,7 @@ class SnapshotDriver:
         """Until the template's guest waits for its identity. One that boots on (its init knows no
         templates) or never gets there fails for good: tried again only when the inputs change."""
         deadline = time.monotonic() + self.boot_timeout
-        while POINT not in (console := _tail(files.console)):
+        while POINT not in (console := qemu.console_end(files)):
             qemu.cap_console(files)  # a template's guest is the image's: it must not fill the state's file system
             if qemu.exited(pid):
                 why = qemu.failure_reason(files) or qemu.console_tail(files, 1) or "no message"
@@ -128,13 +128,4 @@ class SnapshotDriver:
             shutil.rmtree(directory)
         return {"files": len(a.files)}
 
-
-def _tail(path: Path, size: int = 1 << 16) -> bytes:
-    """The end of a file, however large a guest made it."""
-    try:
-        with open(path, "rb") as f:
-            f.seek(max(0, os.fstat(f.fileno()).st_size - size))
-            return f.read(size)
-    except OSError:
-        return b""
 

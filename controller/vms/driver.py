@@ -120,9 +120,6 @@ class VmDriver:
         files = self.files(a.vm)
         # a QEMU no pid file names can only exist if a start was ever recorded (the intent precedes the spawn)
         running = qemu.running_pid(files, record.pid) or (qemu.find_untracked(files) if record.started else None)
-        if running is not None and record.boot == "restore" and not _restored(files):
-            qemu.kill(files, running)  # a run killed mid-restore left it waiting for its state: start over
-            running = None
         if running is not None:  # spawned by a run killed before it could record it: tracked from now on
             self._save(a.vm, record.with_(pid=running))
             return {"pid": running, "adopted": True}
@@ -182,7 +179,10 @@ class VmDriver:
                 os.close(source)
         except OSError as e:
             qemu.kill_spawned(pid)
-            self._save(vm, record.with_(pid=None, ready=None, restore_failed=snapshot.record.fingerprint))
+            current = read_record(files.record)
+            if current is not None and current.started == record.started and current.pid == pid:
+                # else a pass stopped or replaced it meanwhile (the daemon): not this load's to record
+                self._save(vm, current.with_(pid=None, ready=None, restore_failed=snapshot.record.fingerprint))
             raise TemporaryError(f"vm/{vm}: restore failed, it boots cold: {e}", delay=0.0) from None
         finally:
             files.identity.unlink(missing_ok=True)  # read by QEMU at its start; its key and seed not kept

@@ -230,20 +230,12 @@ def _is_ours(pid: int, pidfile: Path) -> bool:
     except (OSError, IndexError):
         return False
     if state == "Z":
-        _reap(pid)
+        exited(pid)  # a QEMU this process spawned that died is its zombie until reaped
         return False
     if not argv or not os.path.basename(argv[0]).startswith(b"qemu-system") or b"-pidfile" not in argv[:-1]:
         return False
     named = os.fsdecode(argv[argv.index(b"-pidfile") + 1])
     return os.path.realpath(os.path.join(cwd, named)) == os.path.realpath(pidfile)
-
-
-def _reap(pid: int) -> None:
-    """A QEMU we spawned in this process and that died is our zombie until reaped."""
-    try:
-        os.waitpid(pid, os.WNOHANG)
-    except ChildProcessError:
-        pass
 
 
 def failure_reason(files: VmFiles) -> str:
@@ -341,8 +333,9 @@ def qmp(path: Path, command: str, timeout: float = 2.0) -> Any:
 
 
 def exited(pid: int) -> bool:
-    """Whether a QEMU this process spawned has exited (it is reaped then). Right after the spawn its
-    command line may not be QEMU's yet, so `running_pid` cannot tell."""
+    """Whether a QEMU this process spawned has exited (it is reaped then); True as well for a pid
+    that is no child of this process. Right after the spawn its command line may not be QEMU's
+    yet, so `running_pid` cannot tell."""
     try:
         done, _ = os.waitpid(pid, os.WNOHANG)
     except ChildProcessError:
@@ -427,12 +420,18 @@ class Identity:
         return text.ljust(IDENTITY_SIZE, b"\0")
 
 
-def console_tail(files: VmFiles, lines: int = 15) -> str:
+def console_end(files: VmFiles, size: int = 1 << 16) -> bytes:
+    """The end of the console log, however large a guest made it."""
     try:
-        data = files.console.read_bytes()[-8192:]
+        with open(files.console, "rb") as f:
+            f.seek(max(0, os.fstat(f.fileno()).st_size - size))
+            return f.read(size)
     except OSError:
-        return ""
-    return "\n".join(data.decode(errors="replace").splitlines()[-lines:])
+        return b""
+
+
+def console_tail(files: VmFiles, lines: int = 15) -> str:
+    return "\n".join(console_end(files, 8192).decode(errors="replace").splitlines()[-lines:])
 
 
 def host_tsc_khz() -> int | None:

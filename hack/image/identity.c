@@ -17,7 +17,7 @@
  *     again, so they are probed afresh from the restoring QEMU (its disk and its size);
  *   - the NIC gets the VM's MAC, address and default route (ioctls: no fork of ip(8), which costs
  *     tens of ms each under TCG), and lo comes up;
- *   - OUT_ENV gets the identity's settings, as KEY=VALUE lines, for /sbin/init.
+ *   - OUT_ENV gets what /sbin/init still uses (HN, IP, GW, DNS), as KEY=VALUE lines.
  * Any failure exits non-zero: init then powers the guest off, so the controller boots it cold,
  * never runs a clone.
  *
@@ -174,7 +174,7 @@ static int host_key(char *text) {
 }
 
 static int env_out(char *text, const char *out) {
-	static const char *keys[][2] = {{"hostname", "HN"}, {"ip", "IP"}, {"gw", "GW"}, {"mac", "MAC"}, {"dns", "DNS"}};
+	static const char *keys[][2] = {{"hostname", "HN"}, {"ip", "IP"}, {"gw", "GW"}, {"dns", "DNS"}};
 	char v[256];
 	FILE *f = fopen(out, "wx");
 	if (!f)
