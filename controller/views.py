@@ -84,7 +84,7 @@ def _boot(vm: VM | None, record: VmRecord | None) -> str:
 
 
 def _snapshots(image: str, observed: Observed) -> str:
-    """Each shape VMs want restored, and how its snapshot is; then the snapshots kept for no VM now."""
+    """Each shape VMs want restored, and how its snapshot is; then the snapshots no VM wants."""
     snapshots = observed.snapshots
     parts = []
     for (name, shape), fingerprint in sorted(snapshots.wanted.items()):
@@ -92,7 +92,7 @@ def _snapshots(image: str, observed: Observed) -> str:
             continue
         ready = snapshots.ready(name, shape)
         if ready is not None:
-            state = f"ready {_size(ready.record.size)}"
+            state = f"ready {ready.record.size >> 20}Mi"
         elif fingerprint is not None and (name, fingerprint) in snapshots.failed:
             state = f"failed: {snapshots.failed[(name, fingerprint)]}"
         else:
@@ -101,7 +101,7 @@ def _snapshots(image: str, observed: Observed) -> str:
     wanted = set(snapshots.wanted.values())
     kept = [f for (name, fp), f in snapshots.on_disk.items() if name == image and fp not in wanted and f.snapshot]
     if kept:
-        parts.append(f"{len(kept)} kept for no VM now")
+        parts.append(f"{len(kept)} wanted by no VM (freed by the next reconcile)")
     return "; ".join(parts) or "-"
 
 

@@ -96,8 +96,13 @@ fi
 truncate -s 64M "$TMP/work.raw"
 mkfs.ext4 -q -F -L warmvm-work -E lazy_itable_init=1,lazy_journal_init=1,root_owner=0:0 \
 	-d "$TMP/work" "$TMP/work.raw" 64M
-# known_hosts pinned to the image's host key.
-printf '%s %s\n' "$GUEST" "$(cut -d' ' -f1,2 "$OUT/host_key.pub")" >"$TMP/known_hosts"
+# The guest's own host key, handed over through fw_cfg in dropbear's format as the controller does
+# (the image holds none), and pinned in known_hosts.
+ssh-keygen -q -t ed25519 -N '' -C try-boot-host -f "$TMP/hostkey"
+PYTHONPATH=$REPO python3 -c 'import sys; from controller.vms.ssh import dropbear_key
+sys.stdout.buffer.write(dropbear_key(open(sys.argv[1]).read()))' "$TMP/hostkey" >"$TMP/hostkey.dropbear" ||
+	die "converting the host key to dropbear's format failed"
+printf '%s %s\n' "$GUEST" "$(cut -d' ' -f1,2 "$TMP/hostkey.pub")" >"$TMP/known_hosts"
 
 # Under TCG the guest kernel must be told the TSC frequency (tsc_early_khz):
 # its own calibration against the PIT often fails when the host is busy, and
@@ -217,6 +222,7 @@ for run in $(seq "$RUNS"); do
 		-netdev "tap,id=n0,ifname=$TAP,script=no,downscript=no" \
 		-device "virtio-net-device,netdev=n0,mac=$mac" \
 		-qmp "unix:$TMP/qmp.sock,server=on,wait=off" \
+		-fw_cfg "name=opt/warmvm/hostkey,file=$TMP/hostkey.dropbear" \
 		</dev/null >"$TMP/qemu.out" 2>&1 &
 	QPID=$!
 	# 3. poll: console ready line (host side) and TCP port 22 (in the
