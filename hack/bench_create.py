@@ -41,18 +41,19 @@ from typing import Any
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from controller.adapters import ext4 as disks  # noqa: E402
+from controller.adapters.qemu import host_tsc_khz  # noqa: E402
+from controller.adapters.ssh import host_alias, port_open, ssh_argv  # noqa: E402
 from controller.audit.observe import observe_host  # noqa: E402
 from controller.audit.verify import verify  # noqa: E402
-from controller.core.events import Lifecycle  # noqa: E402
-from controller.core.model import Policy  # noqa: E402
-from controller.core.reconcile import reconcile  # noqa: E402
-from controller.disks import ext4 as disks  # noqa: E402
+from controller.base.events import Lifecycle  # noqa: E402
+from controller.base.model import Policy  # noqa: E402
+from controller.engine.converge import load_specs  # noqa: E402
+from controller.engine.host import open_host  # noqa: E402
+from controller.engine.reconcile import reconcile  # noqa: E402
 from controller.specs.schema import parse_quantity  # noqa: E402
 from controller.statedir.layout import Layout  # noqa: E402
 from controller.statedir.store import Store  # noqa: E402
-from controller.vms.qemu import host_tsc_khz  # noqa: E402
-from controller.vms.ssh import host_alias, port_open, ssh_argv  # noqa: E402
-from controller.wiring import load_specs, open_host  # noqa: E402
 
 STAGES = ["ip", "tap", "disk", "qemu_start", "boot", "controller", "total"]
 LABELS = {"ip": "IP lease", "tap": "TAP", "disk": "work disk", "qemu_start": "QEMU start",

@@ -35,8 +35,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from controller.disks import ext4 as disks  # noqa: E402
-from controller.disks.ext4 import CloneMethod  # noqa: E402
+from controller.adapters import ext4 as disks  # noqa: E402
+from controller.adapters.ext4 import CloneMethod  # noqa: E402
 
 MiB = 1 << 20
 KEY = b"ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIBenchBenchBenchBenchBenchBenchBenchBenchBe bench@warmvm\n"

@@ -23,15 +23,16 @@ import tempfile
 import time
 from pathlib import Path
 
-from controller.core.events import Lifecycle
-from controller.core.reconcile import reconcile
-from controller.core.state import Observed
+from controller.adapters.netlink.rtnl import dump_links
+from controller.base.events import Lifecycle
+from controller.engine.converge import load_specs
+from controller.engine.host import open_host
+from controller.engine.reconcile import reconcile
+from controller.engine.state import Observed
 from controller.network.driver import IFF_NO_PI, IFF_TAP, IFF_TUN_EXCL, TUNSETIFF, TUNSETPERSIST, NetworkDriver
 from controller.network.marks import pool_mark
 from controller.network.observe import observe_net
-from controller.network.rtnl import dump_links
 from controller.statedir.store import Store
-from controller.wiring import load_specs, open_host
 
 SIOCGIFFLAGS = 0x8913
 NETWORK = """apiVersion: warmvm/v1

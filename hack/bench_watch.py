@@ -26,8 +26,8 @@ from typing import Any
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from controller.adapters.netlink.rtnl import dump_links  # noqa: E402
 from controller.network.marks import parse_mark  # noqa: E402
-from controller.network.rtnl import dump_links  # noqa: E402
 
 NETWORK = ("apiVersion: warmvm/v1\nkind: Network\nmetadata: {{name: bench}}\n"
            "spec: {{bridge: wvwatch0, cidr: 10.98.0.0/24, tapPool: {{size: {size}}}}}\n")

@@ -6,7 +6,7 @@ import random
 
 import pytest
 
-from controller.core.errors import PermanentError
+from controller.base.errors import PermanentError
 from controller.network.names import NameAllocator
 
 

@@ -33,10 +33,10 @@ from typing import Any
 
 import pytest
 
-from controller.core.model import Policy
-from controller.core.plan import plan
+from controller.adapters.netlink.rtnl import dump_links
+from controller.base.model import Policy
+from controller.engine.plan import plan
 from controller.network.firewall import SHAPE, Guest, Ruleset, parse_table, parse_tables, render
-from controller.network.rtnl import dump_links
 from controller.network.state import FirewallState
 from controller.specs.load import load
 
@@ -569,8 +569,8 @@ def test_another_instance_and_foreign_tables_are_left_alone(netns: str, tmp_path
 def test_nft_missing_is_one_problem_line_not_a_traceback(netns: str, workdir: tuple[Path, Path]) -> None:
     specs, state = workdir
     write(specs / "net.yaml", network_spec(size=1))
-    code = ("import sys, controller.network.nft as nft; nft.SEARCH = '/nonexistent'; "
-            "from controller.cli import main; sys.exit(main(sys.argv[1:]))")
+    code = ("import sys, controller.adapters.nft as nft; nft.SEARCH = '/nonexistent'; "
+            "from controller.cli.main import main; sys.exit(main(sys.argv[1:]))")
     cmd = [sys.executable, "-c", code, "--specs", str(specs), "--state", str(state), "reconcile"]
     result = subprocess.run(cmd, capture_output=True, text=True, timeout=120, cwd=REPO, stdin=subprocess.DEVNULL)
     assert result.returncode == 1 and "Traceback" not in result.stderr

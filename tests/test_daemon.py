@@ -22,9 +22,9 @@ from pathlib import Path
 
 import pytest
 
+from controller.adapters.netlink.rtnl import dump_links
 from controller.daemon.wake import Wakeups
 from controller.network.marks import parse_mark
-from controller.network.rtnl import dump_links
 
 from .conftest import REPO, network_spec, qemu_pids_under, vm_spec, write
 from .test_vms_e2e import image_spec

@@ -23,9 +23,9 @@ from pathlib import Path
 
 import pytest
 
-from controller.disks import ext4
+from controller.adapters import ext4
+from controller.adapters.netlink.rtnl import dump_links
 from controller.network.marks import parse_mark
-from controller.network.rtnl import dump_links
 
 from .conftest import REPO, assert_verified, network_spec, vm_spec, warmvm, write
 from .test_seeds import fake_image, image_spec

@@ -19,9 +19,9 @@ from pathlib import Path
 
 import pytest
 
-from controller.core.errors import PermanentError
-from controller.disks import ext4 as disks
-from controller.disks.ext4 import CloneMethod, DiskFormat
+from controller.adapters import ext4 as disks
+from controller.adapters.ext4 import CloneMethod, DiskFormat
+from controller.base.errors import PermanentError
 
 MiB = 1 << 20
 REPO = Path(__file__).resolve().parent.parent

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from controller.disks import ext4
+from controller.adapters import ext4
 
 from .conftest import network_spec, vm_spec, warmvm, write
 from .test_seeds import ROOT_FILES, image_spec, make_kernel, make_rootfs
@@ -224,8 +224,8 @@ def demo_files(booting: tuple[Path, Path]) -> list[Path]:
 
 
 def test_a_console_log_is_capped_and_a_link_there_is_not_followed(tmp_path: Path) -> None:
+    from controller.adapters import qemu
     from controller.statedir.layout import VmFiles
-    from controller.vms import qemu
     files = VmFiles(tmp_path)
     files.console.write_bytes(b"x" * (qemu.CONSOLE_CAP + 4096) + b"the last line\n")
     assert qemu.cap_console(files)
@@ -241,7 +241,7 @@ def test_a_console_log_is_capped_and_a_link_there_is_not_followed(tmp_path: Path
 
 def test_the_host_key_is_handed_over_in_dropbears_own_format(tmp_path: Path) -> None:
     """Converted on the host (converting it in the guest cost 0.23 s of every boot): the same key."""
-    from controller.vms.ssh import dropbear_key
+    from controller.adapters.ssh import dropbear_key
     subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(tmp_path / "k")], check=True)
     blob = dropbear_key((tmp_path / "k").read_text())
     public = (tmp_path / "k.pub").read_text().split()[1]

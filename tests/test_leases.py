@@ -5,15 +5,17 @@ from __future__ import annotations
 from ipaddress import IPv4Address, IPv4Network
 from pathlib import Path
 
-from controller.core.model import VM, Network, Source
+from controller.base.kinds import Accel
+from controller.base.model import VM, Network, Source
 from controller.vms.plan import _lease
 
-NET = Network("default", "wvbr0", IPv4Network("10.88.0.0/29"), 0, "tap-pool-", Source("x", 1))
+NET = Network(name="default", bridge="wvbr0", cidr=IPv4Network("10.88.0.0/29"), pool_size=0, pool_prefix="tap-pool-",
+              source=Source("x", 1))
 
 
 def vm(name: str, ip: str | None = None) -> VM:
-    return VM(name, "default", "demo", 1 << 30, 1, 256 << 20, "auto", True,
-              IPv4Address(ip) if ip else None, Source("x", 1))
+    return VM(name=name, network="default", image="demo", disk_size=1 << 30, vcpus=1, memory=256 << 20,
+              accel=Accel.AUTO, running=True, ip=IPv4Address(ip) if ip else None, source=Source("x", 1))
 
 
 def test_lowest_free_host_skipping_the_gateway_and_existing_leases() -> None:

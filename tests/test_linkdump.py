@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from controller.network.rtnl import NLM_F_DUMP_INTR, DumpInterrupted, parse_addresses, parse_links
+from controller.adapters.netlink.messages import NLM_F_DUMP_INTR, DumpInterrupted, parse_addresses, parse_links
 
 DATA = Path(__file__).parent / "data"
 

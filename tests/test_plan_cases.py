@@ -48,17 +48,19 @@ from typing import Any, NoReturn
 import pytest
 import yaml
 
-from controller.core.model import Policy
-from controller.core.plan import plan
-from controller.core.state import Observed, TrashEntry
+from controller.adapters.netlink.messages import Address, Link
+from controller.base.kinds import Accel, DiskFormat, Taken
+from controller.base.model import HostCaps, Policy
 from controller.disks.state import DiskRecord, DiskState, ImageState, SeedFiles
+from controller.engine.plan import plan
+from controller.engine.state import Observed
 from controller.network.firewall import Guest, Ruleset
-from controller.network.state import Address, FirewallState, Link, net_state
+from controller.network.state import FirewallState, net_state
 from controller.snapshots.state import Shape, Snapshot, SnapshotFiles, SnapshotRecord, Snapshots
 from controller.specs.load import load
 from controller.specs.schema import parse_quantity
 from controller.vms.plan import spec_hash
-from controller.vms.state import VmRecord, VmState
+from controller.vms.state import TrashEntry, VmRecord, VmState
 
 CASES = sorted((Path(__file__).parent / "plan").glob("*.yaml"))
 STATE = Path("/state")
@@ -147,7 +149,8 @@ def _disks(data: dict[str, Any]) -> Any:
     out = {}
     for vm, disk in (data["disks"] or {}).items():
         seed = f"images/{disk['image']}/seed-{disk['seed']}.ext4" if disk["seed"] else None
-        record = DiskRecord(disk["image"], parse_quantity(disk["size"]), disk["taken"], disk["format"], seed, 0.0)
+        record = DiskRecord(image=disk["image"], size=parse_quantity(disk["size"]), taken=Taken(disk["taken"]),
+                            format=DiskFormat(disk["format"]), seed=seed, created=0.0)
         out[vm] = DiskState(vm, STATE / "vms" / vm / "disk.img", record, STATE / seed if seed else None)
     return out
 
@@ -158,7 +161,8 @@ def _vms(data: dict[str, Any], specs: dict[str, Any]) -> Any:
     out = {}
     for name, v in (data["vms"] or {}).items():
         spec = spec_hash(specs[name]) if v.get("spec") == "current" else v.get("spec", "")
-        record = VmRecord(v["network"], v["ip"], "52:54:00:00:00:01", 0.0, spec=spec, pid=v.get("pid"),
+        record = VmRecord(network=v["network"], ip=v["ip"], mac="52:54:00:00:00:01", created=0.0, spec=spec,
+                          pid=v.get("pid"),
                           ready=1.0 if v.get("ready") else None, boots=v.get("boots", 1 if v.get("pid") else 0),
                           attempts=v.get("attempts", 0), failure=v.get("failure"),
                           restore_failed=v.get("restore_failed"))
@@ -171,10 +175,12 @@ def _trash(data: dict[str, Any]) -> Any:
         return Missing("trash")
     out = []
     for e in data["trash"]:
-        record = VmRecord(e["network"], e["ip"], "52:54:00:00:00:01", 0.0) if e.get("ip") else None
+        record = VmRecord(network=e["network"], ip=e["ip"], mac="52:54:00:00:00:01", created=0.0) \
+            if e.get("ip") else None
         seed = f"images/{e['image']}/seed-{e['seed']}.ext4" if e.get("seed") else None
-        disk = DiskRecord(e["image"], 1 << 30, "seed:qcow2" if e["format"] == "qcow2" else "seed:reflink",
-                          e["format"], seed, 0.0) if e.get("image") else None
+        taken = Taken.SEED_QCOW2 if e["format"] == "qcow2" else Taken.SEED_REFLINK
+        disk = DiskRecord(image=e["image"], size=1 << 30, taken=taken, format=DiskFormat(e["format"]), seed=seed,
+                          created=0.0) if e.get("image") else None
         path = STATE / "trash" / f"{e['vm']}.{e['removed_at']}"
         out.append(TrashEntry(e["vm"], e["removed_at"], path, record, disk, STATE / seed if seed else None, 1 << 20))
     return tuple(out)
@@ -182,14 +188,16 @@ def _trash(data: dict[str, Any]) -> Any:
 
 def _snapshots(data: dict[str, Any]) -> Snapshots:
     given = data.get("snapshots") or {}
-    wanted = {(w["image"], Shape(parse_quantity(w["memory"]), w["vcpus"], w["accel"])): w["fingerprint"]
+    wanted = {(w["image"], Shape(parse_quantity(w["memory"]), w["vcpus"], Accel(w["accel"]))): w["fingerprint"]
               for w in given.get("wanted", [])}
     on_disk = {}
     for d in given.get("on_disk", []):
         image, fp = d["image"], d["fingerprint"]
         state, record = STATE / "snapshots" / image / f"{fp}.bin", STATE / "snapshots" / image / f"{fp}.json"
-        snapshot = Snapshot(state, SnapshotRecord(image, fp, 256 << 20, 1, "tcg", None, 1 << 26, "0" * 64, 1.0, 0.0,
-                                                  "7.2.0")) if d.get("complete", True) else None
+        record_of = SnapshotRecord(image=image, fingerprint=fp, memory=256 << 20, vcpus=1,
+                                   accel=Accel(d.get("accel", "tcg")), tsc_khz=None, size=1 << 26, sha256="0" * 64,
+                                   generate_ms=1.0, created=0.0, qemu="7.2.0")
+        snapshot = Snapshot(state, record_of) if d.get("complete", True) else None
         on_disk[(image, fp)] = SnapshotFiles(image, fp, (state, record), snapshot)
     failed = {tuple(key.split("/")): why for key, why in (given.get("failed") or {}).items()}
     return Snapshots(wanted, on_disk, failed)  # type: ignore[arg-type]
@@ -199,7 +207,13 @@ def observed_from(data: dict[str, Any], specs: dict[str, Any]) -> Observed:
     return Observed(net=_net(data), images=_images(data), disks=_disks(data),
                     clone_method=data.get("clone_method", Missing("clone_method")), vms=_vms(data, specs),
                     now=data.get("now", Missing("now")), trash=_trash(data), broken=data.get("broken", {}),
-                    snapshots=_snapshots(data))
+                    snapshots=_snapshots(data), host=_host(data))
+
+
+def _host(data: dict[str, Any]) -> HostCaps:
+    """The host's capabilities: a host without KVM (as this one), unless the case says."""
+    given = data.get("host") or {}
+    return HostCaps(kvm=given.get("kvm", False), tsc_khz=given.get("tsc_khz"))
 
 
 @pytest.mark.parametrize("case", CASES, ids=[c.stem for c in CASES])

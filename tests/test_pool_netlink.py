@@ -9,13 +9,13 @@ import sys
 import time
 from pathlib import Path
 
-from controller.core.state import Observed
-from controller.network import rtnl
+from controller.adapters.netlink import messages, rtnl
+from controller.adapters.netlink.messages import Link
+from controller.adapters.netlink.rtnl import dump_links
+from controller.engine.state import Observed
 from controller.network.driver import NetworkDriver
 from controller.network.marks import pool_mark, vm_mark
 from controller.network.observe import observe_net
-from controller.network.rtnl import dump_links
-from controller.network.state import Link
 
 from .conftest import REPO, network_spec, vm_spec, warmvm, write
 
@@ -26,8 +26,8 @@ def links() -> dict[str, Link]:
 
 def tap_names() -> list[str]:
     """An approximate count while TAPs appear at 1 per ms: every dump is flagged interrupted then."""
-    chunks = rtnl._dump_raw(rtnl.dump_request)
-    return [link.name for link in rtnl.parse_links(chunks, strict=False) if link.name.startswith("tap-pool-")]
+    chunks = rtnl._dump_raw(messages.dump_request)
+    return [link.name for link in messages.parse_links(chunks, strict=False) if link.name.startswith("tap-pool-")]
 
 
 def instance(state: Path) -> str:

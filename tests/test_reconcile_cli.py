@@ -11,8 +11,8 @@ from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
+from controller.adapters.netlink.rtnl import dump_links
 from controller.network.marks import parse_mark
-from controller.network.rtnl import dump_links
 from controller.statedir.store import Store
 
 from .conftest import REPO, network_spec, vm_spec, warmvm, write

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from controller.disks import ext4 as disks
+from controller.adapters import ext4 as disks
 
 from .conftest import REPO, network_spec, vm_spec, warmvm, write
 

@@ -4,17 +4,18 @@ and what the fingerprint covers (real files, stat data)."""
 from __future__ import annotations
 
 import os
+import shutil
 from ipaddress import IPv4Interface
 from pathlib import Path
 
 import pytest
 
-from controller.core.errors import PermanentError
-from controller.core.model import Image, Source
+from controller.adapters.qemu import IDENTITY_SIZE, QEMU, TEMPLATE_IDENTITY, Identity
+from controller.base.errors import PermanentError
+from controller.base.kinds import Accel
+from controller.base.model import HostCaps, Image, Source
 from controller.snapshots.observe import fingerprint
 from controller.snapshots.state import FORMAT, Shape, SnapshotRecord
-from controller.statedir.layout import Layout
-from controller.vms.qemu import IDENTITY_SIZE, TEMPLATE_IDENTITY, Identity
 
 
 def identity(key: bytes = b"\x00\x00\x00\x0bssh-ed25519" + bytes(68)) -> Identity:
@@ -56,13 +57,15 @@ def test_the_fingerprint_follows_the_inputs_and_the_shape(tmp_path: Path) -> Non
     files = {name: tmp_path / name for name in ("vmlinux", "initrd.img", "rootfs.ext4")}
     for path in files.values():
         path.write_bytes(b"x")
-    image = Image("demo", files["vmlinux"], files["initrd.img"], files["rootfs.ext4"], None, True, Source("f", 1))
-    layout, shape = Layout(tmp_path / "state"), Shape(256 << 20, 1, "tcg")
-    first = fingerprint(image, shape, layout)
-    assert first is not None and first == fingerprint(image, shape, layout)
-    assert fingerprint(image, Shape(512 << 20, 1, "tcg"), layout) != first
-    assert fingerprint(image, Shape(256 << 20, 2, "tcg"), layout) != first
+    image = Image(name="demo", kernel=files["vmlinux"], initrd=files["initrd.img"], rootfs=files["rootfs.ext4"],
+                  seed=None, default=True, source=Source("f", 1))
+    host, shape = HostCaps(qemu=shutil.which(QEMU)), Shape(256 << 20, 1, Accel.TCG)
+    first = fingerprint(image, shape, host)
+    assert first is not None and first == fingerprint(image, shape, host)
+    assert fingerprint(image, Shape(512 << 20, 1, Accel.TCG), host) != first
+    assert fingerprint(image, Shape(256 << 20, 2, Accel.TCG), host) != first
+    assert fingerprint(image, Shape(256 << 20, 1, Accel.KVM), host) is None, "no KVM here: no such VM starts"
     os.utime(files["initrd.img"], ns=(1, 1))  # a new initrd, as far as stat data can tell
-    assert fingerprint(image, shape, layout) != first
+    assert fingerprint(image, shape, host) != first
     files["rootfs.ext4"].unlink()
-    assert fingerprint(image, shape, layout) is None, "a missing input: no snapshot at all"
+    assert fingerprint(image, shape, host) is None, "a missing input: no snapshot at all"

@@ -19,8 +19,8 @@ from pathlib import Path
 
 import pytest
 
+from controller.adapters.qemu import running_pid
 from controller.statedir.layout import VmFiles
-from controller.vms.qemu import running_pid
 
 from .conftest import REPO, assert_verified, network_spec, qemu_pids_under, vm_spec, warmvm, write
 

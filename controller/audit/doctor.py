@@ -18,15 +18,14 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from ..core.errors import WarmvmError
-from ..core.model import Desired, Network
-from ..core.state import Observed
-from ..disks import ext4
+from ..adapters import ext4, qemu
+from ..base.errors import WarmvmError
+from ..base.model import Desired, Network
 from ..disks.observe import ImageFiles, kernel_format
+from ..engine.state import Observed
 from ..statedir.layout import Layout
 from ..statedir.safety import unsafe_reason
 from ..statedir.store import sha256
-from ..vms import qemu
 
 OK, WARN, FAIL = "ok", "warn", "fail"
 BRIDGE_MAX_PORTS = 1023

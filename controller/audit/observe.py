@@ -7,8 +7,8 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..adapters.netlink.rtnl import dump_links
 from ..network.marks import parse_mark
-from ..network.rtnl import dump_links
 from ..statedir.layout import Layout
 
 

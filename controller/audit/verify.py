@@ -13,10 +13,10 @@ import os
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from ..core.model import Desired
-from ..core.state import Observed
+from ..base.model import Desired
 from ..disks.actions import SeedDelete
 from ..disks.plan import plan_seed_cleanup
+from ..engine.state import Observed
 from ..snapshots.actions import SnapshotDelete
 from ..snapshots.plan import plan_snapshots
 from .observe import HostFacts

@@ -18,14 +18,14 @@ import time
 import traceback
 from dataclasses import dataclass
 
-from ..core.errors import WarmvmError
-from ..core.events import Lifecycle
-from ..core.reconcile import Background
-from ..core.state import Observed
+from ..base.errors import WarmvmError
+from ..base.events import Lifecycle
+from ..engine.converge import Options, converge, report
+from ..engine.reconcile import Background
+from ..engine.state import Observed
 from ..network.marks import bridge_mark
 from ..statedir.layout import Layout
 from ..statedir.store import Store
-from ..wiring import Options, converge, report
 from .metrics import Metrics
 from .status import DaemonStatus, this_process
 from .wake import ExitWatcher, LinkWatcher, Seen, Wakeups, start, watch_specs

@@ -12,8 +12,8 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
-from ..core.model import Desired
-from ..core.state import Observed
+from ..base.model import Desired
+from ..engine.state import Observed
 from ..vms.plan import phase
 
 BOOT_BUCKETS = (0.25, 0.5, 1, 2, 3, 5, 8, 13, 21, 34, 60, 120)

@@ -8,7 +8,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..core.errors import WarmvmError
+from ..base.errors import WarmvmError
 from ..statedir.store import read_json, write_json
 
 

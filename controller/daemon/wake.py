@@ -15,9 +15,9 @@ import threading
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
+from ..adapters.netlink.messages import Link, parse_link_events
+from ..adapters.netlink.rtnl import get_link, link_events
 from ..network.marks import parse_mark
-from ..network.rtnl import get_link, link_events, parse_link_events
-from ..network.state import Link
 
 Seen = tuple[str | None, int | None, bool]  # an own device as the last pass left it: mark, master, up
 

@@ -6,8 +6,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar
 
-from ..core.actions import PHASE_CLEANUP, PHASE_WARM, Action
-from ..core.model import Image
+from ..base.actions import PHASE_CLEANUP, PHASE_WARM, Action
+from ..base.kinds import CloneMethod, DiskFormat
+from ..base.model import Image
 
 
 @dataclass(frozen=True)
@@ -50,12 +51,12 @@ class DiskClone(Action):
     image: Image
     fingerprint: str
     size: int
-    method: str
+    method: CloneMethod
 
     @property
-    def format(self) -> str:
+    def format(self) -> DiskFormat:
         """The disk's format once made: a fact recorded, never probed from the disk's content."""
-        return "qcow2" if self.method == "qcow2" else "raw"
+        return DiskFormat.QCOW2 if self.method == CloneMethod.QCOW2 else DiskFormat.RAW
 
 
 @dataclass(frozen=True)
@@ -64,7 +65,7 @@ class DiskScratch(Action):
 
     kind: ClassVar[str] = "disk_scratch"
     step: ClassVar[int] = 2
-    format: ClassVar[str] = "raw"
+    format: ClassVar[DiskFormat] = DiskFormat.RAW
     vm: str
     image: Image
     size: int
@@ -76,7 +77,7 @@ class DiskGrow(Action):
 
     kind: ClassVar[str] = "disk_grow"
     step: ClassVar[int] = 2
-    format: ClassVar[str] = "raw"
+    format: ClassVar[DiskFormat] = DiskFormat.RAW
     vm: str
     size: int
 

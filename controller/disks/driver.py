@@ -14,18 +14,19 @@ import tempfile
 import time
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager
+from dataclasses import replace
 from pathlib import Path
 
-from ..core.actions import Details, Handlers
-from ..core.errors import PermanentError, TemporaryError
-from ..core.model import Image
-from ..core.state import Observed
+from ..adapters import ext4
+from ..base.actions import Details, Handlers
+from ..base.errors import PermanentError, TemporaryError
+from ..base.kinds import CloneMethod, Taken
+from ..base.model import Image
 from ..statedir.layout import Layout
 from ..statedir.store import replacing, write_json
-from . import ext4
 from .actions import DiskClone, DiskDelete, DiskGrow, DiskScratch, SeedDelete, SeedGenerate, SeedSize
 from .observe import read_disk_record
-from .state import DiskRecord
+from .state import DiskRecord, SeedRecord
 
 AUTHORIZED_KEYS = "/.ssh/authorized_keys"  # the work disk is the guest's /root
 MiB = 1 << 20
@@ -45,7 +46,7 @@ class DiskDriver:
                 DiskClone: self.disk_clone, DiskScratch: self.disk_scratch, DiskGrow: self.disk_grow,
                 DiskDelete: self.disk_delete}
 
-    def prepare(self, observed: Observed) -> None:
+    def prepare(self, observed: object) -> None:
         pass
 
     def close(self) -> None:
@@ -64,9 +65,10 @@ class DiskDriver:
         except TemporaryError:
             raise  # e.g. a full file system: tried again, and the image is not marked as failed
         except PermanentError as e:
-            write_json(record, {"fingerprint": a.fingerprint, "error": str(e), "time": time.time()}, self.layout.tmp)
+            write_json(record, SeedRecord(fingerprint=a.fingerprint, error=str(e), time=time.time()).to_dict(),
+                       self.layout.tmp)
             raise PermanentError(f"seed not built, VMs take the slow path: {e}") from None
-        write_json(record, {"fingerprint": a.fingerprint, "error": None, "time": time.time(), "size": size},
+        write_json(record, SeedRecord(fingerprint=a.fingerprint, error=None, time=time.time(), size=size).to_dict(),
                    self.layout.tmp)
         return {"size": size, "content": content}
 
@@ -74,7 +76,7 @@ class DiskDriver:
         base = self.layout.seed(a.image.name, a.fingerprint)
         with self._building(self.layout.seed(a.image.name, a.fingerprint, a.size)) as tmp:
             # a sized seed must stay raw (qcow2 overlays are backed by it): reflink, or a real copy
-            method = ext4.CloneMethod.REFLINK if self.reflink else ext4.CloneMethod.SPARSE
+            method = CloneMethod.REFLINK if self.reflink else CloneMethod.SPARSE
             ext4.clone(base, tmp, method, ext4.virtual_size(base))
             ext4.grow(tmp, a.size)
         return {"size": a.size, "method": method.value}
@@ -91,28 +93,30 @@ class DiskDriver:
 
     def disk_clone(self, a: DiskClone) -> Details:
         seed = self.layout.seed(a.image.name, a.fingerprint, a.size)
-        method = ext4.CloneMethod(a.method)
         files = self.layout.vm(a.vm)
         with self._building(files.disk) as tmp:
-            ext4.clone(seed, tmp, method, a.size)
-        backing = self.layout.relative(seed) if method is ext4.CloneMethod.QCOW2 else None
-        self._record(a.vm, DiskRecord(a.image.name, a.size, f"seed:{method.value}", a.format, backing, time.time()))
-        return {"path": f"seed:{method.value}", "size": a.size}
+            ext4.clone(seed, tmp, a.method, a.size)
+        backing = self.layout.relative(seed) if a.method == CloneMethod.QCOW2 else None
+        taken = Taken.from_seed(a.method)
+        self._record(a.vm, DiskRecord(image=a.image.name, size=a.size, taken=taken, format=a.format, seed=backing,
+                                      created=time.time()))
+        return {"path": taken, "size": a.size}
 
     def disk_scratch(self, a: DiskScratch) -> Details:
         with self._root_of(a.image) as src:
             self._build(self.layout.vm(a.vm).disk, a.size, src, check=False)
-        self._record(a.vm, DiskRecord(a.image.name, a.size, "scratch", a.format, None, time.time()))
-        return {"path": "scratch", "size": a.size}
+        self._record(a.vm, DiskRecord(image=a.image.name, size=a.size, taken=Taken.SCRATCH, format=a.format,
+                                      seed=None, created=time.time()))
+        return {"path": Taken.SCRATCH, "size": a.size}
 
     def disk_grow(self, a: DiskGrow) -> Details:
         files = self.layout.vm(a.vm)
         record = read_disk_record(files.disk_record)
         if record is None:
             raise TemporaryError(f"vm/{a.vm}: its work disk is not recorded")
-        ext4.grow(files.disk, a.size, ext4.DiskFormat(record.format))
+        ext4.grow(files.disk, a.size, record.format)
         # a grown qcow2 overlay was flattened: raw from now on, backed by nothing
-        self._record(a.vm, DiskRecord(record.image, a.size, record.taken, a.format, None, record.created))
+        self._record(a.vm, replace(record, size=a.size, format=a.format, seed=None))
         return {"size": a.size}
 
     def disk_delete(self, a: DiskDelete) -> Details:

@@ -14,12 +14,12 @@ import os
 import struct
 from pathlib import Path
 
-from ..core.errors import WarmvmError
-from ..core.model import Image
+from ..adapters import ext4
+from ..base.errors import WarmvmError
+from ..base.model import Image
 from ..statedir.layout import SEED, Layout
 from ..statedir.store import read_json
-from . import ext4
-from .state import DiskRecord, DiskState, ImageState, SeedFiles
+from .state import DiskRecord, DiskState, ImageState, SeedFiles, SeedRecord
 
 SEED_FORMAT = 1
 
@@ -82,11 +82,10 @@ def _seed_files(directory: Path) -> dict[str, SeedFiles]:
     return seeds
 
 
-def _failures(record: Path) -> dict[str, str]:
-    data = read_json(record)
-    if data and data.get("error"):
-        return {data["fingerprint"]: data["error"]}
-    return {}
+def _failures(path: Path) -> dict[str, str]:
+    data = read_json(path)
+    record = SeedRecord.from_dict(data, str(path)) if data is not None else None
+    return {record.fingerprint: record.error} if record is not None and record.error else {}
 
 
 def read_disk_record(path: Path) -> DiskRecord | None:

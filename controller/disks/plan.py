@@ -19,16 +19,17 @@ by its seed file, so that file lives as long as the disk.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 
-from ..core.actions import Action
-from ..core.model import VM, Desired
-from ..core.state import Observed
+from ..base.actions import Action
+from ..base.kinds import CloneMethod
+from ..base.model import VM, Desired
 from .actions import DiskClone, DiskDelete, DiskGrow, DiskScratch, SeedDelete, SeedGenerate, SeedSize
-from .state import DiskState, ImageState
+from .state import DiskState, DisksView, ImageState
 
 
-def plan_disks(desired: Desired, observed: Observed) -> tuple[list[Action], list[str]]:
+def plan_disks(desired: Desired, observed: DisksView) -> tuple[list[Action], list[str]]:
     """Work disks; a running VM's disk is neither grown nor deleted under it. A removed VM's disk
     goes to the trash with its VM (vms/plan.py) unless nothing is retained, and a VM that comes
     back within the retention gets its own disk back instead of a new one."""
@@ -36,7 +37,7 @@ def plan_disks(desired: Desired, observed: Observed) -> tuple[list[Action], list
     actions: list[Action] = []
     problems: list[str] = []
     for vm in sorted(desired.vms.values(), key=lambda v: v.name):
-        if vm.image is None or f"vm/{vm.name}" in observed.broken:
+        if vm.image is None or vm.name in observed.broken_vms:
             continue
         disk = disks.get(vm.name)
         if disk is None and observed.restorable(vm.name, desired.policy.retain_removed):
@@ -50,12 +51,12 @@ def plan_disks(desired: Desired, observed: Observed) -> tuple[list[Action], list
             problems.append(f"vm/{vm.name}: {problem}")
     if desired.policy.retain_removed <= 0:
         for name in sorted(set(disks) - set(desired.vms)):
-            if name not in running and f"vm/{name}" not in observed.broken:
+            if name not in running and name not in observed.broken_vms:
                 actions.append(DiskDelete(name))
     return actions, problems
 
 
-def _new_disk(vm: VM, desired: Desired, state: ImageState, method: str,
+def _new_disk(vm: VM, desired: Desired, state: ImageState, method: CloneMethod,
               planned: list[Action]) -> tuple[list[Action], str | None]:
     image = desired.images[vm.image]  # type: ignore[index]
     ready = state.ready() if image.seed else None
@@ -88,7 +89,7 @@ def _mib(size: int) -> str:
     return f"{size / (1 << 20):g}Mi"
 
 
-def plan_seeds(desired: Desired, observed: Observed) -> tuple[list[Action], list[str]]:
+def plan_seeds(desired: Desired, observed: DisksView) -> tuple[list[Action], list[str]]:
     """Seeds to generate for current inputs, then seed files nothing uses any more."""
     actions: list[Action] = []
     for image in sorted(desired.images.values(), key=lambda i: i.name):
@@ -96,11 +97,10 @@ def plan_seeds(desired: Desired, observed: Observed) -> tuple[list[Action], list
         current = state.seeds.get(state.inputs) if state.inputs is not None else None
         if state.inputs is not None and (current is None or current.base is None) and state.inputs not in state.failed:
             actions.append(SeedGenerate(image, state.inputs))
-    trashed = frozenset(e.seed for e in observed.trash if e.seed is not None)
-    return actions + plan_seed_cleanup(desired, observed.images, observed.disks, trashed), []
+    return actions + plan_seed_cleanup(desired, observed.images, observed.disks, observed.trash_seeds), []
 
 
-def plan_seed_cleanup(desired: Desired, images: dict[str, ImageState], disks: dict[str, DiskState],
+def plan_seed_cleanup(desired: Desired, images: Mapping[str, ImageState], disks: Mapping[str, DiskState],
                       trashed: frozenset[Path] = frozenset()) -> list[Action]:
     """`trashed`: seed files backing a trashed qcow2 disk, which live as long as it does."""
     actions: list[Action] = []

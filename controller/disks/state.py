@@ -10,11 +10,13 @@ controls.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar, Protocol
 
-from ..core.errors import PermanentError
+from ..base import records
+from ..base.kinds import CloneMethod, DiskFormat, Taken
 
 
 @dataclass(frozen=True)
@@ -44,37 +46,48 @@ class ImageState:
         return older[0][0] if older else None
 
 
-TAKEN = ("seed:qcow2", "seed:reflink", "seed:sparse", "scratch")
-FORMATS = ("raw", "qcow2")
+@dataclass(frozen=True, kw_only=True)
+class SeedRecord:
+    """state/images/IMAGE/seed.json: the image's last seed generation, and why it failed if it did
+    (a failed one is not tried again until its inputs change)."""
+
+    LABEL: ClassVar[str] = "seed"
+
+    fingerprint: str
+    error: str | None
+    time: float
+    size: int | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return records.to_dict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], where: str) -> SeedRecord:
+        return records.from_dict(cls, data, where)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class DiskRecord:
     """state/vms/VM/disk.json: written after the disk file, so a disk without one is unfinished."""
 
+    LABEL: ClassVar[str] = "disk"
+
     image: str
     size: int
-    taken: str  # one of TAKEN: the path the disk took
-    format: str  # raw | qcow2, as made
+    taken: Taken  # the path the disk took
+    format: DiskFormat  # as made
     seed: str | None  # the seed file a qcow2 disk is backed by, relative to the state root
     created: float
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        return records.to_dict(self)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], where: str) -> DiskRecord:
-        try:
-            taken = str(data["taken"])
+        if isinstance(data, dict) and not data.get("format"):
             # records from before the format was recorded: the path taken says it (qcow2 only by overlay)
-            fmt = str(data.get("format") or ("qcow2" if taken == "seed:qcow2" else "raw"))
-            record = cls(str(data["image"]), int(data["size"]), taken, fmt,
-                         str(data["seed"]) if data.get("seed") else None, float(data["created"]))
-        except (KeyError, TypeError, ValueError) as e:
-            raise PermanentError(f"{where}: not a disk record ({e})") from None
-        if record.taken not in TAKEN or record.format not in FORMATS:
-            raise PermanentError(f"{where}: not a disk record (taken {record.taken!r}, format {record.format!r})")
-        return record
+            data = data | {"format": "qcow2" if data.get("taken") == Taken.SEED_QCOW2 else "raw"}
+        return records.from_dict(cls, data, where)
 
 
 @dataclass(frozen=True)
@@ -93,9 +106,28 @@ class DiskState:
         return self.record.size
 
     @property
-    def taken(self) -> str:
+    def taken(self) -> Taken:
         return self.record.taken
 
     @property
-    def format(self) -> str:
+    def format(self) -> DiskFormat:
         return self.record.format
+
+
+class DisksView(Protocol):
+    """What the disk and seed planners read of a pass's observation."""
+
+    @property
+    def images(self) -> Mapping[str, ImageState]: ...
+    @property
+    def disks(self) -> Mapping[str, DiskState]: ...
+    @property
+    def clone_method(self) -> CloneMethod: ...
+    @property
+    def running(self) -> frozenset[str]: ...  # VMs whose QEMU is alive: their disks are left alone
+    @property
+    def broken_vms(self) -> frozenset[str]: ...  # VMs whose records cannot be read
+    @property
+    def trash_seeds(self) -> frozenset[Path]: ...  # seeds backing a trashed disk
+
+    def restorable(self, vm: str, retention: float) -> object | None: ...  # its trashed disk comes back

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from ipaddress import IPv4Interface
 from typing import ClassVar
 
-from ..core.actions import PHASE_CLEANUP, PHASE_SETUP, PHASE_WARM, Action
+from ..base.actions import PHASE_CLEANUP, PHASE_SETUP, PHASE_WARM, Action
 from .firewall import Ruleset
 
 

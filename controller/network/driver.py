@@ -17,11 +17,9 @@ instance, replaced whole in one transaction; no other table is ever named.
 from __future__ import annotations
 
 import errno
-import fcntl
 import os
 import random
 import socket
-import struct
 import threading
 from collections.abc import Callable, Sequence
 from ipaddress import IPv4Interface
@@ -29,10 +27,11 @@ from typing import TYPE_CHECKING, Any
 
 from tenacity import retry, retry_if_exception_type, stop_after_attempt
 
-from ..core.actions import Details, Handlers
-from ..core.errors import PermanentError, TemporaryError, os_error
-from ..core.state import Observed
-from . import nft, rtnl
+from ..adapters import nft, tun
+from ..adapters.netlink import rtnl
+from ..adapters.netlink.messages import LinkChange
+from ..base.actions import Details, Handlers
+from ..base.errors import PermanentError, TemporaryError, os_error
 from .actions import (
     BridgeDelete,
     BridgeEnsure,
@@ -48,13 +47,11 @@ from .actions import (
 from .firewall import render, render_delete, table_name
 from .marks import Mark, bridge_mark, pool_mark, vm_mark
 from .names import NameAllocator
-from .rtnl import LinkChange
+from .state import NetworkView
 
 if TYPE_CHECKING:
     from pyroute2 import IPRoute
 
-TUNSETIFF, TUNSETPERSIST = 0x400454CA, 0x400454CB
-IFF_TAP, IFF_NO_PI, IFF_TUN_EXCL = 0x0002, 0x1000, 0x8000
 NAME_ATTEMPTS = 64
 BATCH = 128  # TAPs held open at once while a batch is configured
 GROUP_DELETE_MIN = 4  # below this, single deletes are as fast as tagging a group
@@ -86,7 +83,7 @@ class NetworkDriver:
             self._ipr.close()
             self._ipr = None
 
-    def prepare(self, observed: Observed) -> None:
+    def prepare(self, observed: NetworkView) -> None:
         """Start a pass: allocators are rebuilt from this observation's names."""
         self.allocators = {}
         self._names = observed.net.names
@@ -213,7 +210,7 @@ class NetworkDriver:
             _guard("attach new TAP", lambda: rtnl.set_links(
                 [LinkChange(name, str(mark), master, up=True, isolated=isolated) for name, _ in held]))
             for _, fd in held:
-                fcntl.ioctl(fd, TUNSETPERSIST, 1)
+                tun.persist(fd)
             return [name for name, _ in held]
         finally:
             for _, fd in held:
@@ -239,13 +236,10 @@ class NetworkDriver:
                                  "other allocators keep taking them") from None
 
     def _open_exclusive(self, name: str) -> int:
-        fd = os.open("/dev/net/tun", os.O_RDWR | os.O_CLOEXEC)
         self.name_calls += 1
         try:
-            fcntl.ioctl(fd, TUNSETIFF, struct.pack("16sH22x", name.encode(), IFF_TAP | IFF_NO_PI | IFF_TUN_EXCL))
-            return fd
+            return tun.open_exclusive(name)
         except OSError as e:
-            os.close(fd)
             if e.errno in (errno.EBUSY, errno.EINVAL, errno.EEXIST):
                 raise _NameTaken(name) from None
             raise os_error(f"{name}: cannot create TAP", e) from None

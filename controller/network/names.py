@@ -11,9 +11,9 @@ from __future__ import annotations
 import random
 from collections.abc import Iterable
 
-from ..core.errors import PermanentError
+from ..base.errors import PermanentError
+from ..base.model import IFNAMSIZ
 
-IFNAMSIZ = 15  # bytes, without the NUL
 MAX_JUMP = 32
 
 

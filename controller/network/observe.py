@@ -11,9 +11,9 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from . import nft
-from .firewall import parse_table, parse_tables, table_name
-from .rtnl import dump_addresses, dump_links
+from ..adapters import nft
+from ..adapters.netlink.rtnl import dump_addresses, dump_links
+from .firewall import FAMILY, parse_table, parse_tables, table_name
 from .state import FirewallState, NetState, net_state
 
 
@@ -27,8 +27,8 @@ def observe_net(instance: str | None) -> NetState:
 def observe_firewall(table: str, needed: bool) -> FirewallState:
     try:
         if not needed:
-            return FirewallState(table, table in parse_tables(nft.list_tables()), None)
-        text = nft.list_table(table)
+            return FirewallState(table, table in parse_tables(nft.list_tables(FAMILY)), None)
+        text = nft.list_table(FAMILY, table)
         return FirewallState(table, text is not None, parse_table(text) if text is not None else None)
     except OSError as e:
         return FirewallState(table, False, None, error=e.strerror or str(e))

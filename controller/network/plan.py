@@ -18,9 +18,8 @@ from __future__ import annotations
 
 from ipaddress import IPv4Interface
 
-from ..core.actions import Action
-from ..core.model import VM, Desired, Network
-from ..core.state import Observed
+from ..base.actions import Action
+from ..base.model import VM, Desired, Network
 from .actions import (
     BridgeDelete,
     BridgeEnsure,
@@ -34,10 +33,10 @@ from .actions import (
     TapRelease,
 )
 from .firewall import Guest, Ruleset
-from .state import NetState, TapState
+from .state import NetState, NetworkView, TapState
 
 
-def plan_networks(desired: Desired, observed: Observed) -> tuple[list[Action], list[str]]:
+def plan_networks(desired: Desired, observed: NetworkView) -> tuple[list[Action], list[str]]:
     """Actions converging bridges and TAPs, and the problems no action can fix. A VM whose QEMU
     still runs keeps its TAP until it has stopped."""
     # a VM whose records cannot be read keeps its TAP, like a running one: nothing is taken from it
@@ -46,8 +45,9 @@ def plan_networks(desired: Desired, observed: Observed) -> tuple[list[Action], l
     problems: list[str] = []
     held = state.vm_taps()
     # with containment observed, a VM with an image waits for its lease before it takes a TAP
+    leases = observed.leases
     waiting = frozenset(v.name for v in vms.values() if v.image is not None and _contained(state) and not (
-        v.name in observed.vms and observed.vms[v.name].record.network == v.network))
+        v.name in leases and leases[v.name].network == v.network))
     for net in networks.values():
         adopt = _adoptions(net, state, observed)
         if adopt:
@@ -65,7 +65,7 @@ def _contained(state: NetState) -> bool:
     return state.firewall is not None and state.firewall.error is None
 
 
-def _adoptions(net: Network, state: NetState, observed: Observed) -> list[Action]:
+def _adoptions(net: Network, state: NetState, observed: NetworkView) -> list[Action]:
     """Devices of this network marked before marks named their instance, that this instance's spec
     (the bridge) or records (a VM's TAP) name, or that hang on such a bridge (pool TAPs)."""
     bridge = state.bridges.get(net.bridge)
@@ -77,8 +77,8 @@ def _adoptions(net: Network, state: NetState, observed: Observed) -> list[Action
         if tap.mark.network != net.name:
             continue
         if tap.mark.vm is not None:
-            vm = observed.vms.get(tap.mark.vm)
-            if vm is not None and vm.record.network == net.name:
+            lease = observed.leases.get(tap.mark.vm)
+            if lease is not None and lease.network == net.name:
                 adopt.append(DeviceAdopt(net.name, tap.name, "vm", tap.mark.vm))
         elif ours and bridge is not None and tap.master == bridge.index:
             adopt.append(DeviceAdopt(net.name, tap.name, "pool"))
@@ -149,7 +149,7 @@ def _plan_orphans(networks: dict[str, Network], vms: dict[str, VM], state: NetSt
     return actions
 
 
-def _plan_firewall(observed: Observed, claims: list[TapClaim]) -> tuple[list[Action], list[str]]:
+def _plan_firewall(observed: NetworkView, claims: list[TapClaim]) -> tuple[list[Action], list[str]]:
     """Our table, synced when it differs from what our TAPs (with this pass's claims) want, and
     deleted when no TAP of ours is left. Releases and deletions are not anticipated: they may be held
     back, and the TAPs they free belong to stopped VMs, which send nothing."""
@@ -165,7 +165,7 @@ def _plan_firewall(observed: Observed, claims: list[TapClaim]) -> tuple[list[Act
     return ([] if fw.present and fw.rules == wanted else [FirewallSync(fw.table, wanted)]), problems
 
 
-def _wanted_rules(observed: Observed, claims: list[TapClaim], problems: list[str]) -> Ruleset | None:
+def _wanted_rules(observed: NetworkView, claims: list[TapClaim], problems: list[str]) -> Ruleset | None:
     """A guest identity per TAP held by a VM whose lease on the TAP's network is observed; every other
     TAP of ours sends nothing. A VM whose records cannot be read keeps what is installed for it."""
     taps = {t.name: (t.mark.network, t.mark.vm) for t in observed.net.taps}
@@ -177,9 +177,9 @@ def _wanted_rules(observed: Observed, claims: list[TapClaim], problems: list[str
     guests: set[Guest] = set()
     drop: set[str] = set()
     for port, (network, vm) in taps.items():
-        state = observed.vms.get(vm) if vm else None
-        if state is not None and state.record.network == network:
-            guest = Guest(port, state.record.mac.lower(), state.record.ip)
+        lease = observed.leases.get(vm) if vm else None
+        if lease is not None and lease.network == network:
+            guest = Guest(port, lease.mac.lower(), lease.ip)
             if guest.valid:
                 guests.add(guest)
                 continue

@@ -9,29 +9,14 @@ name allocator needs; and holds what our containment table contains
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from typing import Protocol
 
+from ..adapters.netlink.messages import Address, Link
+from ..base.model import Lease
 from .firewall import Ruleset
 from .marks import Mark, parse_mark
-
-
-@dataclass(frozen=True)
-class Link:
-    index: int
-    name: str
-    kind: str | None  # "tun", "bridge", ... (None for devices without link info, e.g. lo)
-    alias: str | None
-    master: int | None
-    up: bool
-    group: int
-    isolated: bool = False  # a bridge port with IFLA_BRPORT_ISOLATED set
-
-
-@dataclass(frozen=True)
-class Address:
-    index: int
-    cidr: str  # "10.88.0.1/24"
 
 
 @dataclass(frozen=True)
@@ -119,3 +104,16 @@ def net_state(links: Iterable[Link], addresses: Iterable[Address], instance: str
 def _index_order(tap: TapState) -> tuple[int, str]:
     digits = "".join(c for c in reversed(tap.name) if c.isdigit())[::-1]
     return (int(digits) if digits else -1, tap.name)
+
+
+class NetworkView(Protocol):
+    """What the network planner and driver read of a pass's observation."""
+
+    @property
+    def net(self) -> NetState: ...
+    @property
+    def leases(self) -> Mapping[str, Lease]: ...  # each VM's IP lease and MAC, from its record
+    @property
+    def running(self) -> frozenset[str]: ...  # VMs whose QEMU is alive
+    @property
+    def broken_vms(self) -> frozenset[str]: ...  # VMs whose records cannot be read

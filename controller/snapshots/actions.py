@@ -6,8 +6,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar
 
-from ..core.actions import PHASE_CLEANUP, PHASE_WARM, Action
-from ..core.model import Image
+from ..base.actions import PHASE_CLEANUP, PHASE_WARM, Action
+from ..base.kinds import Accel
+from ..base.model import Image
 from .state import Shape
 
 
@@ -22,6 +23,8 @@ class SnapshotGenerate(Action):
     image: Image
     shape: Shape
     fingerprint: str
+    accel: Accel  # the shape's, as resolved for this host
+    tsc_khz: int | None  # what a TCG template is told its TSC runs at (its copies are told the same)
 
 
 @dataclass(frozen=True)

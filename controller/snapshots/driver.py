@@ -17,15 +17,13 @@ import tempfile
 import time
 from pathlib import Path
 
-from ..core.actions import Details, Handlers
-from ..core.errors import PermanentError
-from ..core.state import Observed
+from ..adapters import qemu, tun
+from ..adapters.ssh import READY
+from ..base.actions import Details, Handlers
+from ..base.errors import PermanentError
 from ..statedir.layout import Layout, VmFiles
 from ..statedir.store import read_json, replacing, sha256, write_json
-from ..vms import qemu
-from ..vms.ssh import READY
 from .actions import SnapshotDelete, SnapshotGenerate
-from .observe import template_machine
 from .state import SnapshotRecord
 
 POINT = b"warmvm: snapshot point"
@@ -41,7 +39,7 @@ class SnapshotDriver:
     def handlers(self) -> Handlers:
         return {SnapshotGenerate: self.snapshot_generate, SnapshotDelete: self.snapshot_delete}
 
-    def prepare(self, observed: Observed) -> None:
+    def prepare(self, observed: object) -> None:
         pass
 
     def close(self) -> None:
@@ -49,15 +47,13 @@ class SnapshotDriver:
 
     def snapshot_generate(self, a: SnapshotGenerate) -> Details:
         started = time.monotonic()
-        accel = qemu.resolve_accel(a.shape.accel, self.layout, write=True)
-        tsc_khz = qemu.host_tsc_khz() if accel == "tcg" else None
         state, record_file = self.layout.snapshot(a.image.name, a.fingerprint)
         state.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
         self.layout.tmp.mkdir(mode=0o700, parents=True, exist_ok=True)
         work = Path(tempfile.mkdtemp(dir=self.layout.tmp, prefix=f"template-{a.image.name}."))
         try:
             with replacing(state, self.layout.tmp) as out:
-                version = self._save(a, accel, tsc_khz, work, out)
+                version = self._save(a, work, out)
                 size, digest = os.stat(out).st_size, sha256(out)
         except PermanentError as e:
             failures = read_json(self.layout.snapshot_failures(a.image.name)) or {}
@@ -67,21 +63,24 @@ class SnapshotDriver:
         finally:
             shutil.rmtree(work, ignore_errors=True)
         elapsed = (time.monotonic() - started) * 1000
-        record = SnapshotRecord(a.image.name, a.fingerprint, a.shape.memory, a.shape.vcpus, accel, tsc_khz, size,
-                                digest, round(elapsed, 1), time.time(), version)
+        record = SnapshotRecord(image=a.image.name, fingerprint=a.fingerprint, memory=a.shape.memory,
+                                vcpus=a.shape.vcpus, accel=a.accel, tsc_khz=a.tsc_khz, size=size, sha256=digest,
+                                generate_ms=round(elapsed, 1), created=time.time(), qemu=version)
         write_json(record_file, record.to_dict(), self.layout.tmp)
         return {"shape": str(a.shape), "size": size, "generate_ms": round(elapsed, 1)}
 
-    def _save(self, a: SnapshotGenerate, accel: str, tsc_khz: int | None, work: Path, out: Path) -> str:
+    def _save(self, a: SnapshotGenerate, work: Path, out: Path) -> str:
         """Boots the template to its snapshot point and saves it into `out`; the QEMU version."""
         files = VmFiles(work)
         disk, identity = work / "work.img", work / "identity"
         with open(disk, "wb") as f:
             f.truncate(TEMPLATE_DISK)
         identity.write_bytes(qemu.TEMPLATE_IDENTITY)
-        tap = qemu.transient_tap()
+        tap = tun.transient_tap()
         try:
-            pid = qemu.start(template_machine(a.image, a.shape, accel, tsc_khz, disk, identity, tap), files)
+            machine = qemu.template(a.image, vcpus=a.shape.vcpus, memory=a.shape.memory, accel=a.accel,
+                                    tsc_khz=a.tsc_khz, work=disk, identity=identity, tap=tap)
+            pid = qemu.start(machine, files)
         finally:
             os.close(tap)
         try:

@@ -12,36 +12,25 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import shutil
 from pathlib import Path
 
-from ..core.errors import WarmvmError
-from ..core.model import Desired, Image
+from ..adapters import qemu
+from ..base.errors import WarmvmError
+from ..base.model import Desired, HostCaps, Image
 from ..statedir.layout import SNAPSHOT, Layout, VmFiles
 from ..statedir.store import read_json
-from ..vms import qemu
 from .plan import wanted_shapes
 from .state import FORMAT, Shape, Snapshot, SnapshotFiles, SnapshotRecord, Snapshots
 
-TEMPLATE_MAC = "52:54:00:00:00:01"  # overwritten by every copy's own (identity.c sets it)
 
-
-def template_machine(image: Image, shape: Shape, accel: str, tsc_khz: int | None, work: Path, identity: Path,
-                     tap: int | str) -> qemu.Machine:
-    """The template's machine; a copy restored from it runs the same, with its own disk, TAP and identity."""
-    return qemu.Machine(f"template-{image.name}", image.kernel, image.initrd, image.rootfs, work, "raw", None, tap,
-                        TEMPLATE_MAC, None, None, shape.vcpus, shape.memory, accel, tsc_khz=tsc_khz,
-                        identity=identity)
-
-
-def fingerprint(image: Image, shape: Shape, layout: Layout) -> str | None:
-    try:
-        accel = qemu.resolve_accel(shape.accel, layout)
-    except WarmvmError:
+def fingerprint(image: Image, shape: Shape, host: HostCaps) -> str | None:
+    accel = host.accel(shape.accel)
+    if accel is None:
         return None  # kvm asked for where there is none: such a VM does not start at all
-    machine = template_machine(image, shape, accel, None, Path("WORK"), Path("IDENTITY"), "TAP")
+    machine = qemu.template(image, vcpus=shape.vcpus, memory=shape.memory, accel=accel, tsc_khz=None,
+                            work=Path("WORK"), identity=Path("IDENTITY"), tap="TAP")
     parts: list[object] = [FORMAT, qemu.qemu_argv(machine, VmFiles(Path("DIR")))]
-    for path in (image.kernel, image.initrd, image.rootfs, shutil.which(qemu.QEMU)):
+    for path in (image.kernel, image.initrd, image.rootfs, host.qemu):
         if path is not None:
             try:
                 st = os.stat(path)
@@ -51,8 +40,8 @@ def fingerprint(image: Image, shape: Shape, layout: Layout) -> str | None:
     return hashlib.sha256(json.dumps(parts).encode()).hexdigest()[:16]
 
 
-def observe_snapshots(layout: Layout, desired: Desired) -> Snapshots:
-    wanted = {(name, shape): fingerprint(desired.images[name], shape, layout)
+def observe_snapshots(layout: Layout, desired: Desired, host: HostCaps) -> Snapshots:
+    wanted = {(name, shape): fingerprint(desired.images[name], shape, host)
               for name, shape in sorted(wanted_shapes(desired)) if name in desired.images}
     on_disk: dict[tuple[str, str], SnapshotFiles] = {}
     failed: dict[tuple[str, str], str] = {}

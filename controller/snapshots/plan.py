@@ -11,27 +11,29 @@ restored from its image, shape and inputs (a stopped VM that asks keeps it).
 
 from __future__ import annotations
 
-from ..core.actions import Action
-from ..core.model import Desired
-from ..core.state import Observed
+from ..base.actions import Action
+from ..base.kinds import Accel, BootMode
+from ..base.model import Desired
 from .actions import SnapshotDelete, SnapshotGenerate
-from .state import Shape, Snapshots
+from .state import Shape, Snapshots, SnapshotsView
 
 
 def wanted_shapes(desired: Desired) -> set[tuple[str, Shape]]:
     """The (image, shape) of every VM that asks to be restored."""
     return {(vm.image, Shape(vm.memory, vm.vcpus, vm.accel)) for vm in desired.vms.values()
-            if vm.boot == "restore" and vm.image is not None}
+            if vm.boot == BootMode.RESTORE and vm.image is not None}
 
 
-def plan_snapshots(desired: Desired, observed: Observed) -> tuple[list[Action], list[str]]:
+def plan_snapshots(desired: Desired, observed: SnapshotsView) -> tuple[list[Action], list[str]]:
     snapshots: Snapshots = observed.snapshots
     actions: list[Action] = []
     for (image, shape), fingerprint in sorted(snapshots.wanted.items()):
         if fingerprint is None or image not in desired.images or (image, fingerprint) in snapshots.failed:
             continue  # a failure is shown by `get images`; its VMs boot cold
-        if snapshots.ready(image, shape) is None:
-            actions.append(SnapshotGenerate(desired.images[image], shape, fingerprint))
+        accel = observed.host.accel(shape.accel)
+        if snapshots.ready(image, shape) is None and accel is not None:
+            tsc_khz = observed.host.tsc_khz if accel == Accel.TCG else None
+            actions.append(SnapshotGenerate(desired.images[image], shape, fingerprint, accel, tsc_khz))
     wanted = {(image, fp) for (image, _), fp in snapshots.wanted.items()}
     for (image, fingerprint), files in sorted(snapshots.on_disk.items()):
         if (image, fingerprint) not in wanted:

@@ -10,11 +10,14 @@ the TSC rate it was made with.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar, Protocol
 
-from ..core.errors import PermanentError
+from ..base import records
+from ..base.errors import PermanentError
+from ..base.kinds import Accel
+from ..base.model import HostCaps
 
 FORMAT = "qemu-migration/1"  # QEMU's own migration stream, as QMP `migrate` writes it
 
@@ -25,19 +28,21 @@ class Shape:
 
     memory: int
     vcpus: int
-    accel: str  # as the spec says: auto | kvm | tcg
+    accel: Accel  # as the spec says: auto | kvm | tcg
 
     def __str__(self) -> str:
         return f"{self.memory >> 20}Mi/{self.vcpus}cpu/{self.accel}"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class SnapshotRecord:
+    LABEL: ClassVar[str] = "snapshot"
+
     image: str
     fingerprint: str
     memory: int
     vcpus: int
-    accel: str  # as resolved: kvm | tcg
+    accel: Accel  # as resolved: kvm | tcg
     tsc_khz: int | None  # on the template's kernel command line, which a restoring QEMU repeats
     size: int
     sha256: str
@@ -47,18 +52,12 @@ class SnapshotRecord:
     format: str = FORMAT
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        return records.to_dict(self)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], where: str) -> SnapshotRecord:
-        try:
-            record = cls(str(data["image"]), str(data["fingerprint"]), int(data["memory"]), int(data["vcpus"]),
-                         str(data["accel"]), int(data["tsc_khz"]) if data.get("tsc_khz") else None,
-                         int(data["size"]), str(data["sha256"]), float(data["generate_ms"]),
-                         float(data["created"]), str(data["qemu"]), str(data["format"]))
-        except (KeyError, TypeError, ValueError) as e:
-            raise PermanentError(f"{where}: not a snapshot record ({e})") from None
-        if record.format != FORMAT or record.accel not in ("kvm", "tcg") or len(record.sha256) != 64:
+        record = records.from_dict(cls, data, where)
+        if record.format != FORMAT or record.accel == Accel.AUTO or len(record.sha256) != 64:
             raise PermanentError(f"{where}: not a snapshot record of format {FORMAT}")
         return record
 
@@ -95,3 +94,12 @@ class Snapshots:
         fingerprint = self.wanted.get((image, shape))
         files = self.on_disk.get((image, fingerprint)) if fingerprint else None
         return files.snapshot if files else None
+
+
+class SnapshotsView(Protocol):
+    """What the snapshot planner reads of a pass's observation."""
+
+    @property
+    def snapshots(self) -> Snapshots: ...
+    @property
+    def host(self) -> HostCaps: ...

@@ -27,7 +27,7 @@ from typing import Any
 import yaml
 from yaml.constructor import ConstructorError
 
-from ..core.errors import SpecError
+from ..base.errors import SpecError
 
 MAX_FILE_BYTES = 1 << 20  # real specs are a few KiB
 MAX_DEPTH = 64  # levels of nesting, also after expanding aliases (a spec uses 4 or 5)

@@ -16,8 +16,9 @@ from ipaddress import IPv4Address
 from pathlib import Path
 from typing import Any, Protocol
 
-from ..core.errors import SpecError
-from ..core.model import VM, Desired, Image, Network, Source, WorkSeed
+from ..base.errors import SpecError
+from ..base.kinds import Accel, BootMode
+from ..base.model import VM, Desired, Image, Network, Source, WorkSeed
 from .documents import Document, FieldPath, dotted, read_documents, spec_files
 from .schema import (
     API_VERSION,
@@ -163,8 +164,8 @@ class _Loader:
         return Source(self.shown(doc.file), doc.line)
 
     def _network(self, name: str, doc: Document, spec: NetworkSpec) -> Network:
-        return Network(name, spec.bridge, spec.cidr, spec.tap_pool.size, spec.tap_pool.prefix, self._source(doc),
-                       spec.isolate_vms)
+        return Network(name=name, bridge=spec.bridge, cidr=spec.cidr, pool_size=spec.tap_pool.size,
+                       pool_prefix=spec.tap_pool.prefix, source=self._source(doc), isolate_vms=spec.isolate_vms)
 
     def _check_networks(self, networks: dict[str, Network]) -> None:
         seen: list[Network] = []
@@ -212,7 +213,8 @@ class _Loader:
         if not ok:
             self.invalid.add(("Image", name))
             return None
-        return Image(name, kernel, initrd, rootfs, seed, spec.default, self._source(doc))
+        return Image(name=name, kernel=kernel, initrd=initrd, rootfs=rootfs, seed=seed, default=spec.default,
+                     source=self._source(doc))
 
     def _seed(self, doc: Document, spec: WorkSeedSpec, base: Path) -> WorkSeed | None:
         if spec.from_.startswith("rootfs:"):
@@ -221,12 +223,12 @@ class _Loader:
                 self.error(doc, ("spec", "workSeed", "from"),
                            f"{spec.from_!r}: the path inside the rootfs must be absolute")
                 return None
-            return WorkSeed(inner, None, spec.size)
+            return WorkSeed(from_rootfs=inner, from_dir=None, size=spec.size)
         directory = (base / spec.from_).resolve()
         if not self.probe.is_dir(directory):
             self.error(doc, ("spec", "workSeed", "from"), f"{spec.from_!r} is not a directory (looked at {directory})")
             return None
-        return WorkSeed(None, directory, spec.size)
+        return WorkSeed(from_rootfs=None, from_dir=directory, size=spec.size)
 
     def _default_image(self, images: dict[str, Image]) -> str | None:
         defaults = [i for i in images.values() if i.default]
@@ -258,8 +260,9 @@ class _Loader:
                 self.error(doc, ("spec", "ip"), f"{spec.ip} is not a free host address of network {network!r} "
                                                 f"({net.cidr}, gateway {net.gateway})")
                 return None
-        return VM(name, network, image, spec.disk_size, spec.vcpus, spec.memory, spec.accel,
-                  spec.running, spec.ip, self._source(doc), spec.boot)
+        return VM(name=name, network=network, image=image, disk_size=spec.disk_size, vcpus=spec.vcpus,
+                  memory=spec.memory, accel=Accel(spec.accel), running=spec.running, ip=spec.ip,
+                  source=self._source(doc), boot=BootMode(spec.boot))
 
     def _reference(self, doc: Document, field: str, wanted: str | None, known: dict[str, Any],
                    kind: str, missing_ok: bool = False) -> str | None:

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv4Network
 from typing import Any, Generic, TypeVar
 
-from ..network.names import IFNAMSIZ
+from ..base.model import IFNAMSIZ
 
 API_VERSION = "warmvm/v1"
 BRIDGE_MAX_PORTS = 1023

@@ -24,7 +24,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from ..core.errors import PermanentError
+from ..base.errors import PermanentError
 from .safety import unsafe_reason
 
 

@@ -6,8 +6,9 @@ from dataclasses import dataclass, field
 from ipaddress import IPv4Address, IPv4Interface
 from typing import ClassVar
 
-from ..core.actions import PHASE_AWAIT, PHASE_CLEANUP, PHASE_SETUP, PHASE_START, Action
-from ..core.model import Image
+from ..base.actions import PHASE_AWAIT, PHASE_CLEANUP, PHASE_SETUP, PHASE_START, Action
+from ..base.kinds import Accel, DiskFormat
+from ..base.model import Image
 from ..snapshots.state import Snapshot
 
 REMOVED = "spec removed"
@@ -24,7 +25,7 @@ class IpAssign(Action):
     ip: IPv4Address
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class VmStart(Action):
     """Spawn the VM's QEMU on its TAP and work disk, both named here (from observed state, or from
     the TAP claim and disk action planned before it in the same pass)."""
@@ -35,12 +36,13 @@ class VmStart(Action):
     vm: str
     image: Image
     tap: str | None
-    disk_format: str | None  # raw | qcow2, as recorded when the disk was made
+    disk_format: DiskFormat | None  # as recorded when the disk was made
     address: IPv4Interface
     gateway: IPv4Address
     vcpus: int
     memory: int
-    accel: str
+    accel: Accel  # as resolved for this host: kvm | tcg
+    tsc_khz: int | None = None  # what a TCG guest is told its TSC runs at (a restored one: its snapshot's)
     spec: str
     snapshot: Snapshot | None = None  # restored from it (falling back to a cold boot if that fails)
     cold_because: str | None = None  # why a VM that asks to be restored boots cold

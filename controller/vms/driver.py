@@ -11,25 +11,23 @@ from __future__ import annotations
 
 import os
 import shutil
-import subprocess
 import tempfile
-import threading
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..core.actions import Details, Handlers
-from ..core.errors import PermanentError, TemporaryError, backoff
-from ..core.state import Observed
+from ..adapters import qemu, ssh
+from ..adapters.qemu import Machine
+from ..base.actions import Details, Handlers
+from ..base.errors import PermanentError, TemporaryError, backoff
+from ..base.kinds import BootMode, DiskFormat
 from ..disks.observe import read_disk_record
-from ..snapshots.state import Snapshot
 from ..statedir.layout import SEED, Layout, VmFiles
-from ..statedir.store import atomic_write, fsync_dir, sha256, write_json
-from . import qemu, ssh
+from ..statedir.store import atomic_write, fsync_dir, write_json
 from .actions import IpAssign, TrashExpire, VmAwait, VmForget, VmRestore, VmStart, VmStop, VmTrash
 from .observe import read_record
-from .qemu import Machine
-from .state import BOOT_ATTEMPTS, VmRecord
+from .restore import Restorer, restored
+from .state import BOOT_ATTEMPTS, VmRecord, VmsView
 
 
 @dataclass
@@ -37,16 +35,17 @@ class VmDriver:
     layout: Layout
     boot_timeout: float = 60.0
     stop_timeout: float = 3.0
-    # snapshot files whose digest this process checked: (path, inode, size, mtime, ctime)
-    _verified: set[tuple[str, int, int, int, int]] = field(default_factory=set)
-    _hashing: threading.Lock = field(default_factory=threading.Lock)
+    restorer: Restorer = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.restorer = Restorer(self.layout, self.boot_timeout, self._save)
 
     def handlers(self) -> Handlers:
         return {IpAssign: self.ip_assign, VmStart: self.vm_start, VmAwait: self.vm_await, VmStop: self.vm_stop,
                 VmForget: self.vm_forget, VmTrash: self.vm_trash, VmRestore: self.vm_restore,
                 TrashExpire: self.trash_expire}
 
-    def prepare(self, observed: Observed) -> None:
+    def prepare(self, observed: VmsView) -> None:
         """A pass starts: no guest's console log grows past its cap."""
         for name in observed.vms:
             qemu.cap_console(self.files(name))
@@ -54,13 +53,13 @@ class VmDriver:
     def close(self) -> None:
         pass
 
-    def _backing(self, vm: str, fmt: str) -> Path | None:
+    def _backing(self, vm: str, fmt: DiskFormat) -> Path | None:
         """A qcow2 disk's seed, as its record names it, and only if it is a seed file of this state
         directory: the chain warmvm wrote, checked, never the one the disk's header may claim."""
-        if fmt != "qcow2":
+        if fmt != DiskFormat.QCOW2:
             return None
         record = read_disk_record(self.files(vm).disk_record)
-        if record is None or record.format != "qcow2" or not record.seed:
+        if record is None or record.format != DiskFormat.QCOW2 or not record.seed:
             raise PermanentError(f"vm/{vm}: its qcow2 disk has no recorded seed")
         seed = Path(os.path.realpath(self.layout.resolve(record.seed)))
         if seed.parent.parent != Path(os.path.realpath(self.layout.images)) or not SEED.match(seed.name):
@@ -85,7 +84,7 @@ class VmDriver:
         created = old.created if old else time.time()
         self.files(a.vm).directory.mkdir(mode=0o700, parents=True, exist_ok=True)
         self._host_key(a.vm)
-        self._save(a.vm, VmRecord(a.network, str(a.ip), qemu.mac_for(a.vm), created))
+        self._save(a.vm, VmRecord(network=a.network, ip=str(a.ip), mac=qemu.mac_for(a.vm), created=created))
         return {"ip": str(a.ip)}
 
     def _host_key(self, vm: str) -> None:
@@ -98,12 +97,10 @@ class VmDriver:
             return
         self.layout.tmp.mkdir(mode=0o700, parents=True, exist_ok=True)
         with tempfile.TemporaryDirectory(dir=self.layout.tmp) as tmp:
-            made = Path(tmp) / "key"
-            done = subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", ssh.host_alias(vm),
-                                   "-f", str(made)], capture_output=True, text=True, stdin=subprocess.DEVNULL,
-                                  check=False)
-            if done.returncode != 0:
-                raise PermanentError(f"vm/{vm}: ssh-keygen failed: {done.stderr.strip()}")
+            try:
+                made = ssh.keygen(Path(tmp), ssh.host_alias(vm))
+            except PermanentError as e:
+                raise PermanentError(f"vm/{vm}: {e}") from None
             kind, blob = made.with_suffix(".pub").read_text().split()[:2]
             atomic_write(files.host_key_dropbear, ssh.dropbear_key(made.read_text()), self.layout.tmp)
             made.replace(files.host_key)
@@ -123,93 +120,32 @@ class VmDriver:
         if running is not None:  # spawned by a run killed before it could record it: tracked from now on
             self._save(a.vm, record.with_(pid=running))
             return {"pid": running, "adopted": True}
-        accel = self._accel(a.accel)
         self._host_key(a.vm)  # VMs provisioned before host keys were their own get theirs now
-        machine = Machine(a.vm, a.image.kernel, a.image.initrd, a.image.rootfs, files.disk, a.disk_format,
-                          self._backing(a.vm, a.disk_format), a.tap, record.mac, a.address, str(a.gateway),
-                          a.vcpus, a.memory, accel, files.host_key_dropbear, qemu.host_tsc_khz())
+        machine = Machine(name=a.vm, kernel=a.image.kernel, initrd=a.image.initrd, rootfs=a.image.rootfs,
+                          disk=files.disk, disk_format=a.disk_format, backing=self._backing(a.vm, a.disk_format),
+                          tap=a.tap, mac=record.mac, address=a.address, gateway=str(a.gateway), vcpus=a.vcpus,
+                          memory=a.memory, accel=a.accel, host_key=files.host_key_dropbear, tsc_khz=a.tsc_khz)
         # intent first: the record says a boot is starting before QEMU exists; QEMU's own pid file
         # then finds it, whenever this process dies
-        starting = record.with_(pid=None, started=time.time(), accel=accel, ready=None, boots=record.boots + 1,
-                                spec=a.spec, boot="cold", snapshot=None)
-        details = {"accel": accel, "tap": a.tap, "restart": record.boots > 0 or None}
-        cold_because = a.cold_because
-        if a.snapshot is not None and a.snapshot.record.accel != accel:
-            cold_because = f"snapshot {a.snapshot} was made for {a.snapshot.record.accel}"
-        elif a.snapshot is not None:
-            pid = self._spawn_restore(a, machine, starting)
+        starting = record.with_(pid=None, started=time.time(), accel=a.accel, ready=None, boots=record.boots + 1,
+                                spec=a.spec, boot=BootMode.COLD, snapshot=None)
+        details = {"accel": a.accel, "tap": a.tap, "restart": record.boots > 0 or None}
+        if a.snapshot is not None:
+            pid = self.restorer.spawn(a, machine, starting)
             return details | {"pid": pid, "boot": "restore", "snapshot": str(a.snapshot)}
         self._save(a.vm, starting)
         pid = qemu.start(machine, files)
         self._save(a.vm, starting.with_(pid=pid))
-        return details | {"pid": pid, "boot": "cold", "cold_because": cold_because}
-
-    def _spawn_restore(self, a: VmStart, machine: Machine, starting: VmRecord) -> int:
-        """QEMU in the snapshot's layout with the VM's own TAP, disk and identity, waiting for its
-        state (loaded by the VM's await, so that VMs restored together load side by side)."""
-        assert a.snapshot is not None
-        files = self.files(a.vm)
-        identity = qemu.Identity(a.vm, a.address, str(a.gateway), machine.mac, files.host_key_dropbear.read_bytes())
-        atomic_write(files.identity, identity.entry(), self.layout.tmp)
-        restoring = replace(machine, identity=files.identity, incoming=True, tsc_khz=a.snapshot.record.tsc_khz)
-        starting = starting.with_(boot="restore", snapshot=a.snapshot.record.fingerprint)
-        self._save(a.vm, starting)
-        pid = qemu.start(restoring, files)
-        self._save(a.vm, starting.with_(pid=pid))
-        return pid
-
-    def _load(self, vm: str, snapshot: Snapshot, record: VmRecord) -> Details:
-        """The snapshot's state into the QEMU this process spawned for it, which then runs: how long
-        QEMU took to listen and to load. The snapshot's digest is checked (once per version of the
-        file and process) before QEMU reads a byte of it; one that does not match is deleted (made
-        again). A failure kills QEMU and records it: the VM's next boot is cold."""
-        files, pid = self.files(vm), record.pid
-        assert pid is not None
-        begun = time.monotonic()
-        try:
-            source = os.open(snapshot.path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
-            try:
-                if not self._intact(snapshot, source):
-                    snapshot.path.unlink(missing_ok=True)
-                    raise OSError(f"snapshot {snapshot} is corrupt (its digest does not match its record): deleted")
-                with qemu.connect(files, pid, self.boot_timeout) as session:
-                    listening = time.monotonic()
-                    qemu.load_state(session, source, self.boot_timeout)
-            finally:
-                os.close(source)
-        except OSError as e:
-            qemu.kill_spawned(pid)
-            current = read_record(files.record)
-            if current is not None and current.started == record.started and current.pid == pid:
-                # else a pass stopped or replaced it meanwhile (the daemon): not this load's to record
-                self._save(vm, current.with_(pid=None, ready=None, restore_failed=snapshot.record.fingerprint))
-            raise TemporaryError(f"vm/{vm}: restore failed, it boots cold: {e}", delay=0.0) from None
-        finally:
-            files.identity.unlink(missing_ok=True)  # read by QEMU at its start; its key and seed not kept
-        loaded = time.monotonic()
-        return {"restore_qmp_ms": round((listening - begun) * 1000, 1),
-                "restore_load_ms": round((loaded - listening) * 1000, 1)}
-
-    def _intact(self, snapshot: Snapshot, fd: int) -> bool:
-        """Whether the open snapshot has its recorded digest: hashed once per version of the file
-        and driver (VMs restored side by side wait for the one hash)."""
-        st = os.fstat(fd)
-        version = (str(snapshot.path), st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
-        with self._hashing:
-            if version not in self._verified:
-                if sha256(fd) != snapshot.record.sha256:
-                    return False
-                self._verified.add(version)
-        return True
+        return details | {"pid": pid, "boot": "cold", "cold_because": a.cold_because}
 
     def vm_await(self, a: VmAwait) -> Details:
         record = self._record(a.vm)
         files = self.files(a.vm)
         loading: Details = {}
-        if record.boot == "restore" and a.snapshot is not None and record.snapshot == a.snapshot.record.fingerprint \
-                and record.pid is not None and not qemu.exited(record.pid):
-            loading = self._load(a.vm, a.snapshot, record)  # spawned by this pass's start, waiting for its state
-        elif record.boot == "restore" and not _restored(files):
+        if self.restorer.waiting(record, a.snapshot):
+            assert a.snapshot is not None
+            loading = self.restorer.load(a.vm, a.snapshot, record)  # spawned by this pass's start
+        elif record.boot == BootMode.RESTORE and not restored(files):
             # the run that started it was killed before QEMU had its state: it would wait forever
             qemu.kill(files, record.pid)
             self._save(a.vm, record.with_(pid=None, ready=None))
@@ -244,7 +180,7 @@ class VmDriver:
         else:
             reason = f"no SSH within {self.boot_timeout:g}s; " + (f"console: {tail}" if tail else "console is empty")
         attempts = record.attempts + 1
-        restore_failed = record.snapshot if record.boot == "restore" else record.restore_failed
+        restore_failed = record.snapshot if record.boot == BootMode.RESTORE else record.restore_failed
         self._save(vm, record.with_(pid=None, ready=None, attempts=attempts, failure=reason,
                                     restore_failed=restore_failed))
         if attempts >= BOOT_ATTEMPTS:
@@ -291,7 +227,7 @@ class VmDriver:
             self.files(a.vm).record.unlink(missing_ok=True)  # no address free: leased when one is
         elif record is None or record.network != a.network or record.ip != str(a.ip):
             created = record.created if record else time.time()
-            self._save(a.vm, VmRecord(a.network, str(a.ip), qemu.mac_for(a.vm), created))
+            self._save(a.vm, VmRecord(network=a.network, ip=str(a.ip), mac=qemu.mac_for(a.vm), created=created))
         elif record.pid is not None or record.ready is not None:
             self._save(a.vm, record.with_(pid=None, ready=None))
         return {"ip": str(a.ip) if a.ip else None, "from": self.layout.relative(entry)}
@@ -306,18 +242,3 @@ class VmDriver:
         pid = qemu.running_pid(files) or qemu.find_untracked(files)
         if pid is not None:
             raise TemporaryError(f"vm/{vm}: its QEMU (pid {pid}) is still running")
-
-    def _accel(self, wanted: str) -> str:
-        return qemu.resolve_accel(wanted, self.layout, write=True)
-
-
-def _restored(files: VmFiles) -> bool:
-    """Whether a QEMU started to restore runs its guest, or is being given its state right now;
-    False: it waits for a state no one sends (the run that started it was killed)."""
-    try:
-        with qemu.Qmp(files.qmp) as session:
-            if session.run("query-status")["status"] == "running":
-                return True
-            return bool(session.run("query-migrate").get("status") == "active")
-    except (OSError, ValueError, KeyError, TypeError, AttributeError):
-        return False

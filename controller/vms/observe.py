@@ -12,13 +12,12 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
 
-from ..core.errors import WarmvmError
-from ..core.state import TrashEntry
+from ..adapters.qemu import running_pid
+from ..base.errors import WarmvmError
 from ..disks.state import DiskRecord
 from ..statedir.layout import TRASH, Layout
 from ..statedir.store import read_json
-from .qemu import running_pid
-from .state import VmRecord, VmState
+from .state import TrashEntry, VmRecord, VmState
 
 T = TypeVar("T")
 

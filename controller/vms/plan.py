@@ -17,12 +17,12 @@ from __future__ import annotations
 import hashlib
 from ipaddress import IPv4Address, IPv4Interface
 
-from ..core.actions import Action
-from ..core.model import VM, Desired, Network
-from ..core.state import Observed
+from ..base.actions import Action
+from ..base.kinds import Accel, BootMode
+from ..base.model import VM, Desired, Network
 from ..snapshots.state import Shape, Snapshot
 from .actions import REMOVED, IpAssign, TrashExpire, VmAwait, VmForget, VmRestore, VmStart, VmStop, VmTrash
-from .state import BOOT_ATTEMPTS, VmRecord, VmState
+from .state import BOOT_ATTEMPTS, VmRecord, VmState, VmsView
 
 
 def spec_hash(vm: VM) -> str:
@@ -32,13 +32,13 @@ def spec_hash(vm: VM) -> str:
     return hashlib.sha256(key.encode()).hexdigest()[:12]
 
 
-def plan_vms(desired: Desired, observed: Observed) -> tuple[list[Action], list[str]]:
+def plan_vms(desired: Desired, observed: VmsView) -> tuple[list[Action], list[str]]:
     actions: list[Action] = []
     problems: list[str] = []
     leased = {(s.record.network, IPv4Address(s.record.ip)): n for n, s in observed.vms.items()}
     retention = desired.policy.retain_removed
     for vm in sorted(desired.vms.values(), key=lambda v: v.name):
-        if vm.image is None or f"vm/{vm.name}" in observed.broken:
+        if vm.image is None or vm.name in observed.broken_vms:
             continue  # a network-only VM holds a TAP and nothing else; a broken one waits for its operator
         net = desired.networks[vm.network]
         state = observed.vms.get(vm.name)
@@ -57,14 +57,16 @@ def plan_vms(desired: Desired, observed: Observed) -> tuple[list[Action], list[s
                 continue
             leased[(vm.network, ip)] = vm.name
             actions.append(IpAssign(vm.name, vm.network, ip))
-            actions += _boot(vm, desired, net, ip, observed)
+            acts, problem = _boot(vm, desired, net, ip, observed)
+            actions += acts
+            problems += [f"vm/{vm.name}: {problem}"] if problem else []
             continue
         acts, problem = _converge(vm, desired, net, state, observed)
         actions += acts
         if problem:
             problems.append(f"vm/{vm.name}: {problem}")
     for name, state in sorted(observed.vms.items()):
-        if name not in desired.vms and f"vm/{name}" not in observed.broken:
+        if name not in desired.vms and name not in observed.broken_vms:
             actions += _remove(name, state, observed, retention)
     actions += [TrashExpire(e.vm, e.removed_at) for e in observed.trash if e.removed_at + retention <= observed.now]
     return actions, problems
@@ -90,24 +92,31 @@ def _lease(vm: VM, net: Network, leased: dict[tuple[str, IPv4Address], str]) -> 
     return None
 
 
-def _boot(vm: VM, desired: Desired, net: Network, ip: IPv4Address, observed: Observed) -> list[Action]:
+def _boot(vm: VM, desired: Desired, net: Network, ip: IPv4Address,
+          observed: VmsView) -> tuple[list[Action], str | None]:
     """Start and await; the TAP and disk format come from what is observed, or else from this
-    pass's own claim and disk actions (bound by the core planner)."""
+    pass's own claim and disk actions (bound by the engine's planner). The accelerator and how it
+    boots are decided here, from the host's capabilities: `warmvm plan` shows them."""
     if not vm.running or vm.image is None:
-        return []
+        return [], None
+    accel = observed.host.accel(vm.accel)
+    if accel is None:
+        return [], "accel: kvm was asked for, but KVM is not usable on this host"
     address = IPv4Interface(f"{ip}/{net.cidr.prefixlen}")
     image = desired.images[vm.image]
     tap = observed.net.vm_taps().get(vm.name)
     disk = observed.disks.get(vm.name)
-    snapshot, cold_because = _snapshot(vm, observed)
-    return [VmStart(vm.name, image, tap.name if tap else None, disk.format if disk else None, address,
-                    net.gateway, vm.vcpus, vm.memory, vm.accel, spec_hash(vm), snapshot, cold_because),
-            VmAwait(vm.name, ip, snapshot)]
+    snapshot, cold_because = _snapshot(vm, accel, observed)
+    tsc_khz = (snapshot.record.tsc_khz if snapshot else observed.host.tsc_khz) if accel == Accel.TCG else None
+    start = VmStart(vm=vm.name, image=image, tap=tap.name if tap else None, disk_format=disk.format if disk else None,
+                    address=address, gateway=net.gateway, vcpus=vm.vcpus, memory=vm.memory, accel=accel,
+                    tsc_khz=tsc_khz, spec=spec_hash(vm), snapshot=snapshot, cold_because=cold_because)
+    return [start, VmAwait(vm.name, ip, snapshot)], None
 
 
-def _snapshot(vm: VM, observed: Observed) -> tuple[Snapshot | None, str | None]:
+def _snapshot(vm: VM, accel: Accel, observed: VmsView) -> tuple[Snapshot | None, str | None]:
     """The snapshot a VM with `boot: restore` is restored from, or why it boots cold."""
-    if vm.boot != "restore" or vm.image is None:
+    if vm.boot != BootMode.RESTORE or vm.image is None:
         return None, None
     snapshot = observed.snapshots.ready(vm.image, Shape(vm.memory, vm.vcpus, vm.accel))
     if snapshot is None:
@@ -115,11 +124,13 @@ def _snapshot(vm: VM, observed: Observed) -> tuple[Snapshot | None, str | None]:
     state = observed.vms.get(vm.name)
     if state is not None and state.record.restore_failed == snapshot.record.fingerprint:
         return None, f"its restore from snapshot {snapshot.record.fingerprint} failed before"
+    if snapshot.record.accel != accel:
+        return None, f"snapshot {snapshot} was made for {snapshot.record.accel}"
     return snapshot, None
 
 
 def _converge(vm: VM, desired: Desired, net: Network, state: VmState,
-              observed: Observed) -> tuple[list[Action], str | None]:
+              observed: VmsView) -> tuple[list[Action], str | None]:
     record = state.record
     ip = IPv4Address(record.ip)
     if vm.ip is not None and vm.ip != ip:
@@ -132,10 +143,10 @@ def _converge(vm: VM, desired: Desired, net: Network, state: VmState,
         return ([] if state.ready else [VmAwait(vm.name, ip)]), None
     if record.attempts >= BOOT_ATTEMPTS and record.spec == spec_hash(vm):
         return [], f"Failed: {record.failure}"
-    return _boot(vm, desired, net, ip, observed), None
+    return _boot(vm, desired, net, ip, observed)
 
 
-def _remove(name: str, state: VmState, observed: Observed, retention: float) -> list[Action]:
+def _remove(name: str, state: VmState, observed: VmsView, retention: float) -> list[Action]:
     if state.alive:
         return [VmStop(name, REMOVED)]
     if name in observed.disks and retention > 0:
@@ -146,7 +157,7 @@ def _remove(name: str, state: VmState, observed: Observed, retention: float) -> 
     return []
 
 
-def phase(name: str, vm: VM | None, observed: Observed) -> tuple[str, str]:
+def phase(name: str, vm: VM | None, observed: VmsView) -> tuple[str, str]:
     """The VM's phase as users see it, and why, derived from what is observed."""
     state = observed.vms.get(name)
     if vm is None:

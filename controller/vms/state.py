@@ -1,4 +1,5 @@
-"""Observed VM runtime: each VM's record plus whether its QEMU is alive and ours. Pure types.
+"""Observed VM runtime: each VM's record plus whether its QEMU is alive and ours; the trash of
+removed VMs; and the view of a pass's observation that the VM planner reads. Pure types.
 
 The record (state/vms/VM/vm.json) holds what cannot be observed: the IP lease,
 the MAC, when the VM was first seen, and the current boot (pid, start, when
@@ -8,16 +9,25 @@ SSH first answered, failed attempts). Whether QEMU runs is always observed
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields, replace
-from typing import Any
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any, ClassVar, Protocol
 
-from ..core.errors import PermanentError
+from ..base import records
+from ..base.kinds import Accel, BootMode
+from ..base.model import HostCaps, Lease
+from ..disks.state import DiskRecord, DiskState
+from ..network.state import NetState
+from ..snapshots.state import Snapshots
 
 BOOT_ATTEMPTS = 3  # boots that never answer SSH before a VM is Failed (until its spec changes)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class VmRecord:
+    LABEL: ClassVar[str] = "VM"
+
     network: str
     ip: str
     mac: str
@@ -25,29 +35,29 @@ class VmRecord:
     spec: str = ""  # hash of what the current boot was started with (restart when it changes)
     pid: int | None = None
     started: float | None = None
-    accel: str | None = None
+    accel: Accel | None = None  # as resolved: kvm | tcg
     ready: float | None = None
     boots: int = 0
     attempts: int = 0  # consecutive boots that never answered SSH
     failure: str | None = None
     create_to_ready_ms: float | None = None
-    boot: str | None = None  # how the current boot began: cold | restore
+    boot: BootMode | None = None  # how the current boot began
     snapshot: str | None = None  # the snapshot (fingerprint) the current boot was restored from
     restore_failed: str | None = None  # the snapshot (fingerprint) a restore of this VM failed from: not tried again
+
+    @property
+    def lease(self) -> Lease:
+        return Lease(self.network, self.ip, self.mac)
 
     def with_(self, **changes: Any) -> VmRecord:
         return replace(self, **changes)
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        return records.to_dict(self)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], where: str) -> VmRecord:
-        known = {f.name for f in fields(cls)}
-        try:
-            return cls(**{k: v for k, v in data.items() if k in known})
-        except TypeError as e:
-            raise PermanentError(f"{where}: not a VM record ({e})") from None
+        return records.from_dict(cls, data, where)
 
 
 @dataclass(frozen=True)
@@ -59,3 +69,39 @@ class VmState:
     @property
     def ready(self) -> bool:
         return self.alive and self.record.ready is not None
+
+
+@dataclass(frozen=True)
+class TrashEntry:
+    """A removed VM's directory, moved aside whole: its disk and its lease, kept for a while."""
+
+    vm: str
+    removed_at: int  # unix seconds
+    path: Path
+    record: VmRecord | None  # its lease when it was removed
+    disk: DiskRecord | None
+    seed: Path | None  # the seed file a trashed qcow2 disk is backed by: it lives as long as the entry
+    size: int  # bytes the entry takes on disk
+
+
+class VmsView(Protocol):
+    """What the VM planner (and `get vms`) read of a pass's observation."""
+
+    @property
+    def vms(self) -> Mapping[str, VmState]: ...
+    @property
+    def net(self) -> NetState: ...  # which TAP each VM holds
+    @property
+    def disks(self) -> Mapping[str, DiskState]: ...  # which VMs have a disk, in which format
+    @property
+    def snapshots(self) -> Snapshots: ...
+    @property
+    def host(self) -> HostCaps: ...
+    @property
+    def trash(self) -> tuple[TrashEntry, ...]: ...
+    @property
+    def broken_vms(self) -> frozenset[str]: ...
+    @property
+    def now(self) -> float: ...
+
+    def restorable(self, vm: str, retention: float) -> TrashEntry | None: ...

@@ -1,4 +1,4 @@
-"""SSH to the guests: the readiness probe and `warmvm ssh`.
+"""SSH to the guests: the readiness probe, `warmvm ssh`, and the keys (ssh-keygen).
 
 A VM is Running when an SSH command succeeds. The probe must not feed on the
 guest it waits for (eight TCG guests on two cores once drowned in restarted
@@ -17,6 +17,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from ..base.errors import PermanentError
+
 OPTIONS = ["-o", "StrictHostKeyChecking=yes", "-o", "GlobalKnownHostsFile=/dev/null", "-o", "LogLevel=ERROR",
            "-o", "BatchMode=yes"]
 READY = b"warmvm: ready"
@@ -32,6 +34,16 @@ def ssh_argv(key: Path, ip: str, command: list[str], pin: Pin, connect_timeout: 
     known_hosts, alias = pin
     return ["ssh", "-i", str(key), *OPTIONS, "-o", f"UserKnownHostsFile={known_hosts}", "-o", f"HostKeyAlias={alias}",
             "-o", f"ConnectTimeout={connect_timeout}", f"root@{ip}", *command]
+
+
+def keygen(directory: Path, comment: str) -> Path:
+    """A new ed25519 key pair in `directory` (key and key.pub, no passphrase): the private key's path."""
+    made = directory / "key"
+    done = subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", comment, "-f", str(made)],
+                          capture_output=True, text=True, stdin=subprocess.DEVNULL, check=False)
+    if done.returncode != 0:
+        raise PermanentError(f"ssh-keygen failed: {done.stderr.strip()}")
+    return made
 
 
 def host_alias(vm: str) -> str:

@@ -22,6 +22,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 
+from ..base.actions import PHASE_START, PHASE_VM, Action
+from ..base.model import Desired
 from ..disks.actions import DiskClone, DiskGrow, DiskScratch
 from ..disks.plan import plan_disks, plan_seeds
 from ..network.actions import TapClaim
@@ -30,8 +32,6 @@ from ..snapshots.actions import SnapshotGenerate
 from ..snapshots.plan import plan_snapshots
 from ..vms.actions import VmAwait, VmStart
 from ..vms.plan import plan_vms
-from .actions import PHASE_START, PHASE_VM, Action
-from .model import Desired
 from .state import Observed
 
 Planner = Callable[[Desired, Observed], tuple[list[Action], list[str]]]

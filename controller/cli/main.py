@@ -16,17 +16,17 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from .core.errors import WarmvmError
-from .core.events import Lifecycle
-from .statedir.layout import Layout
-from .statedir.store import Store
-from .vms.observe import read_record
-from .vms.ssh import host_alias, ssh_argv
+from ..adapters.ssh import host_alias, ssh_argv
+from ..base.errors import WarmvmError
+from ..base.events import Lifecycle
+from ..statedir.layout import Layout
+from ..statedir.store import Store
+from ..vms.observe import read_record
 
 if TYPE_CHECKING:
-    from .core.actions import Action
-    from .core.model import Desired
-    from .wiring import Options
+    from ..base.actions import Action
+    from ..base.model import Desired
+    from ..engine.converge import Options
 
 # spec validation and the planner cost time to import: only the commands that use them import them,
 # so `warmvm ssh` and `warmvm logs` start at once
@@ -124,8 +124,8 @@ def main(argv: list[str] | None = None) -> int:
 def load_specs(args: argparse.Namespace) -> Desired:
     from dataclasses import replace
 
-    from .core.model import Policy
-    from .wiring import load_specs
+    from ..base.model import Policy
+    from ..engine.converge import load_specs
     if not args.specs.is_dir():
         raise WarmvmError(f"{args.specs}: spec directory does not exist")
     desired = load_specs(args.specs)
@@ -142,8 +142,8 @@ def _show_held(held: tuple[Action, ...], holds: tuple[str, ...]) -> None:
 
 
 def cmd_plan(args: argparse.Namespace, log: Lifecycle) -> int:
-    from .core.plan import plan
-    from .wiring import open_host
+    from ..engine.host import open_host
+    from ..engine.plan import plan
     desired = load_specs(args)
     current = plan(desired, open_host(Store(args.state), False, args.clone_method).observer(desired)())
     for action in current.actions:
@@ -160,15 +160,15 @@ def cmd_plan(args: argparse.Namespace, log: Lifecycle) -> int:
 
 
 def cmd_reconcile(args: argparse.Namespace, log: Lifecycle) -> int:
-    from .wiring import converge, report
+    from ..engine.converge import converge, report
     done = converge(Store(args.state), options(args), log)
     report(done, log)
     return EXIT_OK if done.ok else EXIT_ERROR
 
 
 def options(args: argparse.Namespace) -> Options:
-    from .core.model import Policy
-    from .wiring import Options
+    from ..base.model import Policy
+    from ..engine.converge import Options
     if not args.specs.is_dir():
         raise WarmvmError(f"{args.specs}: spec directory does not exist")
     return Options(args.specs, Policy(args.retain_removed, args.confirm_removals), args.clone_method,
@@ -178,18 +178,19 @@ def options(args: argparse.Namespace) -> Options:
 def cmd_watch(args: argparse.Namespace, log: Lifecycle) -> int:
     """The daemon: woken by spec changes, netlink events for our devices, QEMU exits and a periodic
     resync; SIGTERM/SIGINT finish the pass under way and exit 0, SIGHUP reads the specs now."""
-    from .daemon.loop import Settings, run
+    from ..daemon.loop import Settings, run
     return run(Store(args.state), options(args), Settings(args.interval, args.metrics_addr), log)
 
 
 def cmd_get(args: argparse.Namespace, log: Lifecycle) -> int:
     from dataclasses import replace
 
+    from ..base.model import Desired, Policy
+    from ..engine.converge import load_specs
+    from ..engine.host import open_host
     from . import views
-    from .core.model import Desired, Policy
-    from .wiring import load_specs, open_host
     if args.what == "daemon":  # read from the daemon's own status file, not from the host
-        from .daemon.status import read_status
+        from ..daemon.status import read_status
         return _show([read_status(Layout(Store(args.state).root).daemon_status)], args.output)
     desired = load_specs(args.specs) if args.specs.is_dir() else Desired()
     desired = replace(desired, policy=Policy(args.retain_removed, args.confirm_removals))
@@ -204,8 +205,8 @@ def _show(rows: list[dict[str, object]], output: str) -> int:
 
 
 def cmd_doctor(args: argparse.Namespace, log: Lifecycle) -> int:
-    from .audit.doctor import FAIL, Context, doctor, table
-    from .wiring import open_host
+    from ..audit.doctor import FAIL, Context, doctor, table
+    from ..engine.host import open_host
     desired = load_specs(args)
     host = open_host(Store(args.state), False, args.clone_method, trust=False)
     checks = doctor(Context(desired, host.observe(desired), host.layout, args.deep))
@@ -217,9 +218,9 @@ def cmd_doctor(args: argparse.Namespace, log: Lifecycle) -> int:
 
 
 def cmd_verify(args: argparse.Namespace, log: Lifecycle) -> int:
-    from .audit.observe import observe_host
-    from .audit.verify import verify
-    from .wiring import open_host
+    from ..audit.observe import observe_host
+    from ..audit.verify import verify
+    from ..engine.host import open_host
     desired = load_specs(args)
     host = open_host(Store(args.state), False, args.clone_method)
     report = verify(desired, host.observe(desired), observe_host(host.layout, host.instance), str(host.layout.vms))
@@ -240,9 +241,9 @@ def cmd_verify(args: argparse.Namespace, log: Lifecycle) -> int:
 def cmd_seed(args: argparse.Namespace, log: Lifecycle) -> int:
     """The seed step of reconcile alone, through the same code and fingerprint: what an image build
     runs so that the very first VM of a fresh host already clones a seed."""
-    from .core.plan import plan
-    from .disks.actions import SeedGenerate
-    from .wiring import open_host
+    from ..disks.actions import SeedGenerate
+    from ..engine.host import open_host
+    from ..engine.plan import plan
     store = Store(args.state)
     with store.lock(args.lock_timeout):
         desired = load_specs(args)

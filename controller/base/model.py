@@ -12,6 +12,9 @@ from ipaddress import IPv4Address, IPv4Network
 from pathlib import Path
 
 from .errors import SpecError
+from .kinds import Accel, BootMode, CloneMethod
+
+IFNAMSIZ = 15  # the kernel's limit on a device name (16 bytes with its NUL)
 
 
 @dataclass(frozen=True)
@@ -23,7 +26,7 @@ class Source:
         return f"{self.file}:{self.line}"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class Network:
     name: str
     bridge: str
@@ -38,7 +41,7 @@ class Network:
         return self.cidr.network_address + 1
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class WorkSeed:
     """Where an image's /root comes from: a path inside its rootfs, or a host directory."""
 
@@ -47,7 +50,7 @@ class WorkSeed:
     size: int | None  # None: sized from the content
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class Image:
     name: str
     kernel: Path
@@ -58,7 +61,7 @@ class Image:
     source: Source
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class VM:
     name: str
     network: str
@@ -66,11 +69,11 @@ class VM:
     disk_size: int
     vcpus: int
     memory: int
-    accel: str  # auto | kvm | tcg
+    accel: Accel
     running: bool
     ip: IPv4Address | None
     source: Source
-    boot: str = "cold"  # cold: a full boot | restore: from the image's boot snapshot once there is one
+    boot: BootMode = BootMode.COLD  # restore: from the image's boot snapshot once there is one
 
 
 @dataclass(frozen=True)
@@ -98,3 +101,32 @@ class Desired:
     @property
     def objects(self) -> int:
         return len(self.networks) + len(self.images) + len(self.vms)
+
+
+@dataclass(frozen=True)
+class Lease:
+    """A VM's IP lease on a network, with the MAC its guest has: what its record holds, and what
+    the network's containment lets that guest send."""
+
+    network: str
+    ip: str
+    mac: str
+
+
+@dataclass(frozen=True, kw_only=True)
+class HostCaps:
+    """What this host can do, observed once per pass, so that every decision that depends on it
+    is taken in the plan (and shown by `warmvm plan`), never again at apply time."""
+
+    kvm: bool = False  # KVM that can run a guest kernel (accel: auto means kvm only then)
+    tsc_khz: int | None = None  # the TSC rate a TCG guest is told (it cannot calibrate against the PIT)
+    clone_methods: tuple[CloneMethod, ...] = (CloneMethod.SPARSE,)  # what the state directory supports, best first
+    qemu: str | None = None  # the QEMU binary's path, None when it is not installed
+
+    def accel(self, wanted: Accel) -> Accel | None:
+        """What a spec's accel runs as here; None: KVM asked for where it is not usable."""
+        if wanted == Accel.AUTO:
+            return Accel.KVM if self.kvm else Accel.TCG
+        if wanted == Accel.KVM and not self.kvm:
+            return None
+        return Accel(wanted)

@@ -15,11 +15,11 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
-from .actions import Action
+from ..base.actions import Action
+from ..base.errors import MAX_DELAY, PermanentError, TemporaryError, backoff
+from ..base.events import Lifecycle
+from ..base.model import Desired
 from .apply import Drivers
-from .errors import MAX_DELAY, PermanentError, TemporaryError, backoff
-from .events import Lifecycle
-from .model import Desired
 from .plan import Plan, plan
 from .state import Observed
 

@@ -14,8 +14,6 @@ import os
 import shutil
 import subprocess
 
-from .firewall import FAMILY
-
 SEARCH = os.pathsep.join((os.environ.get("PATH", ""), "/usr/sbin", "/sbin"))  # nft lives in sbin
 TIMEOUT = 30.0
 
@@ -24,19 +22,19 @@ class NftError(OSError):
     """nft ran and refused: errno ENOENT for an object that does not exist, else EPERM or EINVAL."""
 
 
-def list_table(table: str) -> str | None:
-    """`nft -j list table bridge TABLE`: its JSON, or None when there is no such table."""
+def list_table(family: str, table: str) -> str | None:
+    """`nft -j list table FAMILY TABLE`: its JSON, or None when there is no such table."""
     try:
-        return _run(["-j", "list", "table", FAMILY, table])
+        return _run(["-j", "list", "table", family, table])
     except NftError as e:
         if e.errno == errno.ENOENT:
             return None
         raise
 
 
-def list_tables() -> str:
-    """`nft -j list tables bridge`: the bridge family's tables, as JSON."""
-    return _run(["-j", "list", "tables", FAMILY])
+def list_tables(family: str) -> str:
+    """`nft -j list tables FAMILY`: the family's tables, as JSON."""
+    return _run(["-j", "list", "tables", family])
 
 
 def apply(script: str) -> None:

@@ -13,8 +13,8 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Protocol
 
-from .actions import Action, Details, Handlers
-from .errors import os_error
+from ..base.actions import Action, Details, Handlers
+from ..base.errors import os_error
 from .state import Observed
 
 

@@ -5,10 +5,10 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from .core.model import VM, Desired
-from .core.state import Observed
-from .vms.plan import phase
-from .vms.state import VmRecord
+from ..base.model import VM, Desired
+from ..engine.state import Observed
+from ..vms.plan import phase
+from ..vms.state import VmRecord
 
 Row = dict[str, Any]
 

@@ -1,0 +1,1 @@
+"""rtnetlink, spoken directly: pure messages (messages.py), the socket calls (rtnl.py)."""
