@@ -13,6 +13,7 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, ClassVar
 
+from .kinds import Ref
 from .model import Image
 
 PHASE_SETUP, PHASE_VM, PHASE_START, PHASE_AWAIT, PHASE_WARM, PHASE_CLEANUP = range(6)
@@ -31,9 +32,9 @@ class Action:
 
     @property
     def subject(self) -> str:
-        prefix, field = self.about
+        kind, field = self.about
         value = getattr(self, field)
-        return f"{prefix}/{value.name if isinstance(value, Image) else value}"
+        return str(Ref(kind, value.name if isinstance(value, Image) else str(value)))
 
     def describe(self) -> str:
         details = " ".join(f"{f.name}={_short(getattr(self, f.name))}" for f in fields(self)

@@ -16,6 +16,7 @@ from pathlib import Path
 
 from ..adapters import ext4
 from ..base.errors import WarmvmError
+from ..base.kinds import Ref
 from ..base.model import Image
 from ..statedir.layout import SEED, Layout
 from ..statedir.store import read_json
@@ -101,7 +102,7 @@ def observe_disks(layout: Layout, broken: dict[str, str]) -> dict[str, DiskState
         try:
             record = read_disk_record(files.disk_record)
         except WarmvmError as e:
-            broken[f"vm/{vm_dir.name}"] = str(e)
+            broken[str(Ref.vm(vm_dir.name))] = str(e)
             continue
         if record is None or not files.disk.exists():
             continue  # a disk without its record was never finished: it is rebuilt

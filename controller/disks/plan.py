@@ -23,7 +23,7 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from ..base.actions import Action
-from ..base.kinds import CloneMethod
+from ..base.kinds import CloneMethod, Ref
 from ..base.model import VM, Desired
 from .actions import DiskClone, DiskDelete, DiskGrow, DiskScratch, SeedDelete, SeedGenerate, SeedSize
 from .state import DiskState, DisksView, ImageState
@@ -48,7 +48,7 @@ def plan_disks(desired: Desired, observed: DisksView) -> tuple[list[Action], lis
         else:
             problem = _existing_disk(vm, disk, running, actions)
         if problem:
-            problems.append(f"vm/{vm.name}: {problem}")
+            problems.append(f"{Ref.vm(vm.name)}: {problem}")
     if desired.policy.retain_removed <= 0:
         for name in sorted(set(disks) - set(desired.vms)):
             if name not in running and name not in observed.broken_vms:

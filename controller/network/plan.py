@@ -19,6 +19,7 @@ from __future__ import annotations
 from ipaddress import IPv4Interface
 
 from ..base.actions import Action
+from ..base.kinds import Ref
 from ..base.model import VM, Desired, Network
 from .actions import (
     BridgeDelete,
@@ -183,7 +184,7 @@ def _wanted_rules(observed: NetworkView, claims: list[TapClaim], problems: list[
             if guest.valid:
                 guests.add(guest)
                 continue
-            problems.append(f"vm/{vm}: its record's MAC {guest.mac!r} or IP {guest.ip!r} is not valid; "
+            problems.append(f"{Ref.vm(vm or '')}: its record's MAC {guest.mac!r} or IP {guest.ip!r} is not valid; "
                             f"its TAP {port} sends nothing")
             drop.add(port)
         elif vm in observed.broken_vms and port in installed:

@@ -14,6 +14,7 @@ from typing import TypeVar
 
 from ..adapters.qemu import running_pid
 from ..base.errors import WarmvmError
+from ..base.kinds import Ref
 from ..disks.state import DiskRecord
 from ..statedir.layout import TRASH, Layout
 from ..statedir.store import read_json
@@ -35,7 +36,7 @@ def observe_vms(layout: Layout, broken: dict[str, str]) -> dict[str, VmState]:
         try:
             record = read_record(files.record)
         except WarmvmError as e:
-            broken[f"vm/{vm_dir.name}"] = str(e)
+            broken[str(Ref.vm(vm_dir.name))] = str(e)
             continue
         if record is None:
             continue

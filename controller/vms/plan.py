@@ -18,7 +18,7 @@ import hashlib
 from ipaddress import IPv4Address, IPv4Interface
 
 from ..base.actions import Action
-from ..base.kinds import Accel, BootMode
+from ..base.kinds import Accel, BootMode, Ref
 from ..base.model import VM, Desired, Network
 from ..snapshots.state import Shape, Snapshot
 from .actions import REMOVED, IpAssign, TrashExpire, VmAwait, VmForget, VmRestore, VmStart, VmStop, VmTrash
@@ -52,19 +52,19 @@ def plan_vms(desired: Desired, observed: VmsView) -> tuple[list[Action], list[st
         if state is None or state.record.network != vm.network:
             ip = _lease(vm, net, leased)
             if ip is None:
-                problems.append(f"vm/{vm.name}: no free address in {net.cidr}"
+                problems.append(f"{Ref.vm(vm.name)}: no free address in {net.cidr}"
                                 + (f" ({vm.ip} is leased to {leased.get((vm.network, vm.ip))})" if vm.ip else ""))
                 continue
             leased[(vm.network, ip)] = vm.name
             actions.append(IpAssign(vm.name, vm.network, ip))
             acts, problem = _boot(vm, desired, net, ip, observed)
             actions += acts
-            problems += [f"vm/{vm.name}: {problem}"] if problem else []
+            problems += [f"{Ref.vm(vm.name)}: {problem}"] if problem else []
             continue
         acts, problem = _converge(vm, desired, net, state, observed)
         actions += acts
         if problem:
-            problems.append(f"vm/{vm.name}: {problem}")
+            problems.append(f"{Ref.vm(vm.name)}: {problem}")
     for name, state in sorted(observed.vms.items()):
         if name not in desired.vms and name not in observed.broken_vms:
             actions += _remove(name, state, observed, retention)
