@@ -26,6 +26,7 @@ from ..statedir.layout import Layout
 from ..statedir.store import replacing, write_json
 from .actions import DiskClone, DiskDelete, DiskGrow, DiskScratch, SeedDelete, SeedGenerate, SeedSize
 from .observe import read_disk_record
+from .plan import seed_size_for
 from .state import DiskRecord, SeedRecord
 
 AUTHORIZED_KEYS = "/.ssh/authorized_keys"  # the work disk is the guest's /root
@@ -168,8 +169,3 @@ class DiskDriver:
         else:
             with self.progress(label):
                 yield
-
-
-def seed_size_for(content: int) -> int:
-    """A base seed's size: the content plus a fifth and 16 MiB of room, in whole MiB."""
-    return -(-(content + content // 5 + 16 * MiB) // MiB) * MiB

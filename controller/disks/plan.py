@@ -28,6 +28,8 @@ from ..base.model import VM, Desired
 from .actions import DiskClone, DiskDelete, DiskGrow, DiskScratch, SeedDelete, SeedGenerate, SeedSize
 from .state import DiskState, DisksView, ImageState
 
+MiB = 1 << 20
+
 
 def plan_disks(desired: Desired, observed: DisksView) -> tuple[list[Action], list[str]]:
     """Work disks; a running VM's disk is neither grown nor deleted under it. A removed VM's disk
@@ -83,6 +85,12 @@ def _existing_disk(vm: VM, disk: DiskState, running: frozenset[str], actions: li
                     "(set running: false, reconcile, then running: true)")
         actions.append(DiskGrow(vm.name, vm.disk_size))
     return None
+
+
+def seed_size_for(content: int) -> int:
+    """A base seed's size when its image names none: the content plus a fifth and 16 MiB of room,
+    in whole MiB (the spec's `workSeed.size` default)."""
+    return -(-(content + content // 5 + 16 * MiB) // MiB) * MiB
 
 
 def _mib(size: int) -> str:

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from ..base.actions import Action
 from ..base.errors import MAX_DELAY, PermanentError, TemporaryError, backoff
 from ..base.events import Lifecycle
+from ..base.kinds import Outcome
 from ..base.model import Desired
 from .apply import Drivers
 from .plan import Plan, plan
@@ -33,7 +34,7 @@ class Result:
     applied: int = 0
     failures: dict[Action, str] = field(default_factory=dict)
     attempts: dict[Action, int] = field(default_factory=dict)  # temporary failures so far, for the backoff
-    outcomes: dict[Action, str] = field(default_factory=dict)  # each action's last outcome: ok, retry, failed
+    outcomes: dict[Action, Outcome] = field(default_factory=dict)  # each action's last outcome
     last_plan: Plan | None = None
     observe_ms: float = 0.0  # over all passes: where time goes outside the actions
     plan_ms: float = 0.0
@@ -101,7 +102,7 @@ def reconcile(desired: Desired, drivers: Drivers, observe: Callable[[], Observed
         if background is not None:
             # after this pass's own steps: a boot wait starts once its VM's start is recorded, and only
             # if that start went through (else the next pass plans it again)
-            unsettled = {getattr(a, "vm", None) for a in todo if result.outcomes.get(a) != "ok"}
+            unsettled = {getattr(a, "vm", None) for a in todo if result.outcomes.get(a) != Outcome.OK}
             for action in waits:
                 if getattr(action, "vm", None) not in unsettled:
                     background.submit(action, lambda a=action: _apply_one(a, drivers, log, result))  # type: ignore[misc]
@@ -159,19 +160,19 @@ def _apply_one(action: Action, drivers: Drivers, log: Lifecycle, result: Result)
     try:
         details = drivers.apply(action)
     except TemporaryError as e:
-        result.outcomes[action] = "retry"
+        result.outcomes[action] = Outcome.RETRY
         attempt = result.attempts[action] = result.attempts.get(action, 0) + 1
-        log.event(action.kind, action.subject, "retry", _ms(start), error=str(e))
+        log.event(action.kind, action.subject, Outcome.RETRY, _ms(start), error=str(e))
         return e.delay if e.delay is not None else backoff(attempt)
     except PermanentError as e:
-        result.outcomes[action] = "failed"
+        result.outcomes[action] = Outcome.FAILED
         result.failures[action] = str(e)
-        log.event(action.kind, action.subject, "failed", _ms(start), error=str(e))
+        log.event(action.kind, action.subject, Outcome.FAILED, _ms(start), error=str(e))
         return 0.0
-    result.outcomes[action] = "ok"
+    result.outcomes[action] = Outcome.OK
     result.applied += 1
     result.failures.pop(action, None)
-    log.event(action.kind, action.subject, "ok", _ms(start), **details)
+    log.event(action.kind, action.subject, Outcome.OK, _ms(start), **details)
     return 0.0
 
 

@@ -7,6 +7,7 @@ from ipaddress import IPv4Interface
 from typing import ClassVar
 
 from ..base.actions import PHASE_CLEANUP, PHASE_SETUP, PHASE_WARM, Action
+from ..base.kinds import Role
 from .firewall import Ruleset
 
 
@@ -103,7 +104,7 @@ class DeviceAdopt(Action):
     phase: ClassVar[int] = PHASE_SETUP
     network: str
     device: str
-    role: str
+    role: Role
     vm: str | None = None
 
 

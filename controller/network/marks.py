@@ -15,15 +15,16 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+from ..base.kinds import Role
+
 _PREFIX = "warmvm:"
 _INSTANCE = re.compile(r"^[0-9a-f]{8}$")
-ROLES = ("bridge", "pool", "vm")
 
 
 @dataclass(frozen=True)
 class Mark:
     instance: str | None  # None: a mark from before instances were named
-    role: str  # "bridge" | "pool" | "vm"
+    role: Role
     network: str
     vm: str | None = None
 
@@ -34,15 +35,15 @@ class Mark:
 
 
 def bridge_mark(instance: str | None, network: str) -> Mark:
-    return Mark(instance, "bridge", network)
+    return Mark(instance, Role.BRIDGE, network)
 
 
 def pool_mark(instance: str | None, network: str) -> Mark:
-    return Mark(instance, "pool", network)
+    return Mark(instance, Role.POOL, network)
 
 
 def vm_mark(instance: str | None, network: str, vm: str) -> Mark:
-    return Mark(instance, "vm", network, vm)
+    return Mark(instance, Role.VM, network, vm)
 
 
 def parse_mark(alias: str | None) -> Mark | None:
@@ -50,8 +51,8 @@ def parse_mark(alias: str | None) -> Mark | None:
         return None
     parts = alias[len(_PREFIX):].split(":")
     instance = parts.pop(0) if parts and _INSTANCE.match(parts[0]) else None
-    if len(parts) == 2 and parts[0] in ("bridge", "pool") and parts[1]:
-        return Mark(instance, parts[0], parts[1])
-    if len(parts) == 3 and parts[0] == "vm" and parts[1] and parts[2]:
-        return Mark(instance, "vm", parts[1], parts[2])
+    if len(parts) == 2 and parts[0] in (Role.BRIDGE, Role.POOL) and parts[1]:
+        return Mark(instance, Role(parts[0]), parts[1])
+    if len(parts) == 3 and parts[0] == Role.VM and parts[1] and parts[2]:
+        return Mark(instance, Role.VM, parts[1], parts[2])
     return None

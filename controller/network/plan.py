@@ -19,7 +19,7 @@ from __future__ import annotations
 from ipaddress import IPv4Interface
 
 from ..base.actions import Action
-from ..base.kinds import Ref
+from ..base.kinds import Ref, Role
 from ..base.model import VM, Desired, Network
 from .actions import (
     BridgeDelete,
@@ -72,7 +72,7 @@ def _adoptions(net: Network, state: NetState, observed: NetworkView) -> list[Act
     bridge = state.bridges.get(net.bridge)
     adopt: list[Action] = []
     if bridge is not None and bridge.owner is None and bridge.legacy == net.name:
-        adopt.append(DeviceAdopt(net.name, bridge.name, "bridge"))
+        adopt.append(DeviceAdopt(net.name, bridge.name, Role.BRIDGE))
     ours = bridge is not None and (bridge.owner == net.name or bridge.legacy == net.name)
     for tap in state.legacy:
         if tap.mark.network != net.name:
@@ -80,9 +80,9 @@ def _adoptions(net: Network, state: NetState, observed: NetworkView) -> list[Act
         if tap.mark.vm is not None:
             lease = observed.leases.get(tap.mark.vm)
             if lease is not None and lease.network == net.name:
-                adopt.append(DeviceAdopt(net.name, tap.name, "vm", tap.mark.vm))
+                adopt.append(DeviceAdopt(net.name, tap.name, Role.VM, tap.mark.vm))
         elif ours and bridge is not None and tap.master == bridge.index:
-            adopt.append(DeviceAdopt(net.name, tap.name, "pool"))
+            adopt.append(DeviceAdopt(net.name, tap.name, Role.POOL))
     return adopt
 
 

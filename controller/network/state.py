@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from ..adapters.netlink.messages import Address, Link
+from ..base.kinds import Role
 from ..base.model import Lease
 from .firewall import Ruleset
 from .marks import Mark, parse_mark
@@ -41,7 +42,7 @@ class TapState:
 
     @property
     def idle(self) -> bool:
-        return self.mark.role == "pool"
+        return self.mark.role == Role.POOL
 
 
 @dataclass(frozen=True)
@@ -86,13 +87,13 @@ def net_state(links: Iterable[Link], addresses: Iterable[Address], instance: str
     for link in links:
         mark = parse_mark(link.alias)
         ours = mark is not None and instance is not None and mark.instance == instance
-        if link.kind == "bridge" or (mark and mark.role == "bridge"):
-            marked = mark is not None and mark.role == "bridge" and link.kind == "bridge"
+        if link.kind == "bridge" or (mark and mark.role == Role.BRIDGE):
+            marked = mark is not None and mark.role == Role.BRIDGE and link.kind == "bridge"
             bridges[link.name] = BridgeState(
                 link.name, link.index, mark.network if marked and ours and mark else None, link.up,
                 frozenset(addrs.get(link.index, ())), ports.get(link.index, 0),
                 legacy=mark.network if marked and mark and mark.instance is None else None)
-        elif mark and link.kind == "tun" and mark.role in ("pool", "vm"):
+        elif mark and link.kind == "tun" and mark.role in (Role.POOL, Role.VM):
             tap = TapState(link.name, link.index, mark, link.master, link.up, link.isolated)
             if ours:
                 taps.append(tap)
