@@ -5,8 +5,6 @@
 set -euo pipefail
 source "$(dirname "$0")/lib.sh"
 bash hack/build-image.sh  # the demo guest, fetched with apt-get: before entering the namespace
-ns="wvwatch-$$-$RANDOM"
-ip netns add "$ns"
-trap 'ip netns del "$ns" 2>/dev/null || true' EXIT INT TERM
-ip netns exec "$ns" ip link set lo up
-ip netns exec "$ns" .venv/bin/python hack/bench_watch.py "$@"
+trap netns_del EXIT INT TERM
+netns_add wvwatch
+netns_exec .venv/bin/python hack/bench_watch.py "$@"

@@ -22,12 +22,11 @@ case "$state_fs" in host|xfs) ;; *) echo "bench: --state-fs must be host or xfs"
 # which has no route out
 bash hack/build-image.sh
 
-ns="wvbench-$$-$RANDOM"
 work=$(mktemp -d /tmp/warmvm-bench.XXXXXX)
 cleanup() {
   # QEMUs started under the work directory, then the namespace, the mount, the files
   for pid in $(pgrep -f "qemu-system.*$work" || true); do kill -9 "$pid" 2>/dev/null || true; done
-  ip netns del "$ns" 2>/dev/null || true
+  netns_del
   if mountpoint -q "$work/xfs" 2>/dev/null; then umount "$work/xfs" || umount -l "$work/xfs" || true; fi
   rm -rf "$work"
 }
@@ -43,6 +42,5 @@ if [ "$state_fs" = xfs ]; then
   state="$work/xfs/state"
 fi
 
-ip netns add "$ns"
-ip netns exec "$ns" ip link set lo up
-ip netns exec "$ns" .venv/bin/python hack/bench_create.py --work "$work" --state "$state" "$@"
+netns_add wvbench
+netns_exec .venv/bin/python hack/bench_create.py --work "$work" --state "$state" "$@"

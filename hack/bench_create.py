@@ -29,7 +29,6 @@ import argparse
 import io
 import json
 import shutil
-import statistics
 import subprocess
 import sys
 import threading
@@ -38,22 +37,21 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
+from benchlib import BENCH_OUT, DEMO_IMAGE, HACK, STATE, document, image_document, network_document, root_tree, summary
 
-from controller.adapters import ext4 as disks  # noqa: E402
-from controller.adapters.qemu import host_tsc_khz  # noqa: E402
-from controller.adapters.ssh import host_alias, port_open, ssh_argv  # noqa: E402
-from controller.audit.observe import observe_host  # noqa: E402
-from controller.audit.verify import verify  # noqa: E402
-from controller.base.events import Lifecycle  # noqa: E402
-from controller.base.model import Policy  # noqa: E402
-from controller.engine.converge import load_specs  # noqa: E402
-from controller.engine.host import open_host  # noqa: E402
-from controller.engine.reconcile import reconcile  # noqa: E402
-from controller.specs.schema import parse_quantity  # noqa: E402
-from controller.statedir.layout import Layout  # noqa: E402
-from controller.statedir.store import Store  # noqa: E402
+from controller.adapters import ext4 as disks
+from controller.adapters.qemu import host_tsc_khz
+from controller.adapters.ssh import host_alias, port_open, ssh_argv
+from controller.audit.observe import observe_host
+from controller.audit.verify import verify
+from controller.base.events import Lifecycle
+from controller.base.model import Policy
+from controller.engine.converge import load_specs
+from controller.engine.host import open_host
+from controller.engine.reconcile import reconcile
+from controller.specs.schema import parse_quantity
+from controller.statedir.layout import Layout
+from controller.statedir.store import Store
 
 STAGES = ["ip", "tap", "disk", "qemu_start", "boot", "controller", "total"]
 LABELS = {"ip": "IP lease", "tap": "TAP", "disk": "work disk", "qemu_start": "QEMU start",
@@ -72,7 +70,7 @@ def main() -> None:
     ap.add_argument("--root-mib", type=int, default=256)
     ap.add_argument("--files", type=int, default=4000)
     ap.add_argument("--boot-timeout", type=float, default=180.0)
-    ap.add_argument("--out", type=Path, default=REPO / "state" / "bench-out")
+    ap.add_argument("--out", type=Path, default=BENCH_OUT)
     args = ap.parse_args()
     modes = [m for m in args.modes.split(",") if m]
     assert set(modes) <= {"cold", "warm", "restore", "reference"} and modes, \
@@ -102,12 +100,10 @@ def main() -> None:
 
 def bench_image(root_mib: int, files: int) -> Path:
     """The demo guest with a realistic /root inside its rootfs (built once, cached in state/)."""
-    subprocess.run(["bash", str(REPO / "hack" / "build-image.sh")], check=True, stdin=subprocess.DEVNULL)
-    demo = REPO / "state" / "demo-image"
-    tree = REPO / "state" / f"bench-root-{root_mib}m-{files}f"
-    subprocess.run([sys.executable, str(REPO / "hack" / "make-root.py"), str(tree), "--size-mib", str(root_mib),
-                    "--files", str(files)], check=True, stdin=subprocess.DEVNULL)
-    out = REPO / "state" / f"bench-image-{root_mib}m-{files}f"
+    subprocess.run(["bash", str(HACK / "build-image.sh")], check=True, stdin=subprocess.DEVNULL)
+    demo = DEMO_IMAGE
+    tree = root_tree(STATE, root_mib, files)
+    out = STATE / f"bench-image-{root_mib}m-{files}f"
     stamp = out / ".complete"
     key = f"{(demo / '.complete').read_text().strip()}|{root_mib}|{files}"
     if stamp.exists() and stamp.read_text() == key:
@@ -148,21 +144,15 @@ class Bench:
         # a bench removes every VM it made, on purpose: nothing kept in the trash, no confirmation
         self.policy = Policy(retain_removed=0, confirm_removals=True)
         self.keep: list[str] = []  # VM specs written with every other
-        kernel = image / ("vmlinux" if (image / "vmlinux").exists() else "vmlinuz")  # warmvm's boot: PVH
+        kernel = "vmlinux" if (image / "vmlinux").exists() else "vmlinuz"  # warmvm's boot: PVH
         for mode, seed in (("cold", "none"), ("warm", "{from: 'rootfs:/root'}")):
-            (self.specs / f"image-{mode}.yaml").write_text(
-                f"apiVersion: warmvm/v1\nkind: Image\nmetadata: {{name: {mode}}}\nspec:\n"
-                f"  kernel: {kernel}\n  initrd: {image}/initrd.img\n  rootfs: {image}/rootfs.ext4\n"
-                f"  workSeed: {seed}\n")
+            (self.specs / f"image-{mode}.yaml").write_text(image_document(mode, image, kernel, seed))
 
     def network(self, pool: int) -> None:
-        (self.specs / "network.yaml").write_text(
-            "apiVersion: warmvm/v1\nkind: Network\nmetadata: {name: bench}\n"
-            f"spec: {{bridge: wvbench0, cidr: 10.99.0.0/20, tapPool: {{size: {pool}}}}}\n")
+        (self.specs / "network.yaml").write_text(network_document("wvbench0", "10.99.0.0/20", pool))
 
     def vms(self, image: str, names: list[str], running: bool = True, boot: str = "cold") -> None:
-        docs = [f"apiVersion: warmvm/v1\nkind: VM\nmetadata: {{name: {n}}}\n"
-                f"spec: {{image: {image}, diskSize: {self.disk_size}, running: {str(running).lower()}, boot: {boot}}}\n"
+        docs = [document("VM", n, image=image, diskSize=self.disk_size, running=str(running).lower(), boot=boot)
                 for n in names] + self.keep
         path = self.specs / "vms.yaml"
         if docs:
@@ -367,11 +357,11 @@ def _timeline(rows: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
     for row in rows:
         for stage, ms in row.get("timeline", {}).items():
             stages.setdefault(stage, []).append(ms)
-    return {stage: _stat(values) for stage, values in stages.items()}
+    return {stage: summary(values) for stage, values in stages.items()}
 
 
 def summarise(results: dict[str, list[dict[str, Any]]], config: dict[str, Any]) -> dict[str, Any]:
-    stats = {mode: {s: _stat([r[s] for r in rows]) for s in STAGES} for mode, rows in results.items()}
+    stats = {mode: {s: summary([r[s] for r in rows]) for s in STAGES} for mode, rows in results.items()}
     report: dict[str, Any] = {"config": {k: str(v) for k, v in config.items() if k not in ("work",)},
                               "modes": {m: {"vms": results[m], "stats": stats[m], "timeline": _timeline(results[m])}
                                         for m in results}}
@@ -395,10 +385,6 @@ def summarise(results: dict[str, list[dict[str, Any]]], config: dict[str, Any]) 
     if "restore" in stats:
         report["restore_total_median_ms"] = stats["restore"]["total"]["median"]
     return report
-
-
-def _stat(values: list[float]) -> dict[str, float]:
-    return {"min": min(values), "median": statistics.median(values), "max": max(values), "n": len(values)}
 
 
 def print_report(report: dict[str, Any]) -> None:

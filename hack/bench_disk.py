@@ -22,21 +22,19 @@ import json
 import os
 import shutil
 import signal
-import statistics
 import subprocess
 import sys
 import tempfile
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
+from benchlib import STATE, root_tree, summary, summary_as, timed
 
-from controller.adapters import ext4 as disks  # noqa: E402
-from controller.adapters.ext4 import CloneMethod  # noqa: E402
+from controller.adapters import ext4 as disks
+from controller.adapters.ext4 import CloneMethod
+from controller.disks.plan import seed_size_for
 
 MiB = 1 << 20
 KEY = b"ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIBenchBenchBenchBenchBenchBenchBenchBenchBe bench@warmvm\n"
@@ -50,19 +48,13 @@ class Result:
 
     @property
     def median(self) -> float:
-        return statistics.median(self.samples_ms)
+        return summary(self.samples_ms)["median"]
 
 
 def parse_size(text: str) -> int:
     units = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
     t = text.strip().upper().removesuffix("IB").removesuffix("B")
     return int(float(t[:-1]) * units[t[-1]]) if t and t[-1] in units else int(t)
-
-
-def timed(fn: Callable[[], None]) -> float:
-    t0 = time.perf_counter()
-    fn()
-    return (time.perf_counter() - t0) * 1000
 
 
 FSYNC = True  # mke2fs fsyncs its output, so by default every step does
@@ -120,27 +112,22 @@ def verify(disk: Path, want: disks.Tree, size: int) -> None:
 def bench_dir(label: str, d: Path, root: Path, size: int, runs: int, check: bool) -> list[Result]:
     methods = disks.detect_clone_methods(d)
     raw_method = CloneMethod.REFLINK if CloneMethod.REFLINK in methods else CloneMethod.SPARSE
-    base_size = -(-(int(disks.content_size(root) * 1.2) + 16 * MiB) // MiB) * MiB
+    base_size = seed_size_for(disks.content_size(root))  # the controller's own rule
     base, sized, disk = d / "base.raw", d / "sized.raw", d / "disk"
     want = {**disks.read_dir_tree(root), ".ssh": None, ".ssh/authorized_keys": KEY} if check else {}
     res = {k: Result(label, k) for k in [
         "scratch: mkfs -d + key", *[f"seed clone: {m.value}" for m in methods],
         "once: base seed (mkfs -d + key)", f"once: sized seed ({raw_method.value} + resize2fs)"]}
 
-    def make_base() -> None:
-        disks.build_ext4(base, base_size, root, label="seed")
-        disks.inject_file(base, "/.ssh/authorized_keys", KEY, 0o600)
-        fsync(base)
+    def build(out: Path, out_size: int, label: str) -> None:  # mkfs -d + key
+        disks.build_ext4(out, out_size, root, label=label)
+        disks.inject_file(out, "/.ssh/authorized_keys", KEY, 0o600)
+        fsync(out)
 
     def make_sized(out: Path) -> None:
         disks.clone(base, out, raw_method, base_size)
         disks.grow(out, size)
         fsync(out)
-
-    def scratch() -> None:
-        disks.build_ext4(disk, size, root, label="work")
-        disks.inject_file(disk, "/.ssh/authorized_keys", KEY, 0o600)
-        fsync(disk)
 
     def clone(method: CloneMethod) -> None:
         disks.clone(sized, disk, method, size)
@@ -149,10 +136,10 @@ def bench_dir(label: str, d: Path, root: Path, size: int, runs: int, check: bool
     print(f"[{label}] {d}: methods {[m.value for m in methods]}, base seed {base_size // MiB} MiB", file=sys.stderr)
     for i in range(runs):
         base.unlink(missing_ok=True)
-        res["once: base seed (mkfs -d + key)"].samples_ms.append(timed(make_base))
+        res["once: base seed (mkfs -d + key)"].samples_ms.append(timed(lambda: build(base, base_size, "seed")))
         sized.unlink(missing_ok=True)
         res[f"once: sized seed ({raw_method.value} + resize2fs)"].samples_ms.append(timed(lambda: make_sized(sized)))
-        res["scratch: mkfs -d + key"].samples_ms.append(timed(scratch))
+        res["scratch: mkfs -d + key"].samples_ms.append(timed(lambda: build(disk, size, "work")))
         if check and i == 0:
             verify(disk, want, size)
         disk.unlink()
@@ -170,8 +157,9 @@ def table(results: list[Result], scratch_of: dict[str, float]) -> str:
     last = ""
     for r in results:
         ratio = f"{scratch_of[r.fs] / r.median:.0f}x" if r.step.startswith("seed") else ""
-        rows.append(f"{r.fs if r.fs != last else '':<22} {r.step:<40} {r.median:>8.1f}ms "
-                    f"{min(r.samples_ms):>8.1f}ms {max(r.samples_ms):>8.1f}ms {ratio:>10}")
+        s = summary(r.samples_ms)
+        rows.append(f"{r.fs if r.fs != last else '':<22} {r.step:<40} {s['median']:>8.1f}ms "
+                    f"{s['min']:>8.1f}ms {s['max']:>8.1f}ms {ratio:>10}")
         last = r.fs
     return "\n".join(rows)
 
@@ -188,7 +176,7 @@ def main(argv: list[str]) -> int:
     ap.add_argument("--disk-size", default="4G")
     ap.add_argument("--runs", type=int, default=5)
     ap.add_argument("--json", type=Path)
-    ap.add_argument("--state", type=Path, default=REPO / "state", help="cache and scratch space (default: state/)")
+    ap.add_argument("--state", type=Path, default=STATE, help="cache and scratch space (default: state/)")
     ap.add_argument("--no-xfs", action="store_true", help="skip the loop-mounted XFS")
     ap.add_argument("--no-fsync", action="store_true", help="do not fsync clones (mkfs.ext4 still does)")
     ap.add_argument("--no-verify", action="store_true", help="skip checking the files of the first run's disks")
@@ -202,9 +190,7 @@ def main(argv: list[str]) -> int:
         signal.signal(sig, signal.default_int_handler)
 
     a.state.mkdir(parents=True, exist_ok=True)
-    root = a.state / f"bench-root-{a.root_mib}m-{a.files}f"
-    subprocess.run([sys.executable, str(REPO / "hack/make-root.py"), str(root), "--size-mib", str(a.root_mib),
-                    "--files", str(a.files)], check=True)
+    root = root_tree(a.state, a.root_mib, a.files)
     results: list[Result] = []
     work = Path(tempfile.mkdtemp(dir=a.state, prefix="bench-disk-"))
     try:
@@ -229,8 +215,7 @@ def main(argv: list[str]) -> int:
     if a.json:
         a.json.write_text(json.dumps({
             "params": {"root_mib": a.root_mib, "files": a.files, "disk_size": size, "runs": a.runs},
-            "results": [{**asdict(r), "median_ms": r.median, "min_ms": min(r.samples_ms),
-                         "max_ms": max(r.samples_ms),
+            "results": [{**asdict(r), **summary_as("{}_ms", r.samples_ms),
                          "scratch_ratio": scratch_of[r.fs] / r.median if r.step.startswith("seed") else None}
                         for r in results]}, indent=2))
     return 0

@@ -23,27 +23,25 @@ import tempfile
 import time
 from pathlib import Path
 
+from benchlib import network_document, summary_as, timed
+
 from controller.adapters.netlink.rtnl import dump_links
+from controller.adapters.tun import open_exclusive, persist
 from controller.base.events import Lifecycle
 from controller.engine.converge import load_specs
 from controller.engine.host import open_host
 from controller.engine.reconcile import reconcile
 from controller.engine.state import Observed
-from controller.network.driver import IFF_NO_PI, IFF_TAP, IFF_TUN_EXCL, TUNSETIFF, TUNSETPERSIST, NetworkDriver
+from controller.network.driver import NetworkDriver
 from controller.network.marks import pool_mark
 from controller.network.observe import observe_net
 from controller.statedir.store import Store
 
 SIOCGIFFLAGS = 0x8913
-NETWORK = """apiVersion: warmvm/v1
-kind: Network
-metadata: {{name: bench}}
-spec: {{bridge: wvbench0, cidr: 10.77.0.0/16, tapPool: {{size: {size}, prefix: {prefix}}}}}
-"""
 
 
 def run(specs: Path, size: int, prefix: str = "tap-pool-") -> float:
-    (specs / "net.yaml").write_text(NETWORK.format(size=size, prefix=prefix))
+    (specs / "net.yaml").write_text(network_document("wvbench0", "10.77.0.0/16", size, prefix=prefix))
     host = open_host(Store(specs.parent / "state"), prepare=True)
     drivers = host.drivers()
     log = Lifecycle(stream=open(os.devnull, "w"))
@@ -57,9 +55,9 @@ def run(specs: Path, size: int, prefix: str = "tap-pool-") -> float:
 
 
 def raw_tap(name: str) -> None:
-    fd = os.open("/dev/net/tun", os.O_RDWR)
-    fcntl.ioctl(fd, TUNSETIFF, struct.pack("16sH22x", name.encode(), IFF_TAP | IFF_NO_PI | IFF_TUN_EXCL))
-    fcntl.ioctl(fd, TUNSETPERSIST, 1)
+    """A persistent TAP without a mark: a foreign device, to warmvm."""
+    fd = open_exclusive(name)
+    persist(fd)
     os.close(fd)
 
 
@@ -95,9 +93,7 @@ def startup(specs: Path, state: Path, runs: int) -> dict[str, float]:
             done = subprocess.run(argv, capture_output=True, check=False)
             times[key].append((time.perf_counter() - start) * 1000)
             assert key != "plan" or done.returncode == 0, done.stderr
-    plan_ms = times["plan"]
-    return {"plan_cli_ms_median": statistics.median(plan_ms), "plan_cli_ms_min": min(plan_ms),
-            "plan_cli_ms_max": max(plan_ms), "python_ms_median": statistics.median(times["python"])}
+    return {**summary_as("plan_cli_ms_{}", times["plan"]), "python_ms_median": statistics.median(times["python"])}
 
 
 def main() -> None:
@@ -114,14 +110,10 @@ def main() -> None:
         out["warmup_s"] = run(specs, args.taps)
         owner = Store(specs.parent / "state").instance(create=False)
         out["taps"] = len([l for l in dump_links() if l.alias == str(pool_mark(owner, "bench"))])
-        noop = [run(specs, args.taps) * 1000 for _ in range(args.runs)]
-        out["noop_ms_median"], out["noop_ms_min"], out["noop_ms_max"] = statistics.median(noop), min(noop), max(noop)
-        cli = []
-        for _ in range(3):
-            start = time.perf_counter()
-            subprocess.run([sys.executable, "-m", "controller", "--specs", str(specs), "--state", f"{tmp}/state",
-                            "reconcile"], check=True, capture_output=True)
-            cli.append((time.perf_counter() - start) * 1000)
+        out.update(summary_as("noop_ms_{}", [run(specs, args.taps) * 1000 for _ in range(args.runs)]))
+        reconcile_cli = [sys.executable, "-m", "controller", "--specs", str(specs), "--state", f"{tmp}/state",
+                         "reconcile"]
+        cli = [timed(lambda: subprocess.run(reconcile_cli, check=True, capture_output=True)) for _ in range(3)]
         out["noop_cli_ms_median"] = statistics.median(cli)
         run(specs, 100)
         out.update(startup(specs, Path(tmp) / "state", args.runs * 3))
@@ -131,9 +123,8 @@ def main() -> None:
             raw_tap(f"tap-pool-{i}")  # foreign: no mark
         driver = NetworkDriver(owner or "")
         driver.prepare(Observed(net=observe_net(owner)))
-        start = time.perf_counter()
-        driver.create_taps("tap-pool-", args.names, pool_mark(owner, "bench"), "wvbench0")
-        out["alloc_ms"] = (time.perf_counter() - start) * 1000
+        out["alloc_ms"] = timed(lambda: driver.create_taps("tap-pool-", args.names, pool_mark(owner, "bench"),
+                                                           "wvbench0"))
         out["alloc_calls_per_name"] = driver.name_calls / args.names
         driver.close()
         calls, seconds = libvirt_probe("tap-probe-", 0)  # warm the code path

@@ -1,4 +1,7 @@
-"""One summary of every benchmark's JSON (written by hack/bench-all.sh), with its target."""
+"""One summary of every benchmark's JSON (written by hack/bench-all.sh), with its target.
+
+    hack/bench_summary.py [OUTDIR]   (default: state/bench-out of this checkout)
+"""
 
 from __future__ import annotations
 
@@ -6,6 +9,8 @@ import json
 import sys
 from pathlib import Path
 from typing import Any
+
+from benchlib import BENCH_OUT
 
 
 def load(path: Path) -> Any:
@@ -64,4 +69,4 @@ def main(out: Path) -> None:
 
 
 if __name__ == "__main__":
-    main(Path(sys.argv[1] if len(sys.argv) > 1 else "state/bench-out"))
+    main(Path(sys.argv[1]) if len(sys.argv) > 1 else BENCH_OUT)

@@ -14,7 +14,6 @@ import argparse
 import json
 import os
 import signal
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -23,14 +22,15 @@ import time
 from pathlib import Path
 from typing import Any
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
+from benchlib import DEMO_IMAGE, REPO, document, image_document, network_document, summary
 
-from controller.adapters.netlink.rtnl import dump_links  # noqa: E402
-from controller.network.marks import parse_mark  # noqa: E402
+from controller.adapters.netlink.rtnl import dump_links
+from controller.network.marks import parse_mark
 
-NETWORK = ("apiVersion: warmvm/v1\nkind: Network\nmetadata: {{name: bench}}\n"
-           "spec: {{bridge: wvwatch0, cidr: 10.98.0.0/24, tapPool: {{size: {size}}}}}\n")
+
+def network(size: int) -> str:
+    """The bench's Network spec, with a TAP pool of `size`."""
+    return network_document("wvwatch0", "10.98.0.0/24", size)
 
 
 class Daemon:
@@ -107,15 +107,11 @@ def qemus(state: Path) -> set[int]:
     return found
 
 
-def stat(values: list[float]) -> dict[str, float]:
-    return {"min": min(values), "median": statistics.median(values), "max": max(values), "n": len(values)}
-
-
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--runs", type=int, default=7)
     ap.add_argument("--idle", type=float, default=60.0, help="seconds to measure the idle daemon's CPU over")
-    ap.add_argument("--image", type=Path, default=REPO / "state" / "demo-image")
+    ap.add_argument("--image", type=Path, default=DEMO_IMAGE)
     ap.add_argument("--json", type=Path)
     args = ap.parse_args()
     out: dict[str, Any] = {}
@@ -123,7 +119,7 @@ def main() -> None:
         specs, state = Path(tmp) / "specs", Path(tmp) / "state"
         specs.mkdir()
         STATE.append(state)
-        (specs / "net.yaml").write_text(NETWORK.format(size=2))
+        (specs / "net.yaml").write_text(network(size=2))
         daemon = Daemon(specs, state)
         try:
             until(lambda: state.joinpath("instance").exists() and len(pool(state)) == 2, what="the first pool")
@@ -131,11 +127,11 @@ def main() -> None:
             spec_ms = []
             for i in range(args.runs):
                 t0 = time.time()
-                (specs / "net.yaml").write_text(NETWORK.format(size=3 + i))
+                (specs / "net.yaml").write_text(network(size=3 + i))
                 spec_ms.append(daemon.first_action_after(t0))
                 until(lambda i=i: len(pool(state)) == 3 + i, what=f"a pool of {3 + i}")
                 time.sleep(0.3)
-            out["spec_to_action_ms"] = stat(spec_ms)
+            out["spec_to_action_ms"] = summary(spec_ms)
             tap_ms = []
             for _ in range(args.runs):
                 size = len(pool(state))
@@ -146,7 +142,7 @@ def main() -> None:
                 until(lambda v=victim, n=size: replaced(state, v, n), what="the deleted TAP's replacement")
                 tap_ms.append((time.monotonic() - start) * 1000)
                 time.sleep(0.3)
-            out["tap_deleted_to_replaced_ms"] = stat(tap_ms)
+            out["tap_deleted_to_replaced_ms"] = summary(tap_ms)
             if (args.image / "vmlinuz").exists():
                 out.update(vm_figures(specs, state, args.image, args.runs))
             time.sleep(2)
@@ -157,7 +153,7 @@ def main() -> None:
         finally:
             for name in ("vm.yaml", "image.yaml"):
                 (specs / name).unlink(missing_ok=True)
-            (specs / "net.yaml").write_text(NETWORK.format(size=0))
+            (specs / "net.yaml").write_text(network(size=0))
             time.sleep(3)
             daemon.stop()
             for pid in qemus(state):
@@ -168,10 +164,8 @@ def main() -> None:
 
 
 def vm_figures(specs: Path, state: Path, image: Path, runs: int) -> dict[str, Any]:
-    (specs / "image.yaml").write_text(
-        f"apiVersion: warmvm/v1\nkind: Image\nmetadata: {{name: demo}}\nspec:\n  kernel: {image}/vmlinuz\n"
-        f"  initrd: {image}/initrd.img\n  rootfs: {image}/rootfs.ext4\n  workSeed: {{from: {image}/root}}\n"
-        "  default: true\n")
+    (specs / "image.yaml").write_text(image_document("demo", image, "vmlinuz", f"{{from: {image}/root}}",
+                                                     default="true"))
     ready = state / "vms" / "vm-a" / "vm.json"
 
     def is_ready() -> bool:
@@ -182,8 +176,8 @@ def vm_figures(specs: Path, state: Path, image: Path, runs: int) -> dict[str, An
 
     # a VM created while the pool grows to 100: the refill finishes before the boot
     start = time.monotonic()
-    (specs / "net.yaml").write_text(NETWORK.format(size=100))
-    (specs / "vm.yaml").write_text("apiVersion: warmvm/v1\nkind: VM\nmetadata: {name: vm-a}\nspec: {diskSize: 256Mi}\n")
+    (specs / "net.yaml").write_text(network(size=100))
+    (specs / "vm.yaml").write_text(document("VM", "vm-a", diskSize="256Mi"))
     refill_ms = until(lambda: len(pool(state)) == 100, timeout=120)
     boot_ms = until(is_ready, timeout=240) + refill_ms
     kill_ms = []
@@ -195,7 +189,7 @@ def vm_figures(specs: Path, state: Path, image: Path, runs: int) -> dict[str, An
         kill_ms.append((time.monotonic() - begin) * 1000)
         until(is_ready, timeout=240)
     return {"refill_100_ms": refill_ms, "boot_beside_refill_ms": boot_ms,
-            "refill_before_boot": refill_ms < boot_ms, "qemu_killed_to_respawned_ms": stat(kill_ms),
+            "refill_before_boot": refill_ms < boot_ms, "qemu_killed_to_respawned_ms": summary(kill_ms),
             "create_span_ms": (time.monotonic() - start) * 1000}
 
 
