@@ -1,4 +1,4 @@
-# warmvm: `make reconcile` converges the host to specs/, `make test` runs the suite.
+# warmvm: `make reconcile` converges the host to specs/, `make test` runs the suite (`make test-fast`: no VM boots).
 # Both set up what they need first: host packages (apt-get, as root) and .venv.
 VENV     ?= .venv
 PY       := $(VENV)/bin/python
@@ -6,7 +6,7 @@ WARMVM   := $(VENV)/bin/warmvm
 STAMP    := $(VENV)/.installed
 ARGS     ?=
 
-.PHONY: setup image reconcile plan test lint bench bench-pool bench-disk bench-create bench-watch clean
+.PHONY: setup image reconcile plan test test-fast lint bench bench-pool bench-disk bench-create bench-watch clean
 
 # compileall: an editable install compiles nothing, and where PYTHONDONTWRITEBYTECODE is set every
 # command would compile the package again (some 40 ms of each start-up)
@@ -32,6 +32,10 @@ plan: setup image
 
 test: setup
 	$(PY) -m pytest -q $(ARGS)
+
+# every test that needs no QEMU: those that boot VMs are marked e2e (pyproject.toml)
+test-fast: setup
+	$(PY) -m pytest -q -m "not e2e" $(ARGS)
 
 # the layers (.importlinter), the linter and the types; .ci/run runs it after the tests
 lint: setup

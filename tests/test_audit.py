@@ -10,8 +10,7 @@ import json
 import os
 import shutil
 import subprocess
-import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -19,27 +18,24 @@ import pytest
 from controller.disks.observe import kernel_format
 from controller.network.marks import vm_mark
 
-from .conftest import REPO, network_spec, vm_spec, warmvm, write
-from .test_seeds import fake_image, image_spec, make_kernel
+from .support.cli import REPO, command, instance, records, vm_spec, warmvm, write
+from .support.images import fake_host, make_kernel
+from .support.waits import wait_for
 
 
 @pytest.fixture
-def host(netns: str, tmp_path: Path) -> Iterator[tuple[Path, Path]]:
-    specs, state = tmp_path / "specs", tmp_path / "state"
-    fake_image(specs, tmp_path)
+def host(netns: str, tmp_path: Path) -> tuple[Path, Path]:
     root = tmp_path / "root"
     root.mkdir()
     (root / "README").write_text("hello\n")
-    write(specs / "net.yaml", network_spec(size=2))
-    write(specs / "image.yaml", image_spec(seed=f"{{from: '{root}'}}"))
+    specs, state = fake_host(tmp_path, pool_size=2, seed=f"{{from: '{root}'}}")
     write(specs / "vm.yaml", vm_spec("vm-a", running="false", diskSize="64Mi"))
-    yield specs, state
+    return specs, state
 
 
 def run(specs: Path, state: Path, *args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    cmd = [sys.executable, "-m", "controller", "--specs", str(specs), "--state", str(state), *args]
-    result = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, stdin=subprocess.DEVNULL, env=env,
-                            timeout=120)
+    result = subprocess.run(command(specs, state, *args), capture_output=True, text=True, cwd=REPO,
+                            stdin=subprocess.DEVNULL, env=env, timeout=120)
     assert "Traceback" not in result.stderr, result.stderr
     return result
 
@@ -138,9 +134,9 @@ def test_verify_names_each_leak_made_by_hand_and_never_calls_foreign_devices_our
         host: tuple[Path, Path], tmp_path: Path) -> None:
     specs, state = host
     assert warmvm(specs, state, "reconcile").returncode == 0
-    instance = (state / "instance").read_text().strip()
     subprocess.run(["ip", "tuntap", "add", "mode", "tap", "name", "tap-ghost0"], check=True)
-    subprocess.run(["ip", "link", "set", "tap-ghost0", "alias", str(vm_mark(instance, "default", "ghost"))], check=True)
+    subprocess.run(["ip", "link", "set", "tap-ghost0", "alias", str(vm_mark(instance(state), "default", "ghost"))],
+                   check=True)
     subprocess.run(["ip", "tuntap", "add", "mode", "tap", "name", "tap-pool-99"], check=True)  # foreign
     (state / "vms" / "orphan").mkdir()
     shutil.copy(state / "vms" / "vm-a" / "disk.json", state / "vms" / "orphan" / "disk.json")
@@ -151,10 +147,7 @@ def test_verify_names_each_leak_made_by_hand_and_never_calls_foreign_devices_our
                              "-pidfile", str(state / "vms" / "stray" / "qemu.pid")],
                             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        for _ in range(100):
-            if (state / "vms" / "stray" / "qemu.pid").exists():
-                break
-            subprocess.run(["sleep", "0.05"], check=True)
+        wait_for(lambda: (state / "vms" / "stray" / "qemu.pid").exists(), timeout=5, interval=0.05)
         result = run(specs, state, "verify", "-o", "json")
         report = json.loads(result.stdout)
     finally:
@@ -171,10 +164,9 @@ def test_seed_generates_the_work_seed_so_the_first_vm_clones_it(host: tuple[Path
     specs, state = host
     seeded = run(specs, state, "--log-format", "json", "seed")
     assert seeded.returncode == 0, seeded.stderr
-    assert [json.loads(line)["stage"] for line in seeded.stderr.splitlines() if line.startswith("{")] == \
-        ["seed_generate"]
+    assert [r["stage"] for r in records(seeded.stderr)] == ["seed_generate"]
     assert not (state / "vms").exists(), "seed touches nothing but seeds"
     out = warmvm(specs, state, "--log-format", "json", "reconcile")
-    stages = [json.loads(line).get("stage") for line in out.stderr.splitlines() if line.startswith("{")]
+    stages = [r.get("stage") for r in records(out.stderr)]
     assert "disk_clone" in stages and "disk_scratch" not in stages and "seed_generate" not in stages
     assert leaks(specs, state) == set()

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import REPO
+from .support.cli import REPO
 
 pytestmark = pytest.mark.e2e
 STAGES = {"ip", "tap", "disk", "qemu_start", "boot", "controller", "total"}

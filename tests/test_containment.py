@@ -40,8 +40,8 @@ from controller.network.firewall import SHAPE, Guest, Ruleset, parse_table, pars
 from controller.network.state import FirewallState
 from controller.specs.load import load
 
-from .conftest import REPO, network_spec, vm_spec, warmvm, write
-from .test_plan_cases import INSTANCE, Files, observed_from
+from .support.cli import REPO, instance, network_spec, reconcile, vm_spec, warmvm, write
+from .support.plancase import INSTANCE, Files, observed_from
 
 TABLE = f"warmvm-{INSTANCE}"
 
@@ -395,10 +395,6 @@ def gateway_mac(port: Port, who: tuple[str, str, str]) -> bytes:
                 raise
 
 
-def instance_of(state: Path) -> str:
-    return (state / "instance").read_text().strip()
-
-
 def lease(state: Path, who: tuple[str, str, str], network: str = "default") -> None:
     """The record a lease writes (state/vms/VM/vm.json): the identity a guest's rules follow."""
     directory = state / "vms" / who[0]
@@ -407,15 +403,9 @@ def lease(state: Path, who: tuple[str, str, str], network: str = "default") -> N
                                                    "created": time.time()}))
 
 
-def reconcile(specs: Path, state: Path) -> str:
-    result = warmvm(specs, state, "reconcile")
-    assert result.returncode == 0, result.stderr
-    return result.stderr
-
-
 def vm_taps(state: Path) -> dict[str, str]:
     """VM -> the TAP it holds."""
-    prefix = f"warmvm:{instance_of(state)}:vm:default:"
+    prefix = f"warmvm:{instance(state)}:vm:default:"
     return {link.alias.removeprefix(prefix): link.name for link in dump_links()
             if link.alias and link.alias.startswith(prefix)}
 
@@ -428,7 +418,7 @@ def two_guests(specs: Path, state: Path, isolate: bool = False) -> dict[str, str
     reconcile(specs, state)  # the state directory and its identity exist from here
     lease(state, A)
     lease(state, B)
-    out = reconcile(specs, state)
+    out = reconcile(specs, state).stderr
     assert "firewall_sync" in out
     taps = vm_taps(state)
     assert set(taps) == {A[0], B[0]}
@@ -442,7 +432,7 @@ def nft(*args: str) -> str:
 def test_a_guest_sends_only_as_itself(netns: str, workdir: tuple[Path, Path]) -> None:
     specs, state = workdir
     taps = two_guests(specs, state)
-    table = f"warmvm-{instance_of(state)}"
+    table = f"warmvm-{instance(state)}"
     with guest(taps[A[0]]) as a, host("wvbr0") as gw:
         gw_mac = gateway_mac(a, A)
         # its own identity: the gateway answers its ping
@@ -474,14 +464,14 @@ def test_a_guest_sends_only_as_itself(netns: str, workdir: tuple[Path, Path]) ->
         a.send(frame)
         a.send(marker)
         assert any(arrived(f) for f in gw.until(lambda f: icmp_of(f, 8, 99)))
-    assert "firewall_sync" in reconcile(specs, state)  # the table is observed gone and put back
+    assert "firewall_sync" in reconcile(specs, state).stderr  # the table is observed gone and put back
     assert table in nft("list", "tables", "bridge")
 
 
 def test_an_idle_tap_sends_nothing(netns: str, workdir: tuple[Path, Path]) -> None:
     specs, state = workdir
     taps = two_guests(specs, state)
-    prefix = f"warmvm:{instance_of(state)}:pool:default"
+    prefix = f"warmvm:{instance(state)}:pool:default"
     idle = next(link.name for link in dump_links() if link.alias == prefix)
     with guest(idle) as rogue, guest(taps[A[0]]) as a, host("wvbr0") as gw:
         gw_mac = gateway_mac(a, A)
@@ -493,7 +483,7 @@ def test_an_idle_tap_sends_nothing(netns: str, workdir: tuple[Path, Path]) -> No
 def test_isolated_guests_reach_the_gateway_but_not_each_other(netns: str, workdir: tuple[Path, Path]) -> None:
     specs, state = workdir
     taps = two_guests(specs, state, isolate=True)
-    ours = {link.name: link for link in dump_links() if link.alias and instance_of(state) in link.alias
+    ours = {link.name: link for link in dump_links() if link.alias and instance(state) in link.alias
             and link.kind == "tun"}
     assert len(ours) == 3 and all(link.isolated for link in ours.values())  # the warm TAP too
     with guest(taps[A[0]]) as a, guest(taps[B[0]]) as b, host("wvbr0") as gw:
@@ -509,7 +499,7 @@ def test_isolated_guests_reach_the_gateway_but_not_each_other(netns: str, workdi
         a.until(lambda f: icmp_of(f, 0, 13))
     # the same guests without isolation do reach each other (the check above would have seen it)
     write(specs / "net.yaml", network_spec(size=1))
-    assert "isolated=False" in reconcile(specs, state)
+    assert "isolated=False" in reconcile(specs, state).stderr
     assert not any(link.isolated for link in dump_links())
     with guest(taps[A[0]]) as a, guest(taps[B[0]]) as b:
         gateway_mac(b, B)
@@ -532,8 +522,8 @@ def test_a_port_whose_isolation_drifted_is_isolated_again(netns: str, workdir: t
 def test_rules_in_place_plan_nothing_and_drift_is_put_back(netns: str, workdir: tuple[Path, Path]) -> None:
     specs, state = workdir
     taps = two_guests(specs, state)
-    table = f"warmvm-{instance_of(state)}"
-    again = reconcile(specs, state)
+    table = f"warmvm-{instance(state)}"
+    again = reconcile(specs, state).stderr
     assert "0 applied" in again and "0 passes" in again
     assert warmvm(specs, state, "plan").returncode == 0
     nft("delete", "element", "bridge", table, "guests", f'{{ "{taps[A[0]]}" }}')
@@ -553,16 +543,16 @@ def test_another_instance_and_foreign_tables_are_left_alone(netns: str, tmp_path
     nft("add", "rule", "bridge", "filter", "forward", "iifname", "tap-pool-0", "accept")
     reconcile(*one)
     reconcile(*two)
-    tables = {f"warmvm-{instance_of(one[1])}", f"warmvm-{instance_of(two[1])}", "filter"}
+    tables = {f"warmvm-{instance(one[1])}", f"warmvm-{instance(two[1])}", "filter"}
     assert set(parse_tables(nft("-j", "list", "tables", "bridge"))) == tables
-    theirs = nft("list", "table", "bridge", f"warmvm-{instance_of(two[1])}")
+    theirs = nft("list", "table", "bridge", f"warmvm-{instance(two[1])}")
     foreign = nft("list", "table", "bridge", "filter")
     assert "tap-b-" in theirs and "tap-pool-" not in theirs
     (one[0] / "net.yaml").unlink()
-    out = reconcile(*one)
+    out = reconcile(*one).stderr
     assert "firewall_delete" in out
-    assert set(parse_tables(nft("-j", "list", "tables", "bridge"))) == tables - {f"warmvm-{instance_of(one[1])}"}
-    assert nft("list", "table", "bridge", f"warmvm-{instance_of(two[1])}") == theirs
+    assert set(parse_tables(nft("-j", "list", "tables", "bridge"))) == tables - {f"warmvm-{instance(one[1])}"}
+    assert nft("list", "table", "bridge", f"warmvm-{instance(two[1])}") == theirs
     assert nft("list", "table", "bridge", "filter") == foreign
 
 
@@ -575,5 +565,5 @@ def test_nft_missing_is_one_problem_line_not_a_traceback(netns: str, workdir: tu
     result = subprocess.run(cmd, capture_output=True, text=True, timeout=120, cwd=REPO, stdin=subprocess.DEVNULL)
     assert result.returncode == 1 and "Traceback" not in result.stderr
     problems = [line for line in result.stderr.splitlines() if line.startswith("problem:")]
-    assert problems == [f"problem: firewall/warmvm-{instance_of(state)}: nft is not installed "
+    assert problems == [f"problem: firewall/warmvm-{instance(state)}: nft is not installed "
                         "(Debian package nftables; hack/install-deps.sh); guests are not contained"]

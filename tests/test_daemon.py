@@ -6,17 +6,12 @@ ran are read from its own metrics endpoint (served on the namespace's loopback).
 
 from __future__ import annotations
 
-import json
 import os
-import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
-import threading
 import time
-import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -26,49 +21,11 @@ from controller.adapters.netlink.rtnl import dump_links
 from controller.daemon.wake import Wakeups
 from controller.network.marks import parse_mark
 
-from .conftest import REPO, network_spec, qemu_pids_under, vm_spec, write
-from .test_vms_e2e import image_spec
-
-
-class Daemon:
-    def __init__(self, specs: Path, state: Path, *extra: str) -> None:
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            self.port = s.getsockname()[1]
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "controller", "--specs", str(specs), "--state", str(state), "--log-format", "json",
-             "watch", "--metrics-addr", f"127.0.0.1:{self.port}", *extra],
-            cwd=REPO, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-        self.lines: list[str] = []
-        self.reader = threading.Thread(target=self._read, daemon=True)
-        self.reader.start()
-
-    def _read(self) -> None:
-        assert self.proc.stderr is not None
-        for line in self.proc.stderr:
-            self.lines.append(line)
-
-    def metric(self, name: str, **labels: str) -> float:
-        try:
-            text = urllib.request.urlopen(f"http://127.0.0.1:{self.port}/metrics", timeout=2).read().decode()
-        except OSError:
-            return 0.0
-        want = ",".join(f'{k}="{v}"' for k, v in sorted(labels.items()))
-        for line in text.splitlines():
-            m = re.match(rf"^{re.escape(name)}(?:{{(.*)}})? (\S+)$", line)
-            if m and (m.group(1) or "") == want:
-                return float(m.group(2))
-        return 0.0
-
-    def passes(self) -> float:
-        return self.metric("warmvm_reconcile_passes_total")
-
-    def stop(self, sig: int = signal.SIGTERM) -> int:
-        if self.proc.poll() is None:
-            self.proc.send_signal(sig)
-        code = self.proc.wait(timeout=120)
-        self.reader.join(timeout=5)
-        return code
+from .support.cli import REPO, instance, network_spec, vm_record, vm_spec, warmvm, write
+from .support.daemon import Daemon
+from .support.images import demo_image_spec
+from .support.netns import qemu_pids_under
+from .support.waits import wait_for
 
 
 @pytest.fixture
@@ -86,16 +43,9 @@ def daemon(netns: str, workdir: tuple[Path, Path]) -> Iterator[Callable[..., Dae
             d.proc.wait()
 
 
-def wait_for(condition: Callable[[], bool], timeout: float = 30) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.02)
-
-
 def pool(state: Path) -> list[str]:
-    instance = (state / "instance").read_text().strip() if (state / "instance").exists() else "-"
-    return [l.name for l in dump_links() if (m := parse_mark(l.alias)) and m.instance == instance and m.role == "pool"]
+    ours = instance(state) if (state / "instance").exists() else "-"
+    return [l.name for l in dump_links() if (m := parse_mark(l.alias)) and m.instance == ours and m.role == "pool"]
 
 
 def test_a_spec_edit_wakes_a_pass_and_the_metrics_show_it(daemon: Callable[..., Daemon],
@@ -120,7 +70,8 @@ def test_a_deleted_tap_and_a_foreign_device_under_the_prefix_wake_it(daemon: Cal
     write(specs / "net.yaml", network_spec(size=2))
     d = daemon("--interval", "3600")
     wait_for(lambda: len(pool(state)) == 2 and d.passes() >= 1)
-    time.sleep(0.5)  # the first pass is over: what follows can only be woken by the kernel's events
+    # the first pass is over, to its end: what follows can only be woken by the kernel's events
+    wait_for(lambda: d.finished() >= 1)
     victim = sorted(pool(state))[0]
     subprocess.run(["ip", "link", "del", victim], check=True)
     wait_for(lambda: len(pool(state)) == 2 and victim not in pool(state), timeout=10)
@@ -139,13 +90,13 @@ def test_a_burst_of_edits_is_coalesced_into_few_passes(daemon: Callable[..., Dae
     d = daemon("--interval", "3600")
     wait_for(lambda: len(pool(state)) == 1)
     wait_for(lambda: d.passes() >= 1)
-    time.sleep(1.0)
+    wait_for(lambda: d.finished() >= 1)  # the start's pass is over: every pass from here is the burst's
     before = d.passes()
     for size in range(2, 22):  # twenty writes in a burst
         write(specs / "net.yaml", network_spec(size=size))
-        time.sleep(0.005)
+        time.sleep(0.005)  # deliberate: the writes' spacing that makes them a burst, not a wait
     wait_for(lambda: len(pool(state)) == 21)
-    time.sleep(1.0)
+    time.sleep(1.0)  # deliberate: a window for the passes the burst may still cause, which are counted too
     assert d.passes() - before <= 5, "events arriving during a pass make one follow-up pass, not one each"
     assert d.stop() == 0
 
@@ -208,7 +159,7 @@ def test_a_killed_qemu_is_replaced_at_once_and_a_boot_never_holds_the_pool(
         daemon: Callable[..., Daemon], workdir: tuple[Path, Path], demo_image: Path) -> None:
     specs, state = workdir
     write(specs / "net.yaml", network_spec(size=1))
-    write(specs / "image.yaml", image_spec(demo_image))
+    write(specs / "image.yaml", demo_image_spec(demo_image))
     write(specs / "vm.yaml", vm_spec("vm-a", diskSize="64Mi"))
     d = daemon("--interval", "3600")
     try:
@@ -221,7 +172,7 @@ def test_a_killed_qemu_is_replaced_at_once_and_a_boot_never_holds_the_pool(
         try:
             wait_for(lambda: d.metric("warmvm_wakeups_total", source="qemu-exit") >= 1, timeout=5)
         except AssertionError:
-            print("".join(d.lines)[-6000:])
+            print(d.log()[-6000:])
             raise
         # vm-a boots again (seconds under TCG); a pool refill meanwhile must not wait for it
         write(specs / "net.yaml", network_spec(size=30))
@@ -231,28 +182,33 @@ def test_a_killed_qemu_is_replaced_at_once_and_a_boot_never_holds_the_pool(
         wait_for(lambda: d.metric("warmvm_vms", phase="Running") == 1, timeout=5)  # set by the pass it wakes
         assert d.metric("warmvm_vm_create_to_ready_seconds_count") >= 1
     finally:
-        for spec in specs.glob("*.yaml"):
-            spec.unlink()
-        write(specs / "net.yaml", network_spec(size=0))
-        subprocess.run([sys.executable, "-m", "controller", "--specs", str(specs), "--state", str(state),
-                        "--lock-timeout", "60", "reconcile"], cwd=REPO, capture_output=True, check=False)
+        remove_everything(specs, state)
         assert d.stop() == 0
+
+
+def remove_everything(specs: Path, state: Path, *options: str) -> None:
+    """No spec but an empty pool, and one reconcile beside the daemon (it waits for the daemon's lock)."""
+    for spec in specs.glob("*.yaml"):
+        spec.unlink()
+    write(specs / "net.yaml", network_spec(size=0))
+    warmvm(specs, state, "--lock-timeout", "60", *options, "reconcile", timeout=300)
 
 
 def _ready(state: Path, vm: str) -> bool:
     try:
-        return json.loads((state / "vms" / vm / "vm.json").read_text()).get("ready") is not None
+        return vm_record(state, vm).get("ready") is not None
     except (OSError, ValueError):
         return False
 
 
+@pytest.mark.e2e
 def test_the_daemon_makes_a_snapshot_once_its_vms_run_and_restores_the_next_vm(
         daemon: Callable[..., Daemon], workdir: tuple[Path, Path], demo_image: Path) -> None:
     """Boot waits run beside the passes: a restored VM's state is loaded in its wait, which no later
     pass's wait for the same VM disturbs."""
     specs, state = workdir
     write(specs / "net.yaml", network_spec(size=2))
-    write(specs / "image.yaml", image_spec(demo_image))
+    write(specs / "image.yaml", demo_image_spec(demo_image))
     write(specs / "vm.yaml", vm_spec("vm-a", diskSize="64Mi", boot="restore"))
     d = daemon("--interval", "3600")
     try:
@@ -261,14 +217,9 @@ def test_the_daemon_makes_a_snapshot_once_its_vms_run_and_restores_the_next_vm(
         write(specs / "vm.yaml", vm_spec("vm-a", diskSize="64Mi", boot="restore") + "---\n"
               + vm_spec("vm-b", diskSize="64Mi", boot="restore"))
         wait_for(lambda: _ready(state, "vm-b"), timeout=120)
-        record = json.loads((state / "vms" / "vm-b" / "vm.json").read_text())
-        assert record["boot"] == "restore" and not record.get("restore_failed"), "".join(d.lines)[-4000:]
+        record = vm_record(state, "vm-b")
+        assert record["boot"] == "restore" and not record.get("restore_failed"), d.log()[-4000:]
         assert len(qemu_pids_under(state / "vms" / "vm-b")) == 1
     finally:
-        for spec in specs.glob("*.yaml"):
-            spec.unlink()
-        write(specs / "net.yaml", network_spec(size=0))
-        subprocess.run([sys.executable, "-m", "controller", "--specs", str(specs), "--state", str(state),
-                        "--lock-timeout", "60", "--confirm-removals", "reconcile"], cwd=REPO, capture_output=True,
-                       check=False)
+        remove_everything(specs, state, "--confirm-removals")
         assert d.stop() == 0

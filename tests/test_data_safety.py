@@ -13,12 +13,10 @@ from __future__ import annotations
 import json
 import os
 import random
-import re
-import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -27,27 +25,29 @@ from controller.adapters import ext4
 from controller.adapters.netlink.rtnl import dump_links
 from controller.network.marks import parse_mark
 
-from .conftest import REPO, assert_verified, network_spec, vm_spec, warmvm, write
-from .test_seeds import fake_image, image_spec
+from .support.cli import (
+    REPO,
+    assert_verified,
+    command,
+    instance,
+    network_spec,
+    reconcile,
+    records,
+    vm_record,
+    vm_spec,
+    warmvm,
+    write,
+)
+from .support.daemon import Daemon
+from .support.images import fake_host, image_spec
+from .support.waits import wait_for
 
 GUEST_FILE = "/notes/precious.txt"
 
 
 @pytest.fixture
-def host(netns: str, tmp_path: Path) -> Iterator[tuple[Path, Path]]:
-    specs, state = tmp_path / "specs", tmp_path / "state"
-    fake_image(specs, tmp_path)
-    write(specs / "net.yaml", network_spec(size=1))
-    write(specs / "image.yaml", image_spec())
-    yield specs, state
-
-
-def reconcile(specs: Path, state: Path, *args: str, ok: bool = True) -> subprocess.CompletedProcess[str]:
-    result = warmvm(specs, state, *args, "reconcile")
-    assert "Traceback" not in result.stderr
-    if ok:
-        assert result.returncode == 0, result.stderr
-    return result
+def host(netns: str, tmp_path: Path) -> tuple[Path, Path]:
+    return fake_host(tmp_path, pool_size=1)
 
 
 def disk(state: Path, vm: str) -> Path:
@@ -55,7 +55,7 @@ def disk(state: Path, vm: str) -> Path:
 
 
 def lease(state: Path, vm: str) -> str:
-    return str(json.loads((state / "vms" / vm / "vm.json").read_text())["ip"])
+    return str(vm_record(state, vm)["ip"])
 
 
 def write_guest_file(state: Path, vm: str, text: str) -> None:
@@ -76,25 +76,28 @@ def provision(specs: Path, state: Path, *names: str) -> dict[str, int]:
     return {name: disk(state, name).stat().st_ino for name in names}
 
 
+def converged_after(log: str, line: str) -> bool:
+    """A pass that ended after the last log line holding `line` converged (its JSON summary says so)."""
+    return any(r.get("converged") for r in records(log.rpartition(line)[2]))
+
+
 def test_a_spec_that_blinks_under_watch_keeps_the_vms_disk_and_address(host: tuple[Path, Path]) -> None:
     specs, state = host
     inode = provision(specs, state, "vm-a")["vm-a"]
     ip = lease(state, "vm-a")
     saved = (specs / "vm-a.yaml").read_text()
-    daemon = subprocess.Popen([sys.executable, "-m", "controller", "--specs", str(specs), "--state", str(state),
-                               "watch", "--poll", "0.05", "--interval", "600"], cwd=REPO,
-                              stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    daemon = Daemon(specs, state, "--poll", "0.05", "--interval", "600")
     try:
-        time.sleep(1.0)
+        wait_for(lambda: daemon.finished() >= 1)  # the pass every start makes
         (specs / "vm-a.yaml").write_text("")  # an editor truncates, then writes the file again
-        time.sleep(1.5)
+        wait_for(lambda: "vm-a.yaml is empty" in daemon.log())  # a pass has read the empty file
         (specs / "vm-a.yaml").write_text(saved)
-        time.sleep(1.5)
+        wait_for(lambda: converged_after(daemon.log(), "vm-a.yaml is empty"))  # a pass has read it again
     finally:
-        daemon.send_signal(signal.SIGTERM)
-        _, log = daemon.communicate(timeout=60)
+        daemon.stop()
+    log = daemon.log()
     assert "vm-a.yaml is empty" in log
-    applied = [line.split()[1] for line in log.splitlines() if re.match(r"^\d\d:\d\d:\d\d \w+ ", line)]
+    applied = [r["stage"] for r in records(log) if "stage" in r]
     for stage in ("disk_delete", "vm_trash", "vm_forget", "disk_clone", "ip_assign"):
         assert stage not in applied, log
     assert disk(state, "vm-a").stat().st_ino == inode
@@ -202,9 +205,9 @@ def test_devices_marked_before_instances_are_adopted_by_the_instance_that_names_
             subprocess.run(["ip", "link", "set", link.name, "alias", legacy], check=True)
     out = reconcile(specs, state)
     assert out.stderr.count("device_adopt") == 3  # the bridge and its two pool TAPs
-    instance = (state / "instance").read_text().strip()
+    ours = instance(state)
     marks = [parse_mark(l.alias) for l in dump_links() if l.alias]
-    assert len(marks) == 3 and all(m is not None and m.instance == instance for m in marks)
+    assert len(marks) == 3 and all(m is not None and m.instance == ours for m in marks)
     assert "0 applied" in reconcile(specs, state).stderr
     assert_verified(specs, state)
 
@@ -237,13 +240,10 @@ def test_a_name_defined_twice_starts_nothing_and_leaves_the_old_vm_alone(host: t
 def test_a_full_disk_during_seed_generation_is_retried_once_space_is_free(
         netns: str, tmp_path: Path, small_fs: Callable[[str], Path]) -> None:
     small_state = small_fs("40m")
-    specs = tmp_path / "specs"
-    fake_image(specs, tmp_path)
     big = tmp_path / "root"
     big.mkdir()
     (big / "blob").write_bytes(os.urandom(24 << 20))
-    write(specs / "net.yaml", network_spec(size=0))
-    write(specs / "image.yaml", image_spec(seed=f"{{from: '{big}'}}"))
+    specs, _ = fake_host(tmp_path, pool_size=0, seed=f"{{from: '{big}'}}")
     filler = small_state.parent / "filler"
     filler.write_bytes(b"\0" * (30 << 20))  # leaves ~10 MiB: not enough for the ~46 MiB seed
     first = reconcile(specs, small_state, ok=False)
@@ -268,12 +268,11 @@ def test_kill_9_at_random_points_of_provisioning_loses_and_doubles_nothing(
     write(specs / "image.yaml", image_spec(seed=f"{{from: '{root}'}}"))
     for name in ("vm-a", "vm-b", "vm-c"):
         write(specs / f"{name}.yaml", vm_spec(name, running="false", diskSize="64Mi"))
-    cmd = [sys.executable, "-m", "controller", "--specs", str(specs), "--state", str(state), "reconcile"]
     rng = random.Random(int.from_bytes(os.urandom(4), "little"))
     for _ in range(5):
-        proc = subprocess.Popen(cmd, cwd=REPO, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                                stderr=subprocess.DEVNULL)
-        time.sleep(rng.uniform(0.05, 1.2))
+        proc = subprocess.Popen(command(specs, state, "reconcile"), cwd=REPO, stdin=subprocess.DEVNULL,
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        time.sleep(rng.uniform(0.05, 1.2))  # deliberate: a random moment to kill it at, not a wait
         proc.kill()
         proc.wait()
     reconcile(specs, state)

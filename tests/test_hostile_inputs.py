@@ -6,7 +6,6 @@ and seccomp mode read from /proc), real files and links in the state directory.
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import uuid
@@ -16,8 +15,8 @@ import pytest
 
 from controller.adapters import ext4
 
-from .conftest import network_spec, vm_spec, warmvm, write
-from .test_seeds import ROOT_FILES, image_spec, make_kernel, make_rootfs
+from .support.cli import network_spec, qemu_pid, vm_spec, warmvm, write
+from .support.images import ROOT_FILES, demo_image_spec, image_spec, make_kernel, make_rootfs
 
 
 def crafted_rootfs(path: Path, tmp: Path, evil_name: str) -> None:
@@ -97,36 +96,17 @@ def test_a_planted_ssh_key_is_refused(netns: str, workdir: tuple[Path, Path]) ->
     assert result.returncode == 1 and "not a key warmvm made" in result.stderr
 
 
-@pytest.fixture
-def booting(netns: str, tmp_path: Path, demo_image: Path) -> tuple[Path, Path]:
-    specs, state = tmp_path / "specs", tmp_path / "state"
-    write(specs / "net.yaml", network_spec(size=1))
-    write(specs / "image.yaml", demo_spec(demo_image))
-    return specs, state
-
-
-def demo_spec(image: Path, kernel_dir: Path | None = None) -> str:
-    kernel_dir = kernel_dir or image
-    return (f"apiVersion: warmvm/v1\nkind: Image\nmetadata:\n  name: demo\nspec:\n"
-            f"  kernel: '{kernel_dir}/vmlinuz'\n  initrd: '{kernel_dir}/initrd.img'\n"
-            f"  rootfs: '{kernel_dir}/rootfs.ext4'\n  workSeed:\n    from: '{image}/root'\n  default: true\n")
-
-
-def qemu_of(state: Path, vm: str) -> int:
-    return int(json.loads((state / "vms" / vm / "vm.json").read_text())["pid"])
-
-
 def status(pid: int) -> dict[str, str]:
     lines = Path(f"/proc/{pid}/status").read_text().splitlines()
     return {k: v.strip() for k, _, v in (line.partition(":") for line in lines)}
 
 
 @pytest.mark.e2e
-def test_qemu_runs_unprivileged_without_capabilities_under_seccomp(booting: tuple[Path, Path]) -> None:
-    specs, state = booting
+def test_qemu_runs_unprivileged_without_capabilities_under_seccomp(demo_host: tuple[Path, Path]) -> None:
+    specs, state = demo_host
     write(specs / "vm.yaml", vm_spec("vm-a", diskSize="64Mi"))
     assert warmvm(specs, state, "reconcile", timeout=300).returncode == 0
-    st = status(qemu_of(state, "vm-a"))
+    st = status(qemu_pid(state, "vm-a"))
     assert st["Uid"].split()[0] != "0" and st["Uid"].split()[1] != "0"
     assert int(st["CapEff"], 16) == 0 and int(st["CapPrm"], 16) == 0
     assert st["Seccomp"] == "2"
@@ -135,9 +115,9 @@ def test_qemu_runs_unprivileged_without_capabilities_under_seccomp(booting: tupl
 
 
 @pytest.mark.e2e
-def test_a_qcow2_header_a_guest_writes_on_its_raw_disk_opens_no_host_file(booting: tuple[Path, Path],
+def test_a_qcow2_header_a_guest_writes_on_its_raw_disk_opens_no_host_file(demo_host: tuple[Path, Path],
                                                                          tmp_path: Path) -> None:
-    specs, state = booting
+    specs, state = demo_host
     secret = tmp_path / "host-secret"
     secret.write_text("root's secret\n")
     os.chmod(secret, 0o600)
@@ -154,7 +134,7 @@ def test_a_qcow2_header_a_guest_writes_on_its_raw_disk_opens_no_host_file(bootin
         f.write(name)
     write(specs / "vm.yaml", vm_spec("vm-a", diskSize="64Mi"))
     assert warmvm(specs, state, "--clone-method", "sparse", "reconcile", timeout=300).returncode == 0
-    pid = qemu_of(state, "vm-a")
+    pid = qemu_pid(state, "vm-a")
     opened = {os.path.realpath(f"/proc/{pid}/fd/{fd}") for fd in os.listdir(f"/proc/{pid}/fd")}
     assert str(secret) not in opened
     assert '"driver": "raw", "file": "work-file"' in Path(f"/proc/{pid}/cmdline").read_bytes().decode(
@@ -164,9 +144,9 @@ def test_a_qcow2_header_a_guest_writes_on_its_raw_disk_opens_no_host_file(bootin
 
 
 @pytest.mark.e2e
-def test_a_console_log_linked_to_a_host_file_leaves_that_file_untouched(booting: tuple[Path, Path],
+def test_a_console_log_linked_to_a_host_file_leaves_that_file_untouched(demo_host: tuple[Path, Path],
                                                                         tmp_path: Path) -> None:
-    specs, state = booting
+    specs, state = demo_host
     target = tmp_path / "root-only"
     target.write_text("do not truncate\n")
     os.chmod(target, 0o600)
@@ -182,15 +162,15 @@ def test_a_console_log_linked_to_a_host_file_leaves_that_file_untouched(booting:
 
 
 @pytest.mark.e2e
-def test_a_comma_in_an_image_path_reaches_qemu_escaped(netns: str, tmp_path: Path, demo_image: Path) -> None:
+def test_a_comma_in_an_image_path_reaches_qemu_escaped(demo_host: tuple[Path, Path], tmp_path: Path,
+                                                       demo_image: Path) -> None:
     odd = tmp_path / "img,bogus=1"
     odd.mkdir()
     for name in ("vmlinuz", "initrd.img", "rootfs.ext4"):
         os.link(demo_image / name, odd / name) if os.stat(demo_image).st_dev == os.stat(odd).st_dev \
             else subprocess.run(["cp", "--sparse=always", str(demo_image / name), str(odd / name)], check=True)
-    specs, state = tmp_path / "specs", tmp_path / "state"
-    write(specs / "net.yaml", network_spec(size=1))
-    write(specs / "image.yaml", demo_spec(demo_image, odd))
+    specs, state = demo_host
+    write(specs / "image.yaml", demo_image_spec(demo_image, boot_files=odd))
     write(specs / "vm.yaml", vm_spec("vm-a", diskSize="64Mi"))
     result = warmvm(specs, state, "reconcile", timeout=300)
     assert result.returncode == 0, result.stderr
@@ -199,13 +179,15 @@ def test_a_comma_in_an_image_path_reaches_qemu_escaped(netns: str, tmp_path: Pat
 
 
 @pytest.mark.e2e
-def test_each_vm_has_its_own_pinned_host_key_and_a_swapped_one_is_refused(booting: tuple[Path, Path]) -> None:
-    specs, state = booting
+def test_each_vm_has_its_own_pinned_host_key_and_a_swapped_one_is_refused(demo_host: tuple[Path, Path],
+                                                                           demo_image: Path) -> None:
+    specs, state = demo_host
     write(specs / "vms.yaml", vm_spec("vm-a", diskSize="64Mi") + "---\n" + vm_spec("vm-b", diskSize="64Mi"))
     assert warmvm(specs, state, "reconcile", timeout=300).returncode == 0
     keys = {vm: (state / "vms" / vm / "ssh_host_ed25519_key.pub").read_text().split()[1] for vm in ("vm-a", "vm-b")}
     assert keys["vm-a"] != keys["vm-b"], "no two VMs share a host key"
-    assert not any(b"dropbear_ed25519_host_key" in p.name.encode() for p in (demo_files(booting)))
+    # what the demo image's build leaves beside its rootfs: no host key any more
+    assert not any(b"dropbear_ed25519_host_key" in p.name.encode() for p in demo_image.iterdir())
     for vm in ("vm-a", "vm-b"):  # each guest proves the key pinned for it (StrictHostKeyChecking=yes)
         assert warmvm(specs, state, "ssh", vm, "--", "hostname").stdout.strip() == vm
     pinned = state / "vms" / "vm-a" / "known_hosts"
@@ -215,12 +197,6 @@ def test_each_vm_has_its_own_pinned_host_key_and_a_swapped_one_is_refused(bootin
     write(specs / "vms.yaml", vm_spec("vm-a", diskSize="64Mi", running="false") + "---\n"
           + vm_spec("vm-b", diskSize="64Mi", running="false"))
     assert warmvm(specs, state, "reconcile", timeout=120).returncode == 0
-
-
-def demo_files(booting: tuple[Path, Path]) -> list[Path]:
-    """What the demo image's build leaves beside its rootfs: no host key any more."""
-    image = Path((booting[0] / "image.yaml").read_text().split("rootfs: '")[1].split("'")[0]).parent
-    return list(image.iterdir())
 
 
 def test_a_console_log_is_capped_and_a_link_there_is_not_followed(tmp_path: Path) -> None:

@@ -5,8 +5,6 @@ from __future__ import annotations
 import multiprocessing
 import signal
 import subprocess
-import sys
-import time
 from pathlib import Path
 
 from controller.adapters.netlink import messages, rtnl
@@ -17,7 +15,8 @@ from controller.network.driver import NetworkDriver
 from controller.network.marks import pool_mark, vm_mark
 from controller.network.observe import observe_net
 
-from .conftest import REPO, network_spec, vm_spec, warmvm, write
+from .support.cli import REPO, command, instance, network_spec, reconcile, vm_spec, warmvm, write
+from .support.waits import wait_for
 
 
 def links() -> dict[str, Link]:
@@ -30,19 +29,8 @@ def tap_names() -> list[str]:
     return [link.name for link in messages.parse_links(chunks, strict=False) if link.name.startswith("tap-pool-")]
 
 
-def instance(state: Path) -> str:
-    """The state directory's identity, which every mark of its devices carries."""
-    return (state / "instance").read_text().strip()
-
-
 def pool_taps(state: Path, network: str = "default") -> dict[str, Link]:
     return {n: l for n, l in links().items() if l.alias == str(pool_mark(instance(state), network))}
-
-
-def reconcile(specs: Path, state: Path, *extra: str) -> subprocess.CompletedProcess[str]:
-    result = warmvm(specs, state, "reconcile", *extra)
-    assert result.returncode == 0, result.stderr
-    return result
 
 
 def test_warm_up_reaches_size_and_second_pass_does_nothing(netns: str, workdir: tuple[Path, Path]) -> None:
@@ -213,13 +201,10 @@ def test_kill_during_warm_up_leaves_no_unmarked_tap(netns: str, workdir: tuple[P
     """TAPs are marked before they are made persistent: a kill -9 at any point leaves only marked ones."""
     specs, state = workdir
     write(specs / "net.yaml", network_spec(size=900))
-    cmd = [sys.executable, "-m", "controller", "--specs", str(specs), "--state", str(state), "reconcile"]
-    proc = subprocess.Popen(cmd, cwd=REPO, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(command(specs, state, "reconcile"), cwd=REPO, stdin=subprocess.DEVNULL,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        deadline = time.monotonic() + 30
-        while len(tap_names()) < 300 and time.monotonic() < deadline:  # two batches of 128 persisted
-            time.sleep(0.002)
+        wait_for(lambda: len(tap_names()) >= 300, timeout=30, interval=0.002)  # two batches of 128 persisted
         proc.send_signal(signal.SIGKILL)
     finally:
         proc.wait()

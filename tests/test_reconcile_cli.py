@@ -5,9 +5,6 @@ from __future__ import annotations
 import json
 import signal
 import subprocess
-import sys
-import time
-from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
@@ -15,7 +12,8 @@ from controller.adapters.netlink.rtnl import dump_links
 from controller.network.marks import parse_mark
 from controller.statedir.store import Store
 
-from .conftest import REPO, network_spec, vm_spec, warmvm, write
+from .support.cli import REPO, command, network_spec, vm_spec, warmvm, write
+from .support.waits import wait_for
 
 
 def our_links() -> dict[str, str]:
@@ -84,8 +82,7 @@ def test_json_log_and_get_output(netns: str, workdir: tuple[Path, Path]) -> None
 
 def test_watch_converges_on_every_spec_change_and_stops_on_sigterm(netns: str, workdir: tuple[Path, Path]) -> None:
     specs, state = workdir
-    cmd = [sys.executable, "-m", "controller", "--specs", str(specs), "--state", str(state),
-           "watch", "--poll", "0.05", "--interval", "600"]
+    cmd = command(specs, state, "watch", "--poll", "0.05", "--interval", "600")
     daemon = subprocess.Popen(cmd, cwd=REPO, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                               stderr=subprocess.PIPE, text=True)
     try:
@@ -98,10 +95,3 @@ def test_watch_converges_on_every_spec_change_and_stops_on_sigterm(netns: str, w
         _, err = daemon.communicate(timeout=30)
     assert daemon.returncode == 0, err
     assert err.count("reconcile: converged") >= 2
-
-
-def wait_for(condition: Callable[[], bool], timeout: float = 30) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.05)

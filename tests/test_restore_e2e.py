@@ -11,15 +11,28 @@ import json
 import os
 import random
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
+from functools import partial
 from pathlib import Path
 
 import pytest
 
-from .conftest import REPO, assert_verified, qemu_pids_under, vm_spec, warmvm, write
-from .test_vms_e2e import env, reconcile, ssh, vms  # noqa: F401  (env: the fixture)
+from .support.cli import (
+    REPO,
+    assert_verified,
+    command,
+    reconcile,
+    ssh,
+    ssh_command,
+    vm_record,
+    vm_spec,
+    vms,
+    warmvm,
+    write,
+)
+from .support.netns import qemu_pids_under
+from .support.waits import wait_for
 
 pytestmark = pytest.mark.e2e
 
@@ -49,10 +62,6 @@ no such tool of its own (busybox's date has no %N)."""
     return out
 
 
-def boot_of(state: Path, vm: str) -> dict[str, object]:
-    return json.loads((state / "vms" / vm / "vm.json").read_text())  # type: ignore[no-any-return]
-
-
 def snapshots(state: Path) -> list[Path]:
     return sorted((state / "snapshots").glob("*/*.bin")) if (state / "snapshots").is_dir() else []
 
@@ -62,16 +71,16 @@ def restore_spec(name: str, **spec: str) -> str:
 
 
 @pytest.fixture
-def snapshotted(env: tuple[Path, Path]) -> Iterator[tuple[Path, Path]]:  # noqa: F811
+def snapshotted(demo_host: tuple[Path, Path]) -> Iterator[tuple[Path, Path]]:
     """A state whose demo image has its snapshot: a VM that asks for one before it is made boots cold
     (and says so) while the snapshot is made."""
-    specs, state = env
+    specs, state = demo_host
     write(specs / "vms.yaml", vm_spec("vm-first", diskSize="64Mi"))
     reconcile(specs, state)  # the pool and the seed are warm
     write(specs / "vms.yaml", vm_spec("vm-first", diskSize="64Mi") + "---\n" + restore_spec("vm-early"))
     result = reconcile(specs, state)
     assert "boot=cold cold_because=its snapshot is not ready yet" in result.stderr, result.stderr
-    assert boot_of(state, "vm-early")["boot"] == "cold"
+    assert vm_record(state, "vm-early")["boot"] == "cold"
     assert "snapshot_generate" in result.stderr and len(snapshots(state)) == 1
     yield specs, state
 
@@ -89,9 +98,9 @@ def test_two_restored_vms_are_two_vms(snapshotted: tuple[Path, Path], getrandom_
     seen = {}
     rows = vms(specs, state)
     for vm in ("vm-a", "vm-b"):
-        assert boot_of(state, vm)["boot"] == "restore" and rows[vm]["boot"] == "restore"
+        assert vm_record(state, vm)["boot"] == "restore" and rows[vm]["boot"] == "restore"
         ssh(state, vm, f"echo {vm} > /root/mine; sync")
-        tool = subprocess.run([*warmvm_ssh(state, vm), "cat > /tmp/getrandom && chmod +x /tmp/getrandom"],
+        tool = subprocess.run([*ssh_command(state, vm), "cat > /tmp/getrandom && chmod +x /tmp/getrandom"],
                               input=getrandom_tool.read_bytes(), capture_output=True, timeout=60, cwd=REPO)
         assert tool.returncode == 0, tool.stderr
         before = time.time()
@@ -108,12 +117,8 @@ def test_two_restored_vms_are_two_vms(snapshotted: tuple[Path, Path], getrandom_
     a, b = seen["vm-a"], seen["vm-b"]
     for what, x, y in zip(("address", "MAC", "boot id", "urandom", "getrandom", "host key"), a, b, strict=True):
         assert x != y, f"two VMs restored from one snapshot share their {what}"
-    assert a[1] == boot_of(state, "vm-a")["mac"], "the MAC warmvm gave it, not the template's"
+    assert a[1] == vm_record(state, "vm-a")["mac"], "the MAC warmvm gave it, not the template's"
     assert_verified(specs, state)
-
-
-def warmvm_ssh(state: Path, vm: str) -> list[str]:
-    return [sys.executable, "-m", "controller", "--state", str(state), "ssh", vm, "--"]
 
 
 def test_a_snapshot_whose_inputs_changed_is_not_used(snapshotted: tuple[Path, Path], demo_image: Path) -> None:
@@ -123,7 +128,7 @@ def test_a_snapshot_whose_inputs_changed_is_not_used(snapshotted: tuple[Path, Pa
     os.utime(initrd)  # a new initrd, as far as any fingerprint can tell
     write(specs / "vms.yaml", keep_earlier(restore_spec("vm-a")))
     result = reconcile(specs, state)
-    assert boot_of(state, "vm-a")["boot"] == "cold", result.stderr
+    assert vm_record(state, "vm-a")["boot"] == "cold", result.stderr
     assert "snapshot_generate" in result.stderr and "snapshot_delete" in result.stderr
     assert snapshots(state) and snapshots(state) != old, "made again from the new inputs; the old one freed"
     assert vms(specs, state)["vm-a"]["phase"] == "Running"
@@ -152,7 +157,7 @@ def test_a_corrupt_snapshot_falls_back_to_a_cold_boot(snapshotted: tuple[Path, P
     assert [c["status"] for c in doctor_snapshot(specs, state)] == ["ok", "fail"], "doctor --deep finds it"
     write(specs / "vms.yaml", keep_earlier(restore_spec("vm-a")))
     result = reconcile(specs, state)
-    assert "corrupt" in result.stderr and boot_of(state, "vm-a")["boot"] == "cold", result.stderr
+    assert "corrupt" in result.stderr and vm_record(state, "vm-a")["boot"] == "cold", result.stderr
     row = vms(specs, state)["vm-a"]
     assert row["phase"] == "Running" and row["boot"] == "cold (asks restore)"
     ssh(state, "vm-a", "true")
@@ -164,17 +169,15 @@ def test_kill_9_during_a_restore_never_leaves_a_stuck_or_doubled_qemu(snapshotte
     next reconcile ends with one QEMU for the VM, running as that VM."""
     specs, state = snapshotted
     rng = random.Random(int.from_bytes(os.urandom(4), "little"))
-    cmd = [sys.executable, "-m", "controller", "--specs", str(specs), "--state", str(state), "reconcile"]
     for round_ in range(3):
         vm = f"vm-k{round_}"
         write(specs / "vms.yaml", keep_earlier(restore_spec(vm)))
-        proc = subprocess.Popen(cmd, cwd=REPO, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                                stderr=subprocess.DEVNULL)
+        proc = subprocess.Popen(command(specs, state, "reconcile"), cwd=REPO, stdin=subprocess.DEVNULL,
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         try:
-            deadline = time.monotonic() + 60
-            while not qemu_pids_under(state / "vms" / vm) and time.monotonic() < deadline:
-                time.sleep(0.001)
-            time.sleep(rng.uniform(0, 0.3))  # QEMU starting up, its state loading, or its guest running
+            wait_for(partial(qemu_pids_under, state / "vms" / vm), timeout=60, interval=0.001)
+            # deliberate: a random kill moment, with QEMU starting up, its state loading, or its guest running
+            time.sleep(rng.uniform(0, 0.3))
         finally:
             proc.kill()
             proc.wait()

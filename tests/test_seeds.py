@@ -11,8 +11,6 @@ import json
 import os
 import signal
 import subprocess
-import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -20,62 +18,14 @@ import pytest
 
 from controller.adapters import ext4 as disks
 
-from .conftest import REPO, network_spec, vm_spec, warmvm, write
-
-ROOT_FILES = {"README": b"hello from the image\n", "bin/tool.sh": b"#!/bin/sh\necho tool\n",
-              "data/blob.bin": os.urandom(300_000)}
-
-
-def make_kernel(path: Path) -> Path:
-    """A stand-in kernel: only the bzImage magic that the spec check reads (never booted here)."""
-    data = bytearray(4096)
-    data[0x202:0x206] = b"HdrS"
-    path.write_bytes(bytes(data))
-    return path
-
-
-def make_rootfs(path: Path, files: dict[str, bytes], tmp: Path) -> Path:
-    src = tmp / f"rootfs-src-{path.stem}"
-    for rel, content in files.items():
-        f = src / "root" / rel
-        f.parent.mkdir(parents=True, exist_ok=True)
-        f.write_bytes(content)
-    (src / "etc").mkdir(parents=True, exist_ok=True)
-    tmp_out = path.with_suffix(".new")
-    disks.build_ext4(tmp_out, 16 << 20, src)
-    tmp_out.replace(path)
-    return path
-
-
-def image_spec(name: str = "demo", default: bool = True, seed: str | None = None) -> str:
-    lines = [f"apiVersion: warmvm/v1\nkind: Image\nmetadata:\n  name: {name}\nspec:\n",
-             "  kernel: img/vmlinuz\n  rootfs: img/rootfs.ext4\n", f"  default: {str(default).lower()}\n"]
-    if seed:
-        lines.append(f"  workSeed: {seed}\n")
-    return "".join(lines)
-
-
-def fake_image(specs: Path, tmp_path: Path) -> None:
-    """specs/img/vmlinuz (a kernel by its header only) and specs/img/rootfs.ext4 holding ROOT_FILES:
-    enough for every step but a boot."""
-    (specs / "img").mkdir(parents=True)
-    make_kernel(specs / "img" / "vmlinuz")
-    make_rootfs(specs / "img" / "rootfs.ext4", ROOT_FILES, tmp_path)
+from .support.cli import REPO, command, reconcile_records, records, vm_spec, warmvm, write
+from .support.images import ROOT_FILES, fake_host, image_spec, make_rootfs
+from .support.waits import wait_for
 
 
 @pytest.fixture
-def image_env(netns: str, tmp_path: Path) -> Iterator[tuple[Path, Path]]:
-    specs, state = tmp_path / "specs", tmp_path / "state"
-    fake_image(specs, tmp_path)
-    write(specs / "net.yaml", network_spec(size=0))
-    write(specs / "image.yaml", image_spec())
-    yield specs, state
-
-
-def reconcile(specs: Path, state: Path, *args: str) -> list[dict]:  # type: ignore[type-arg]
-    result = warmvm(specs, state, "--log-format", "json", *args, "reconcile")
-    assert result.returncode == 0, result.stderr
-    return [json.loads(line) for line in result.stderr.splitlines() if line.startswith("{")]
+def image_env(netns: str, tmp_path: Path) -> tuple[Path, Path]:
+    return fake_host(tmp_path, pool_size=0)
 
 
 def stages(records: list[dict], subject: str | None = None) -> list[str]:  # type: ignore[type-arg]
@@ -108,19 +58,19 @@ def assert_disk_holds_the_image_root(state: Path, vm: str, size: int) -> None:
 def test_first_vm_takes_the_slow_path_then_the_seed_serves_the_next(image_env: tuple[Path, Path]) -> None:
     specs, state = image_env
     write(specs / "vm-a.yaml", vm_spec("vm-a", running="false", diskSize="64Mi"))
-    first = reconcile(specs, state)
+    first = reconcile_records(specs, state)
     assert sorted(stages(first, "vm/vm-a")) == ["disk_scratch", "ip_assign", "tap_claim"]
     assert "seed_generate" in stages(first)
     assert disk_record(state, "vm-a")["taken"] == "scratch"
     seeds = sorted((state / "images" / "demo").glob("seed-*.ext4"))
     write(specs / "vm-b.yaml", vm_spec("vm-b", running="false", diskSize="64Mi"))
-    second = reconcile(specs, state)
+    second = reconcile_records(specs, state)
     assert "seed_generate" not in stages(second)
     assert sorted(stages(second, "vm/vm-b")) == ["disk_clone", "ip_assign", "tap_claim"]
     assert disk_record(state, "vm-b")["taken"] == "seed:qcow2"  # the ext4 host's copy-on-write path
     assert_disk_holds_the_image_root(state, "vm-a", 64 << 20)
     assert_disk_holds_the_image_root(state, "vm-b", 64 << 20)
-    assert stages(reconcile(specs, state)) == []
+    assert stages(reconcile_records(specs, state)) == []
     base = [p for p in (state / "images" / "demo").glob("seed-*.ext4") if p.name.count("-") == 1]
     assert seeds[0] in base, "the seed is built once and reused"
 
@@ -128,9 +78,9 @@ def test_first_vm_takes_the_slow_path_then_the_seed_serves_the_next(image_env: t
 @pytest.mark.parametrize("method", ["qcow2", "sparse"])
 def test_every_clone_path_gives_the_same_disk(image_env: tuple[Path, Path], method: str) -> None:
     specs, state = image_env
-    reconcile(specs, state)  # seed first
+    reconcile_records(specs, state)  # seed first
     write(specs / "vm.yaml", vm_spec("vm-a", running="false", diskSize="96Mi"))
-    records = reconcile(specs, state, "--clone-method", method)
+    records = reconcile_records(specs, state, "--clone-method", method)
     assert stages(records, "image/demo") == ["seed_size"] and "disk_clone" in stages(records, "vm/vm-a")
     assert disk_record(state, "vm-a")["taken"] == f"seed:{method}"
     assert_disk_holds_the_image_root(state, "vm-a", 96 << 20)
@@ -153,9 +103,9 @@ def xfs_state(tmp_path: Path) -> Iterator[Path]:
 
 def test_reflink_path_on_a_reflink_capable_state_directory(image_env: tuple[Path, Path], xfs_state: Path) -> None:
     specs, _ = image_env
-    reconcile(specs, xfs_state)
+    reconcile_records(specs, xfs_state)
     write(specs / "vm.yaml", vm_spec("vm-a", running="false", diskSize="64Mi"))
-    reconcile(specs, xfs_state)
+    reconcile_records(specs, xfs_state)
     assert disk_record(xfs_state, "vm-a")["taken"] == "seed:reflink"
     assert_disk_holds_the_image_root(xfs_state, "vm-a", 64 << 20)
 
@@ -164,7 +114,7 @@ def test_image_without_seed_always_takes_the_slow_path(image_env: tuple[Path, Pa
     specs, state = image_env
     write(specs / "image.yaml", image_spec(seed="none"))
     write(specs / "vm.yaml", vm_spec("vm-a", running="false", diskSize="64Mi"))
-    records = reconcile(specs, state)
+    records = reconcile_records(specs, state)
     assert "seed_generate" not in stages(records) and disk_record(state, "vm-a")["taken"] == "scratch"
     assert_disk_holds_the_image_root(state, "vm-a", 64 << 20)
 
@@ -172,25 +122,25 @@ def test_image_without_seed_always_takes_the_slow_path(image_env: tuple[Path, Pa
 def test_seed_is_regenerated_when_the_rootfs_changes(image_env: tuple[Path, Path], tmp_path: Path) -> None:
     specs, state = image_env
     write(specs / "vm-a.yaml", vm_spec("vm-a", running="false", diskSize="64Mi"))
-    reconcile(specs, state)
-    reconcile(specs, state)
+    reconcile_records(specs, state)
+    reconcile_records(specs, state)
     old_tree = disks.read_tree(disk_path(state, "vm-a"))
     make_rootfs(specs / "img" / "rootfs.ext4", {**ROOT_FILES, "README": b"new release\n"}, tmp_path / "v2")
-    records = reconcile(specs, state)
+    records = reconcile_records(specs, state)
     assert "seed_generate" in stages(records)
     write(specs / "vm-b.yaml", vm_spec("vm-b", running="false", diskSize="64Mi"))
-    reconcile(specs, state)
+    reconcile_records(specs, state)
     assert disks.read_tree(disk_path(state, "vm-b"))["README"] == b"new release\n"
     assert disks.read_tree(disk_path(state, "vm-a")) == old_tree, "old VMs keep their disks"
 
 
 def test_disk_grows_and_refuses_to_shrink(image_env: tuple[Path, Path]) -> None:
     specs, state = image_env
-    reconcile(specs, state)
+    reconcile_records(specs, state)
     write(specs / "vm.yaml", vm_spec("vm-a", running="false", diskSize="64Mi"))
-    reconcile(specs, state)
+    reconcile_records(specs, state)
     write(specs / "vm.yaml", vm_spec("vm-a", running="false", diskSize="128Mi"))
-    assert "disk_grow" in stages(reconcile(specs, state))
+    assert "disk_grow" in stages(reconcile_records(specs, state))
     assert_disk_holds_the_image_root(state, "vm-a", 128 << 20)
     write(specs / "vm.yaml", vm_spec("vm-a", running="false", diskSize="64Mi"))
     result = warmvm(specs, state, "reconcile")
@@ -202,13 +152,13 @@ def test_with_no_retention_a_removed_vm_loses_its_disk_and_removed_image_its_see
         image_env: tuple[Path, Path]) -> None:
     specs, state = image_env
     write(specs / "vm.yaml", vm_spec("vm-a", running="false", diskSize="64Mi"))
-    reconcile(specs, state)
+    reconcile_records(specs, state)
     disk = disk_path(state, "vm-a")
     (specs / "vm.yaml").unlink()
-    assert "disk_delete" in stages(reconcile(specs, state, "--retain-removed", "0"))
+    assert "disk_delete" in stages(reconcile_records(specs, state, "--retain-removed", "0"))
     assert not disk.exists()
     (specs / "image.yaml").unlink()
-    reconcile(specs, state, "--retain-removed", "0")
+    reconcile_records(specs, state, "--retain-removed", "0")
     assert not (state / "images" / "demo").exists()
 
 
@@ -231,12 +181,10 @@ def test_kill_during_seed_generation_leaves_no_usable_half_seed(image_env: tuple
         (big / f"d{i % 4}").mkdir(parents=True, exist_ok=True)
         (big / f"d{i % 4}" / f"f{i}").write_bytes(os.urandom(1 << 20))
     write(specs / "image.yaml", image_spec(seed=f"{{from: '{big}'}}"))
-    cmd = [sys.executable, "-m", "controller", "--specs", str(specs), "--state", str(state), "reconcile"]
-    proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(command(specs, state, "reconcile"), cwd=REPO, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
     try:
-        deadline = time.monotonic() + 30
-        while not any((state / "tmp").glob("seed-*")) and time.monotonic() < deadline:
-            time.sleep(0.005)
+        wait_for(lambda: any((state / "tmp").glob("seed-*")), timeout=30, interval=0.005)
         proc.send_signal(signal.SIGKILL)
     finally:
         proc.wait()
@@ -244,7 +192,7 @@ def test_kill_during_seed_generation_leaves_no_usable_half_seed(image_env: tuple
     assert not list((state / "images" / "demo").glob("seed-*.ext4")) if (state / "images" / "demo").exists() else True
     plan = warmvm(specs, state, "plan")
     assert "seed_generate" in plan.stdout
-    records = reconcile(specs, state)
+    records = reconcile_records(specs, state)
     assert "seed_generate" in stages(records)
     assert not list((state / "tmp").iterdir()), "leftovers of the killed run are cleaned"
 
@@ -306,8 +254,7 @@ def test_an_image_without_a_root_directory_fails_its_vm_in_one_line_not_a_traceb
     result = warmvm(specs, state, "--log-format", "json", "reconcile")
     assert result.returncode == 1
     assert "Traceback" not in result.stderr
-    failed = [json.loads(line) for line in result.stderr.splitlines() if line.startswith("{")]
-    failed = [r for r in failed if r.get("outcome") == "failed"]
+    failed = [r for r in records(result.stderr) if r.get("outcome") == "failed"]
     assert [r["stage"] for r in failed] == ["disk_scratch"]
     assert "no directory /root" in failed[0]["error"]
     assert not (state / "vms" / "vm-a" / "disk.img").exists()

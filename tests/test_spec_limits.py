@@ -22,7 +22,7 @@ from controller.disks.observe import ImageFiles
 from controller.specs.documents import MAX_DEPTH, MAX_FILE_BYTES, MAX_VALUES, read_documents
 from controller.specs.load import load
 
-from .conftest import network_spec, warmvm, write
+from .support.cli import network_spec, warmvm, write
 
 SECONDS = 2.0  # each measures well under half a second; the rest is room for a busy machine
 MEGABYTES = 50  # each peaks under 20 MB; the bomb took 1.3 GB before the limits

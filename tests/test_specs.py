@@ -9,7 +9,7 @@ import pytest
 from controller.disks.observe import ImageFiles
 from controller.specs.load import load
 
-from .conftest import network_spec, vm_spec, warmvm, write
+from .support.cli import network_spec, vm_spec, warmvm, write
 
 NET = network_spec()
 

@@ -12,9 +12,7 @@ import os
 import random
 import signal
 import subprocess
-import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -22,51 +20,29 @@ import pytest
 from controller.adapters.qemu import running_pid
 from controller.statedir.layout import VmFiles
 
-from .conftest import REPO, assert_verified, network_spec, qemu_pids_under, vm_spec, warmvm, write
+from .support.cli import (
+    REPO,
+    assert_verified,
+    command,
+    network_spec,
+    qemu_pid,
+    reconcile,
+    records,
+    ssh,
+    vm_spec,
+    vms,
+    warmvm,
+    write,
+)
+from .support.images import demo_image_spec
+from .support.netns import qemu_pids_under
+from .support.waits import wait_for
 
 pytestmark = pytest.mark.e2e
-def image_spec(image: Path) -> str:
-    return (f"apiVersion: warmvm/v1\nkind: Image\nmetadata:\n  name: demo\nspec:\n"
-            f"  kernel: {image}/vmlinuz\n  initrd: {image}/initrd.img\n  rootfs: {image}/rootfs.ext4\n"
-            f"  workSeed:\n    from: {image}/root\n  default: true\n")
 
 
-@pytest.fixture
-def env(netns: str, tmp_path: Path, demo_image: Path) -> Iterator[tuple[Path, Path]]:
-    specs, state = tmp_path / "specs", tmp_path / "state"
-    write(specs / "net.yaml", network_spec(size=1))
-    write(specs / "image.yaml", image_spec(demo_image))
-    yield specs, state
-    for spec in specs.glob("*.yaml"):  # with no specs the product stops and removes every VM it made;
-        spec.unlink()                  # the autouse no_leftover_qemu fixture is only the backstop
-    warmvm(specs, state, "--confirm-removals", "--retain-removed", "0", "reconcile")
-
-
-def reconcile(specs: Path, state: Path) -> subprocess.CompletedProcess[str]:
-    result = warmvm(specs, state, "reconcile", timeout=300)
-    assert result.returncode == 0, result.stderr
-    return result
-
-
-def ssh(state: Path, vm: str, command: str) -> str:
-    result = subprocess.run([sys.executable,
-                             "-m", "controller", "--state", str(state), "ssh", vm, "--", command],
-                            capture_output=True, text=True, timeout=60, cwd=REPO, stdin=subprocess.DEVNULL)
-    assert result.returncode == 0, result.stderr
-    return result.stdout
-
-
-def qemu_pid(state: Path, vm: str) -> int:
-    return int(json.loads((state / "vms" / vm / "vm.json").read_text())["pid"])
-
-
-def vms(specs: Path, state: Path) -> dict[str, dict]:  # type: ignore[type-arg]
-    rows = json.loads(warmvm(specs, state, "get", "vms", "-o", "json").stdout)
-    return {row["name"]: row for row in rows}
-
-
-def test_two_vms_boot_serve_their_work_disk_and_go_away_cleanly(env: tuple[Path, Path], demo_image: Path) -> None:
-    specs, state = env
+def test_two_vms_boot_serve_their_work_disk_and_go_away_cleanly(demo_host: tuple[Path, Path], demo_image: Path) -> None:
+    specs, state = demo_host
     write(specs / "vms.yaml", vm_spec("vm-a", diskSize="128Mi") + "---\n" + vm_spec("vm-b", diskSize="192Mi"))
     reconcile(specs, state)
     rows = vms(specs, state)
@@ -91,23 +67,20 @@ def test_two_vms_boot_serve_their_work_disk_and_go_away_cleanly(env: tuple[Path,
     assert_verified(specs, state)
 
 
-def test_kill_9_right_after_spawn_never_leaves_an_untracked_qemu(env: tuple[Path, Path]) -> None:
+def test_kill_9_right_after_spawn_never_leaves_an_untracked_qemu(demo_host: tuple[Path, Path]) -> None:
     """The controller dies a few ms after spawning QEMU, before or after recording it, at random: the
     QEMU is still found (through the pid file it writes), never doubled, and stopped when asked."""
-    specs, state = env
+    specs, state = demo_host
     write(specs / "vm.yaml", vm_spec("vm-a", running="false"))
     reconcile(specs, state)
     rng = random.Random(int.from_bytes(os.urandom(4), "little"))
-    cmd = [sys.executable, "-m", "controller", "--specs", str(specs), "--state", str(state), "reconcile"]
     for _ in range(6):
         write(specs / "vm.yaml", vm_spec("vm-a"))
-        proc = subprocess.Popen(cmd, cwd=REPO, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                                stderr=subprocess.DEVNULL)
+        proc = subprocess.Popen(command(specs, state, "reconcile"), cwd=REPO, stdin=subprocess.DEVNULL,
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         try:
-            deadline = time.monotonic() + 30
-            while not qemu_pids_under(state) and time.monotonic() < deadline:
-                time.sleep(0.0005)
-            time.sleep(rng.uniform(0, 0.003))  # around the moment the spawn is recorded
+            wait_for(lambda: qemu_pids_under(state), timeout=30, interval=0.0005)
+            time.sleep(rng.uniform(0, 0.003))  # deliberate: a random kill moment around the one the spawn is recorded
         finally:
             proc.kill()
             proc.wait()
@@ -121,8 +94,8 @@ def test_kill_9_right_after_spawn_never_leaves_an_untracked_qemu(env: tuple[Path
     assert_verified(specs, state)
 
 
-def test_killed_qemu_is_started_again(env: tuple[Path, Path]) -> None:
-    specs, state = env
+def test_killed_qemu_is_started_again(demo_host: tuple[Path, Path]) -> None:
+    specs, state = demo_host
     write(specs / "vms.yaml", vm_spec("vm-a", diskSize="64Mi"))
     reconcile(specs, state)
     ssh(state, "vm-a", "echo kept > /root/marker; sync")
@@ -136,8 +109,8 @@ def test_killed_qemu_is_started_again(env: tuple[Path, Path]) -> None:
     assert_verified(specs, state)
 
 
-def test_running_false_provisions_without_booting(env: tuple[Path, Path]) -> None:
-    specs, state = env
+def test_running_false_provisions_without_booting(demo_host: tuple[Path, Path]) -> None:
+    specs, state = demo_host
     write(specs / "vms.yaml", vm_spec("vm-c", diskSize="64Mi", running="false"))
     out = reconcile(specs, state).stderr
     assert "vm_start" not in out and "disk_" in out and "ip_assign" in out and "tap_claim" in out
@@ -150,16 +123,15 @@ def test_running_false_provisions_without_booting(env: tuple[Path, Path]) -> Non
     assert_verified(specs, state)
 
 
-def test_a_vm_that_cannot_boot_is_failed_and_the_others_keep_running(env: tuple[Path, Path], tmp_path: Path,
+def test_a_vm_that_cannot_boot_is_failed_and_the_others_keep_running(demo_host: tuple[Path, Path], tmp_path: Path,
                                                                      demo_image: Path) -> None:
-    specs, state = env
+    specs, state = demo_host
     # a broken image: the demo's kernel file with its payload cut off (it still has a bzImage header)
     broken = tmp_path / "broken"
     broken.mkdir()
     kernel = (demo_image / "vmlinuz").read_bytes()
     (broken / "vmlinuz").write_bytes(kernel[: len(kernel) // 8])
-    write(specs / "broken.yaml", image_spec(demo_image).replace("name: demo", "name: broken")
-          .replace(f"kernel: {demo_image}/vmlinuz", f"kernel: {broken}/vmlinuz").replace("default: true", "default: false"))
+    write(specs / "broken.yaml", demo_image_spec(demo_image, name="broken", default=False, kernel=broken / "vmlinuz"))
     write(specs / "vms.yaml", vm_spec("good", diskSize="64Mi") + "---\n" + vm_spec("bad", image="broken", diskSize="64Mi"))
     result = warmvm(specs, state, "--boot-timeout", "20", "reconcile", timeout=400)
     assert result.returncode == 1 and "boot failed 3 times, giving up" in result.stderr
@@ -172,13 +144,11 @@ def test_a_vm_that_cannot_boot_is_failed_and_the_others_keep_running(env: tuple[
     assert audit["clean"], audit["leaks"]  # a Failed VM is not converged, and still leaks nothing
 
 
-def test_a_boot_records_its_timeline_stage_by_stage_in_order(env: tuple[Path, Path]) -> None:
-    specs, state = env
+def test_a_boot_records_its_timeline_stage_by_stage_in_order(demo_host: tuple[Path, Path]) -> None:
+    specs, state = demo_host
     write(specs / "vm.yaml", vm_spec("vm-t", diskSize="64Mi"))
-    result = warmvm(specs, state, "--log-format", "json", "reconcile", timeout=300)
-    assert result.returncode == 0, result.stderr
-    (awaited,) = [json.loads(line) for line in result.stderr.splitlines()
-                  if line.startswith("{") and '"stage": "vm_await"' in line]
+    result = reconcile(specs, state, "--log-format", "json")
+    (awaited,) = [r for r in records(result.stderr) if r.get("stage") == "vm_await"]
     timeline = awaited["timeline"]
     stages = ["kernel", "initramfs", "root_mounted", "init", "network", "sshd", "ssh"]
     assert list(timeline) == stages, timeline
@@ -187,13 +157,11 @@ def test_a_boot_records_its_timeline_stage_by_stage_in_order(env: tuple[Path, Pa
     assert_verified(specs, state)
 
 
-def test_the_short_boot_path_changes_nothing_the_guest_sees(env: tuple[Path, Path], demo_image: Path) -> None:
+def test_the_short_boot_path_changes_nothing_the_guest_sees(demo_host: tuple[Path, Path], demo_image: Path) -> None:
     """The same kernel booted as a bzImage and directly at its PVH entry (the uncompressed vmlinux the
     image build extracts): same kernel release, file systems, work disk, network, services."""
-    specs, state = env
-    pvh = image_spec(demo_image).replace("name: demo", "name: pvh").replace("default: true", "default: false") \
-        .replace(f"kernel: {demo_image}/vmlinuz", f"kernel: {demo_image}/vmlinux")
-    write(specs / "pvh.yaml", pvh)
+    specs, state = demo_host
+    write(specs / "pvh.yaml", demo_image_spec(demo_image, name="pvh", default=False, kernel=demo_image / "vmlinux"))
     write(specs / "vms.yaml", vm_spec("via-bz", diskSize="64Mi") + "---\n" + vm_spec("via-pvh", image="pvh",
                                                                                         diskSize="64Mi"))
     reconcile(specs, state)
