@@ -6,7 +6,7 @@ WARMVM   := $(VENV)/bin/warmvm
 STAMP    := $(VENV)/.installed
 ARGS     ?=
 
-.PHONY: setup image reconcile plan test test-fast lint bench bench-pool bench-disk bench-create bench-watch clean
+.PHONY: setup image reconcile plan test test-fast lint bench bench-pool bench-disk bench-create bench-watch bench-fleet clean
 
 # compileall: an editable install compiles nothing, and where PYTHONDONTWRITEBYTECODE is set every
 # command would compile the package again (some 40 ms of each start-up)
@@ -54,6 +54,9 @@ bench-create: setup image
 
 bench-watch: setup image
 	bash hack/bench-watch.sh $(ARGS)
+
+bench-fleet: setup image
+	bash hack/bench-fleet.sh $(ARGS)
 
 bench: setup image
 	bash hack/bench-all.sh $(ARGS)

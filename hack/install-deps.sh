@@ -2,10 +2,12 @@
 # Installs what warmvm drives on the host: QEMU, e2fsprogs, xfsprogs (reflink test file
 # systems), the SSH client, iproute2, nftables (guests' anti-spoofing), lz4 (the image build
 # unpacks the kernel for PVH boot), gcc and libc6-dev (the image build compiles the guest's
-# small static warmvm-identity), and the unprivileged
+# small static warmvm-identity), etcd (the fleet's store: the server for hack/fleet-up.sh and the
+# fleet tests, the client etcdctl for operators), and the unprivileged
 # user QEMU runs as (warmvm-qemu). Idempotent; quiet when all is present.
 set -euo pipefail
-pkgs=(qemu-system-x86 qemu-utils e2fsprogs xfsprogs openssh-client iproute2 nftables lz4 gcc libc6-dev)
+pkgs=(qemu-system-x86 qemu-utils e2fsprogs xfsprogs openssh-client iproute2 nftables lz4 gcc libc6-dev
+      etcd-server etcd-client)
 QEMU_USER=warmvm-qemu
 missing=()
 for p in "${pkgs[@]}"; do

@@ -77,7 +77,7 @@ def _coerce(value: Any, kind: Any, name: str) -> Any:
             return value
         if option in (str, bool, dict) and isinstance(value, option):
             return value
-        if typing.get_origin(option) is dict and isinstance(value, dict):
+        if typing.get_origin(option) in (dict, list) and isinstance(value, typing.get_origin(option)):
             return value
     raise ValueError(f"{name}: {value!r} is not {kind}")
 

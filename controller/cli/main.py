@@ -22,6 +22,7 @@ from ..base.events import Lifecycle
 from ..statedir.layout import Layout
 from ..statedir.store import Store
 from ..vms.observe import read_record
+from . import agent, fleet
 
 if TYPE_CHECKING:
     from ..base.actions import Action
@@ -105,6 +106,7 @@ def parser() -> argparse.ArgumentParser:
     logs = sub.add_parser("logs", parents=[common], help="a VM's serial console")
     logs.add_argument("vm")
     logs.add_argument("-f", "--follow", action="store_true")
+    fleet.register(sub, common)
     return top
 
 
@@ -210,10 +212,7 @@ def cmd_doctor(args: argparse.Namespace, log: Lifecycle) -> int:
     desired = load_specs(args)
     host = open_host(Store(args.state), False, args.clone_method, trust=False)
     checks = doctor(Context(desired, host.observe(desired), host.layout, args.deep))
-    if args.output == "json":
-        print(json.dumps([c.to_dict() for c in checks], indent=2))
-    else:
-        print(table(checks))
+    print(json.dumps([c.to_dict() for c in checks], indent=2) if args.output == "json" else table(checks))
     return EXIT_ERROR if any(c.status == FAIL for c in checks) else EXIT_OK
 
 
@@ -297,4 +296,5 @@ def cmd_logs(args: argparse.Namespace, log: Lifecycle) -> int:
 
 
 COMMANDS = {"plan": cmd_plan, "reconcile": cmd_reconcile, "watch": cmd_watch, "get": cmd_get, "ssh": cmd_ssh,
-            "logs": cmd_logs, "doctor": cmd_doctor, "verify": cmd_verify, "seed": cmd_seed}
+            "logs": cmd_logs, "doctor": cmd_doctor, "verify": cmd_verify, "seed": cmd_seed,
+            "agent": agent.cmd_agent, "fleet": fleet.cmd_fleet}

@@ -69,7 +69,7 @@ def images(desired: Desired, observed: Observed) -> list[Row]:
         files = state.seeds.get(ready) if ready else None
         rows.append({"name": name, "default": bool(image and image.default), "spec": "present" if image else "gone",
                      "seed": seed, "seedSize": _size(files.size) if files else "-",
-                     "seedAge": _age(observed.now - files.mtime) if files else "-",
+                     "seedAge": age(observed.now - files.mtime) if files else "-",
                      "sizedSeeds": len(files.sized) if files else 0,
                      "snapshots": _snapshots(name, observed),
                      "vms": sum(1 for d in observed.disks.values() if d.image == name)})
@@ -112,7 +112,7 @@ def _size(size: int) -> str:
     return str(size)
 
 
-def _age(seconds: float) -> str:
+def age(seconds: float) -> str:
     for unit, span in (("d", 86400), ("h", 3600), ("m", 60)):
         if seconds >= span:
             return f"{seconds // span:.0f}{unit}"
@@ -122,8 +122,8 @@ def _age(seconds: float) -> str:
 def trash(desired: Desired, observed: Observed) -> list[Row]:
     """Removed VMs' disks kept for the retention time: a VM of that name that comes back gets its own."""
     retention = desired.policy.retain_removed
-    return [{"vm": e.vm, "removed": f"{_age(observed.now - e.removed_at)} ago",
-             "expiresIn": _age(max(0.0, e.removed_at + retention - observed.now)),
+    return [{"vm": e.vm, "removed": f"{age(observed.now - e.removed_at)} ago",
+             "expiresIn": age(max(0.0, e.removed_at + retention - observed.now)),
              "size": _size(e.size), "ip": e.record.ip if e.record else "-",
              "image": e.disk.image if e.disk else "-", "path": str(e.path)}
             for e in sorted(observed.trash, key=lambda e: (e.vm, e.removed_at))]

@@ -17,10 +17,11 @@ import threading
 import time
 import traceback
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from ..base.errors import WarmvmError
 from ..base.events import Lifecycle
-from ..engine.converge import Options, converge, report
+from ..engine.converge import Converged, Options, converge, report
 from ..engine.reconcile import Background
 from ..engine.state import Observed
 from ..network.marks import bridge_mark
@@ -29,6 +30,11 @@ from ..statedir.store import Store
 from .metrics import Metrics
 from .status import DaemonStatus, this_process
 from .wake import ExitWatcher, LinkWatcher, Seen, Wakeups, start, watch_specs
+
+if TYPE_CHECKING:
+    from prometheus_client import CollectorRegistry
+
+    from ..fleet.agent import Agent
 
 JITTER = 0.1  # the resync interval varies by this much either way, so that many hosts never beat together
 ERROR_PAUSE = 1.0  # after a pass that raised: no tight loop on a persistent error
@@ -40,17 +46,23 @@ class Settings:
     metrics_addr: str | None
 
 
-def run(store: Store, options: Options, settings: Settings, log: Lifecycle) -> int:
+def run(store: Store, options: Options, settings: Settings, log: Lifecycle, agent: Agent | None = None,
+        registry: CollectorRegistry | None = None) -> int:
+    """`agent`: fleet mode, where the specs are the host's share that the agent writes (and wakes the
+    daemon for), and each pass's statuses go back to the store."""
     wake, stop = Wakeups(), threading.Event()
     layout = Layout(store.root)
     _signals(wake, stop)
-    metrics = Metrics()
+    metrics = Metrics(registry)
     log.listeners.append(metrics.event)
     if settings.metrics_addr:
         metrics.serve(settings.metrics_addr)
     instance: list[str | None] = [store.instance(create=False) if store.root.is_dir() else None]
     links, exits = LinkWatcher(wake, lambda: instance[0]), ExitWatcher(wake)
-    start(lambda s: watch_specs(options.specs, wake, s), stop, "warmvm-specs")
+    if agent is None:
+        start(lambda s: watch_specs(options.specs, wake, s), stop, "warmvm-specs")
+    else:
+        agent.start(wake.post, stop)
     start(links.run, stop, "warmvm-netlink")
     start(exits.run, stop, "warmvm-pidfd")
     background = Background(lambda action: wake.post("vm-ready"))
@@ -66,15 +78,19 @@ def run(store: Store, options: Options, settings: Settings, log: Lifecycle) -> i
         if "resync" in reasons or time.monotonic() >= due:
             due = time.monotonic() + _jittered(settings.resync)
         metrics.woke(reasons)
-        _pass(store, options, log, background, metrics, status, sorted(reasons), layout, links, exits)
+        done = _pass(store, options, log, background, metrics, status, sorted(reasons), layout, links, exits)
+        if agent is not None and done is not None:
+            agent.passed(done.desired, done.result.last_observed)
         instance[0] = store.instance(create=False)
     stop.set()
     return 0
 
 
 def _pass(store: Store, options: Options, log: Lifecycle, background: Background, metrics: Metrics,
-          status: DaemonStatus, reasons: list[str], layout: Layout, links: LinkWatcher, exits: ExitWatcher) -> None:
+          status: DaemonStatus, reasons: list[str], layout: Layout, links: LinkWatcher,
+          exits: ExitWatcher) -> Converged | None:
     started = time.perf_counter()
+    done: Converged | None = None
     status.woken_by, status.last_error = reasons, None
     links.busy.set()
     try:
@@ -106,6 +122,7 @@ def _pass(store: Store, options: Options, log: Lifecycle, background: Background
             status.save(layout.daemon_status, layout.tmp)
         except OSError as e:
             print(f"warmvm: cannot write {layout.daemon_status}: {e.strerror}", file=sys.stderr)
+    return done
 
 
 def _as_left(observed: Observed) -> dict[str, Seen]:

@@ -20,8 +20,8 @@ BOOT_BUCKETS = (0.25, 0.5, 1, 2, 3, 5, 8, 13, 21, 34, 60, 120)
 
 
 class Metrics:
-    def __init__(self) -> None:
-        self.registry = r = CollectorRegistry()
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = r = registry or CollectorRegistry()
         self.pool_size = Gauge("warmvm_pool_size", "Idle TAPs a network's pool should hold", ["network"], registry=r)
         self.pool_idle = Gauge("warmvm_pool_idle_taps", "Idle TAPs a network's pool holds", ["network"], registry=r)
         self.actions = Counter("warmvm_actions_total", "Actions applied, by kind and outcome", ["kind", "outcome"],

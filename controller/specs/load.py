@@ -20,22 +20,8 @@ from ..base.errors import SpecError
 from ..base.kinds import Accel, BootMode
 from ..base.model import VM, Desired, Image, Network, Source, WorkSeed
 from .documents import Document, FieldPath, dotted, read_documents, spec_files
-from .schema import (
-    API_VERSION,
-    BRIDGE_MAX_PORTS,
-    MAX_MEMORY,
-    METADATA,
-    MIN_MEMORY,
-    NAME,
-    SCHEMAS,
-    ImageSpec,
-    Metadata,
-    NetworkSpec,
-    Schema,
-    VMSpec,
-    WorkSeedSpec,
-    suggest,
-)
+from .kinds import METADATA, SCHEMAS, ImageSpec, Metadata, NetworkSpec, VMSpec, WorkSeedSpec
+from .schema import API_VERSION, BRIDGE_MAX_PORTS, MAX_MEMORY, MIN_MEMORY, NAME, Schema, suggest
 
 
 class ImageProbe(Protocol):

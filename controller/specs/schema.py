@@ -114,6 +114,23 @@ def check_prefix(value: Any) -> str:
     return str(value)
 
 
+LABEL = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9_./-]{0,61}[A-Za-z0-9])?$")
+
+
+def labels(value: Any) -> dict[str, str]:
+    """A host's labels, or a selector of them: a mapping of short names to short values."""
+    if not isinstance(value, dict):
+        raise ValueError("must be a mapping of label names to values")
+    out: dict[str, str] = {}
+    for key, item in value.items():
+        text = str(item) if isinstance(item, str | int) and not isinstance(item, bool) else None
+        if not isinstance(key, str) or not LABEL.match(key) or text is None or not LABEL.match(text):
+            raise ValueError(f"{key!r}: {item!r}: label names and values are letters, digits, '-', '_', '.' "
+                             "or '/', at most 63, starting and ending with a letter or digit")
+        out[key] = text
+    return out
+
+
 def check_cidr(value: Any) -> IPv4Network:
     try:
         net = IPv4Network(value, strict=True)
@@ -203,82 +220,3 @@ _INVALID: Any = object()
 def suggest(word: str, choices: list[str]) -> str:
     close = difflib.get_close_matches(word, choices, n=1)
     return f" (did you mean {close[0]!r}?)" if close else ""
-
-
-# --- the kinds -----------------------------------------------------------------------------
-
-@dataclass(frozen=True)
-class Metadata:
-    name: str
-
-
-@dataclass(frozen=True)
-class TapPoolSpec:
-    size: int = 0
-    prefix: str = "tap-pool-"
-
-
-@dataclass(frozen=True)
-class NetworkSpec:
-    bridge: str
-    cidr: IPv4Network
-    tap_pool: TapPoolSpec
-    isolate_vms: bool = False
-
-
-@dataclass(frozen=True)
-class WorkSeedSpec:
-    from_: str
-    size: int | None = None
-
-
-@dataclass(frozen=True)
-class ImageSpec:
-    kernel: str
-    initrd: str | None
-    rootfs: str
-    work_seed: WorkSeedSpec | None
-    default: bool
-
-
-@dataclass(frozen=True)
-class VMSpec:
-    network: str | None
-    image: str | None
-    disk_size: int
-    vcpus: int
-    memory: int
-    accel: str
-    running: bool
-    ip: IPv4Address | None
-    boot: str
-
-
-def _none_or_mapping(value: Any) -> Any:
-    if value == "none":
-        return None
-    if not isinstance(value, dict):
-        raise ValueError("must be `none` or a mapping with `from` (and optionally `size`)")
-    return value
-
-
-METADATA = Schema(lambda **v: Metadata(v["name"]), (Field("name", string),))
-TAP_POOL = Schema(lambda **v: TapPoolSpec(v["size"], v["prefix"]),
-                  (Field("size", integer(0, BRIDGE_MAX_PORTS), 0), Field("prefix", check_prefix, "tap-pool-")))
-NETWORK = Schema(lambda **v: NetworkSpec(v["bridge"], v["cidr"], v["tapPool"], v["isolateVMs"]),
-                 (Field("bridge", check_ifname), Field("cidr", check_cidr),
-                  Field("tapPool", TAP_POOL, TapPoolSpec()), Field("isolateVMs", boolean, False)))
-WORK_SEED = Schema(lambda **v: WorkSeedSpec(v["from"], v["size"]),
-                   (Field("from", string), Field("size", optional(parse_quantity), None)), before=_none_or_mapping)
-IMAGE = Schema(lambda **v: ImageSpec(v["kernel"], v["initrd"], v["rootfs"], v["workSeed"], v["default"]),
-               (Field("kernel", string), Field("initrd", optional(string), None), Field("rootfs", string),
-                Field("workSeed", WORK_SEED, WorkSeedSpec("rootfs:/root")), Field("default", boolean, False)))
-VM = Schema(lambda **v: VMSpec(v["network"], v["image"], v["diskSize"], v["vcpus"], v["memory"], v["accel"],
-                               v["running"], v["ip"], v["boot"]),
-            (Field("network", optional(string), None), Field("image", optional(string), None),
-             Field("diskSize", parse_quantity, 1 << 30), Field("vcpus", integer(1, 64), 1),
-             Field("memory", parse_quantity, 256 << 20), Field("accel", one_of("auto", "kvm", "tcg"), "auto"),
-             Field("running", boolean, True), Field("ip", optional(check_ip), None),
-             Field("boot", one_of("cold", "restore"), "cold")))
-
-SCHEMAS: dict[str, Schema[Any]] = {"Network": NETWORK, "Image": IMAGE, "VM": VM}

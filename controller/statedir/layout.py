@@ -4,6 +4,8 @@
     instance                      this state directory's identity, carried in every device mark
     host.json                     facts about this host, cached per boot (is KVM usable)
     daemon.json                   the watch daemon's pid and last pass (warmvm get daemon)
+    agent.lock                    held by `warmvm agent` while it runs (one agent per state directory)
+    fleet/specs/KIND-NAME.yaml    fleet mode: this host's share of the fleet, written by its agent
     ssh/id_ed25519[.pub]          the host's key pair for the guests
     images/IMAGE/seed-FP.ext4     base work seed built from inputs with fingerprint FP
     images/IMAGE/seed-FP-SIZE.ext4   the same seed grown to SIZE bytes (one per disk size in use)
@@ -107,6 +109,15 @@ class Layout:
     @property
     def tmp(self) -> Path:
         return self.root / "tmp"
+
+    @property
+    def fleet_specs(self) -> Path:
+        """Fleet mode: this host's share of the fleet, as spec files the agent writes."""
+        return self.root / "fleet" / "specs"
+
+    @property
+    def agent_lock(self) -> Path:
+        return self.root / "agent.lock"
 
     @property
     def ssh_key(self) -> Path:

@@ -75,6 +75,23 @@ class Store:
             os.close(fd)
 
 
+    @contextmanager
+    def held(self, path: Path, who: str) -> Iterator[None]:
+        """An exclusive lock on `path` for as long as the block runs (a daemon's lifetime); refused at
+        once if another process holds it."""
+        self.ensure()
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError as e:
+                if e.errno not in (errno.EWOULDBLOCK, errno.EAGAIN):
+                    raise
+                raise PermanentError(f"{self.root}: {who} runs on it already; not starting a second one") from None
+            yield
+        finally:
+            os.close(fd)
+
     def instance(self, create: bool) -> str | None:
         """This state directory's identity, carried in every mark warmvm puts on a device, so that
         two instances on one host never touch each other's devices. Made once, with the directory."""

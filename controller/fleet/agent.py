@@ -1,0 +1,247 @@
+"""The fleet agent: a host's side of the fleet, beside the daemon's passes (`warmvm agent`).
+
+It holds the host's presence on a lease (renewed every TTL/3), watches /warmvm/ from the revision
+it read, and on every change reads the fleet, places pending VMs (any agent may: each placement is
+one guarded transaction) and writes its host's share as spec files in the state directory, which
+the daemon's passes converge on like any specs. After each pass it writes back the status of each
+VM it runs, only where it changed: an idle fleet costs the store the lease keep-alives only.
+
+The store is never in the way of what runs: unreachable, the agent goes on with the share it has
+on disk, reports store_up 0, and catches up when the store answers again.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import sys
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from prometheus_client import CollectorRegistry, Counter, Gauge
+
+from ..adapters.etcd import CompactedError, Compare, Delete, Etcd, Put, StoreUnavailable
+from ..base import records
+from ..base.errors import PermanentError, TemporaryError, WarmvmError
+from ..base.model import Desired
+from ..statedir.store import atomic_write
+from ..vms.state import VmsView
+from . import keys
+from .driver import encode, encode_record, guard, place_pending
+from .observe import read_fleet
+from .plan import share, status_of
+from .state import Fleet, HostInfo, Presence, VmStatus
+
+RETRY = 1.0  # seconds between attempts while the store does not answer
+
+
+@dataclass(frozen=True)
+class AgentConfig:
+    host: str
+    info: HostInfo
+    instance: str  # the state directory's identity
+    ttl: int = 15  # the presence lease; renewed every ttl/3
+    place: bool = True  # this agent places pending VMs too
+
+
+class FleetMetrics:
+    def __init__(self, r: CollectorRegistry) -> None:
+        self.store_up = Gauge("warmvm_fleet_store_up", "1 when the store answered the last call", registry=r)
+        self.renewals_failed = Counter("warmvm_fleet_lease_renewals_failed_total",
+                                       "Keep-alives of the host's lease that failed", registry=r)
+        self.share_vms = Gauge("warmvm_fleet_share_vms", "VMs placed on this host", registry=r)
+        self.status_writes = Counter("warmvm_fleet_status_writes_total", "VM statuses written to the store",
+                                     registry=r)
+        self.placed = Counter("warmvm_fleet_placements_total", "VMs this agent placed", registry=r)
+        self.conflicts = Counter("warmvm_fleet_placement_conflicts_total",
+                                 "Placements lost to a racing placer (read again, tried again)", registry=r)
+
+
+class Agent:
+    def __init__(self, connect: Callable[[], Etcd], config: AgentConfig, share_dir: Path, scratch: Path,
+                 registry: CollectorRegistry) -> None:
+        self.connect, self.config = connect, config
+        self.share_dir, self.scratch = share_dir, scratch
+        self.metrics = FleetMetrics(registry)
+        self.etcd = connect()  # the daemon thread's: presence at start, statuses after passes
+        self.lease = 0
+        self.dirty = threading.Event()
+        self.written: dict[str, VmStatus] | None = None  # statuses as the store has them (None: not read yet)
+        self.epochs: dict[str, int] = {}
+        self.revision = 0
+        self.wake: Callable[[str], None] = lambda reason: None
+
+    # --- presence ----------------------------------------------------------------------------
+
+    def claim(self) -> None:
+        """Takes the host's presence on a new lease. Refuses (PermanentError) a host another live agent
+        holds; the same host's agent restarted on the same state directory takes its presence over."""
+        etcd, host = self.etcd, self.config.host
+        seen = etcd.get(keys.alive(host))
+        if seen is not None:
+            held = records.from_dict(Presence, _load(seen.value), keys.alive(host))
+            if held.instance != self.config.instance:
+                raise PermanentError(f"host {host} is held by a live agent (pid {held.pid}, state {held.instance}, "
+                                     f"since {time.strftime('%H:%M:%S', time.localtime(held.since))}); "
+                                     "not starting a second one")
+        lease = etcd.grant(self.config.ttl)
+        presence = Presence(instance=self.config.instance, pid=os.getpid(), since=time.time())
+        won, _ = etcd.txn([guard(keys.alive(host), seen.mod_revision if seen else 0)],
+                          [Put(keys.alive(host), encode_record(presence), lease),
+                           Put(keys.info(host), encode_record(self.config.info))])
+        if not won:
+            etcd.revoke(lease)
+            raise TemporaryError(f"host {host}: its presence changed while it was claimed; trying again")
+        if seen is not None and seen.lease:
+            _quietly(lambda: etcd.revoke(seen.lease))  # our own earlier life's
+        self.lease = lease
+
+    def _keepalive(self, stop: threading.Event) -> None:
+        etcd = self.connect()
+        while not stop.wait(self.config.ttl / 3 if self.lease else RETRY):
+            try:
+                if not self.lease or etcd.keepalive(self.lease) < 0:
+                    self.lease = 0
+                    self._reclaim()
+                self.metrics.store_up.set(1)
+            except WarmvmError as e:
+                self.metrics.renewals_failed.inc()
+                self.metrics.store_up.set(0)
+                print(f"warmvm agent: lease: {e}", file=sys.stderr)
+
+    def _reclaim(self) -> None:
+        try:
+            self.claim()
+            self.dirty.set()  # placements may have changed while it was away
+        except PermanentError as e:
+            print(f"warmvm agent: {e}", file=sys.stderr)
+
+    # --- the fleet's changes -----------------------------------------------------------------
+
+    def start(self, wake: Callable[[str], None], stop: threading.Event) -> None:
+        self.wake = wake
+        self.dirty.set()
+        for name, run in (("lease", self._keepalive), ("watch", self._watch), ("sync", self._sync_loop)):
+            threading.Thread(target=run, args=(stop,), name=f"warmvm-fleet-{name}", daemon=True).start()
+
+    def _watch(self, stop: threading.Event) -> None:
+        etcd = self.connect()
+        while not stop.is_set():
+            try:
+                for _ in etcd.watch(keys.ROOT, self.revision + 1 if self.revision else 0, stop):
+                    self.dirty.set()
+                self.dirty.set()
+            except (StoreUnavailable, CompactedError) as e:
+                self.metrics.store_up.set(0)
+                print(f"warmvm agent: watch: {e}", file=sys.stderr)
+                self.revision = 0  # read everything again once it answers
+                stop.wait(RETRY)
+                self.dirty.set()
+
+    def _sync_loop(self, stop: threading.Event) -> None:
+        etcd = self.connect()
+        offset = random.Random(self.config.host)
+        while not stop.is_set():
+            if not self.dirty.wait(1.0):
+                continue
+            self.dirty.clear()
+            try:
+                self._sync(etcd, offset)
+                self.metrics.store_up.set(1)
+            except WarmvmError as e:
+                self.metrics.store_up.set(0)
+                print(f"warmvm agent: sync: {e}", file=sys.stderr)
+                stop.wait(RETRY)
+                self.dirty.set()
+
+    def _sync(self, etcd: Etcd, order: random.Random) -> None:
+        fleet = read_fleet(etcd)
+        if self.config.place and self._placing(etcd, fleet):
+            done = place_pending(etcd, lambda vms: order.sample(vms, len(vms)), fleet)
+            self.metrics.placed.inc(done.placed)
+            self.metrics.conflicts.inc(done.conflicts)
+            if done.placed or done.conflicts:
+                fleet = read_fleet(etcd)
+        self.revision = max(self.revision, fleet.revision)
+        for problem in fleet.problems:
+            print(f"warmvm agent: {problem}", file=sys.stderr)
+        mine = {vm: p.value.epoch for vm, p in fleet.placements.items() if p.value.host == self.config.host}
+        self.epochs = mine
+        self.metrics.share_vms.set(len(mine))
+        if self.written is None:
+            self.written = {vm: s for (h, vm), s in fleet.statuses.items() if h == self.config.host}
+        if self._write_share(share(fleet, self.config.host, self.config.info.labels)):
+            self.wake("fleet")
+
+    def _placing(self, etcd: Etcd, fleet: Fleet) -> bool:
+        """Whether this agent is the fleet's placer: it is, or none is and it becomes one (on its
+        presence lease, so that the role passes on within a TTL of its death)."""
+        if fleet.placer is not None:
+            return bool(fleet.placer.value == self.config.host)
+        if not self.lease:
+            return False
+        won, _ = etcd.txn([Compare(keys.placer(), "VERSION", 0)],
+                          [Put(keys.placer(), encode({"host": self.config.host}), self.lease)])
+        return bool(won)
+
+    def _write_share(self, files: dict[str, str]) -> bool:
+        """The share's spec files, each replaced whole where it changed; files of objects no longer in
+        the share removed. Whether anything changed."""
+        self.share_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        present = {p.name: p for p in self.share_dir.glob("*.yaml")}
+        changed = False
+        for name, text in files.items():
+            if name not in present or present[name].read_text() != text:
+                atomic_write(self.share_dir / name, text.encode(), self.scratch)
+                changed = True
+        for name, path in present.items():
+            if name not in files:
+                path.unlink()
+                changed = True
+        return changed
+
+    # --- after a pass ------------------------------------------------------------------------
+
+    def passed(self, desired: Desired, observed: VmsView | None) -> None:
+        """Each VM's status as this pass left it, written where it changed; a VM this host no longer
+        has loses its status."""
+        if observed is None or self.written is None:
+            return
+        host = self.config.host
+        now = {name: status_of(name, desired.vms.get(name), observed, self.epochs.get(name, 0))
+               for name in set(desired.vms) | set(observed.vms)}
+        writes: list[Put | Delete] = [Put(keys.status(host, vm), encode_record(s))
+                                      for vm, s in sorted(now.items()) if self.written.get(vm) != s]
+        writes += [Delete(keys.status(host, vm)) for vm in sorted(set(self.written) - set(now))]
+        try:
+            for start in range(0, len(writes), 100):
+                self.etcd.txn([], writes[start:start + 100])
+        except WarmvmError as e:
+            self.metrics.store_up.set(0)
+            print(f"warmvm agent: status: {e}", file=sys.stderr)
+            return
+        self.metrics.status_writes.inc(len(writes))
+        self.written = now
+
+    def close(self) -> None:
+        """A clean stop lets the presence go at once (kill -9 lets it expire after the TTL)."""
+        if self.lease:
+            _quietly(lambda: self.etcd.revoke(self.lease))
+
+
+def _load(value: bytes) -> dict[str, object]:
+    data = json.loads(value)
+    if not isinstance(data, dict):
+        raise PermanentError("not a JSON object")
+    return data
+
+
+def _quietly(call: Callable[[], object]) -> None:
+    try:
+        call()
+    except WarmvmError:
+        pass
