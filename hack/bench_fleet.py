@@ -57,8 +57,11 @@ class Lab:
         return ns
 
     def hub(self, *args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(["ip", "netns", "exec", f"{self.prefix}-hub", *CLI, *args], capture_output=True,
-                              text=True, cwd=REPO, env=self.env, check=True)
+        done = subprocess.run(["ip", "netns", "exec", f"{self.prefix}-hub", *CLI, *args], capture_output=True,
+                              text=True, cwd=REPO, env=self.env)
+        if done.returncode != 0:
+            raise SystemExit(f"bench-fleet: warmvm {' '.join(args)}: {done.stderr.strip()}")
+        return done
 
     def metric(self, ns: str, name: str) -> float:
         code = "import urllib.request; print(urllib.request.urlopen('http://127.0.0.1:9464/metrics').read().decode())"
@@ -67,6 +70,10 @@ class Lab:
         return sum(float(line.split()[-1]) for line in text.splitlines() if line.startswith(name + " "))
 
     def down(self) -> None:
+        for member in json.loads((self.dir / "cluster.json").read_text())["members"]:
+            if not Path(f"/proc/{member['pid']}").exists():  # say why a member is gone before its log goes
+                log = (self.dir / f"{member['name']}.log").read_text(errors="replace").splitlines()
+                print(f"bench-fleet: etcd member {member['name']} died:", *log[-5:], sep="\n  ", file=sys.stderr)
         for agent in self.agents:
             agent.terminate()
         for agent in self.agents:
@@ -160,11 +167,92 @@ def idle(lab: Lab, hosts: list[str], seconds: float) -> dict[str, Any]:
             "status_writes": sum(after) - sum(writes), "lease_keepalives_per_s": len(hosts) / 5.0}
 
 
+def single(lab: Lab, root: Path, runs: int) -> dict[str, Any]:
+    """One VM applied at a time to the idle fleet: apply-to-assigned as a user creating one VM sees it."""
+    rec = Recorder(lab)
+    specs = root / "single"
+    specs.mkdir(mode=0o755)
+    for i in range(runs):
+        (specs / "vm.yaml").write_text(document("VM", f"one-{i}", running="false", diskSize="64Mi", memory="64Mi"))
+        lab.hub("fleet", "apply", "-f", str(specs))
+        deadline = time.time() + 30
+        while f"/warmvm/placement/one-{i}" not in rec.first and time.time() < deadline:
+            time.sleep(0.01)
+    rec.close()
+    return {"apply_to_assigned_ms": percentiles([(rec.first[f"/warmvm/placement/one-{i}"]
+                                                  - rec.first[f"/warmvm/spec/vm/one-{i}"]) * 1000
+                                                 for i in range(runs)])}
+
+
+def ready_at(log: Path, vm: str, after: float) -> float:
+    """When the controller saw `vm` ready (its vm_await ok, from a JSON lifecycle log); 0 if not yet."""
+    for line in log.read_text(errors="replace").splitlines() if log.exists() else []:
+        try:
+            record = json.loads(line)
+        except ValueError:
+            continue
+        if record.get("stage") == "vm_await" and record.get("object") == f"vm/{vm}" and \
+                record.get("outcome") == "ok" and record["time"] > after and not record.get("superseded"):
+            return float(record["time"])
+    return 0.0
+
+
+def overhead(lab: Lab, root: Path, runs: int) -> dict[str, Any]:
+    """One real VM's spec to ready (the controller's own first SSH command), through the fleet (a host of
+    its own, warm) and through `warmvm watch` on local specs (warm too), interleaved."""
+    lab.host("probe", "--labels", "role=probe")
+    fleet_log = root / "agent-probe.log"
+    local = root / "local"
+    (local / "specs").mkdir(parents=True, mode=0o755)
+    (local / "specs" / "base.yaml").write_text((root / "specs" / "net.yaml").read_text() + "---\n"
+                                               + (root / "specs" / "image.yaml").read_text())
+    ns = f"{lab.prefix}-local"
+    subprocess.run(["ip", "netns", "add", ns], check=True)
+    daemon = subprocess.Popen(["ip", "netns", "exec", ns, *CLI, "--specs", str(local / "specs"), "--state",
+                               str(local / "state"), "--log-format", "json", "watch"], cwd=REPO,
+                              stdout=subprocess.DEVNULL, stderr=open(local / "watch.log", "ab"))  # noqa: SIM115
+    probe = root / "probe"
+    probe.mkdir(mode=0o755)
+    try:
+        time.sleep(15)  # both warm: seeds generated, pools filled
+        times: dict[str, list[float]] = {"local": [], "fleet": []}
+        for i in range(runs):
+            name = f"probe-{i}"
+            vm = document("VM", name, memory="256Mi", diskSize="256Mi", hostSelector="{role: probe}")
+            start = time.time()
+            (local / "specs" / "vm.yaml").write_text(vm)
+            times["local"].append(_await(local / "watch.log", name, start) - start)
+            (local / "specs" / "vm.yaml").unlink()
+            (probe / "vm.yaml").write_text(vm)
+            start = time.time()
+            lab.hub("fleet", "apply", "-f", str(probe))
+            times["fleet"].append(_await(fleet_log, name, start) - start)
+            lab.hub("fleet", "delete", "vm", name)
+            time.sleep(3)  # both VMs stopped and trashed before the next round
+    finally:
+        daemon.terminate()
+        daemon.wait()
+        subprocess.run(["ip", "netns", "del", ns], check=False)
+    local_ms, fleet_ms = ([x * 1000 for x in times[k]] for k in ("local", "fleet"))
+    return {"runs": runs, "local_spec_to_ready_ms": summary(local_ms), "fleet_spec_to_ready_ms": summary(fleet_ms),
+            "fleet_overhead_ms": summary([f - lo for f, lo in zip(fleet_ms, local_ms, strict=True)])}
+
+
+def _await(log: Path, vm: str, after: float, timeout: float = 180) -> float:
+    deadline = time.time() + timeout
+    while not (when := ready_at(log, vm, after)):
+        if time.time() > deadline:
+            raise SystemExit(f"bench-fleet: {vm} was not ready within {timeout:g}s (see {log})")
+        time.sleep(0.05)
+    return when
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--hosts", type=int, default=5)
     ap.add_argument("--vms", type=int, default=300)
     ap.add_argument("--idle", type=float, default=30.0, metavar="SECONDS")
+    ap.add_argument("--runs", type=int, default=3, help="runs of the one-VM measures (default 3)")
     ap.add_argument("--json", type=Path)
     args = ap.parse_args()
     with tempfile.TemporaryDirectory(prefix="warmvm-bench-fleet-") as tmp:
@@ -174,7 +262,8 @@ def main() -> None:
         try:
             hosts = [lab.host(f"h{i}", "--capacity", "vcpus=256,memory=64Gi") for i in range(1, args.hosts + 1)]
             time.sleep(2)
-            out = {"placement": placement(lab, root, args.vms, hosts), "idle": idle(lab, hosts, args.idle)}
+            out = {"placement": placement(lab, root, args.vms, hosts), "idle": idle(lab, hosts, args.idle),
+                   "single": single(lab, root, max(args.runs, 10)), "overhead": overhead(lab, root, args.runs)}
         finally:
             lab.down()
     print(json.dumps(out, indent=2))

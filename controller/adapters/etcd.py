@@ -112,6 +112,10 @@ class Etcd:
         reply = self._post("/kv/range", {"key": _b64(prefix), "range_end": _range_end(prefix)})
         return [_item(kv) for kv in reply.get("kvs", [])], int(reply["header"]["revision"])
 
+    def revision(self) -> int:
+        """The store's revision now."""
+        return int(self._post("/kv/range", {"key": _b64("\0")})["header"]["revision"])
+
     def get(self, key: str) -> Item | None:
         reply = self._post("/kv/range", {"key": _b64(key)})
         kvs = reply.get("kvs", [])
@@ -143,16 +147,19 @@ class Etcd:
         tried: dict[str, str] = {}
         while not stop.is_set():
             index, client = self._pick()
+            opened = [False]
             try:
-                for batch in _stream(client, prefix, revision):
-                    revision, tried = batch[-1].revision + 1, {}
+                for batch in _stream(client, prefix, revision, opened):
+                    revision = batch[-1].revision + 1
                     yield batch
                     if stop.is_set():
                         return
             except (requests.RequestException, ValueError, KeyError) as e:
-                if isinstance(e, requests.ReadTimeout):
-                    continue  # silent for WATCH_IDLE: opened again on the same endpoint
+                if opened[0] and not isinstance(e, WatchCanceled):
+                    tried = {}  # it streamed, then broke or fell silent (WATCH_IDLE): opened again
+                    continue
                 self._next(index, e, tried, "watch")
+            stop.wait(0.1)  # the server ended the stream: opened again, never in a tight loop
 
     # --- endpoints ---------------------------------------------------------------------------
 
@@ -183,23 +190,34 @@ class Etcd:
                 raise PermanentError(f"the store refused {path}: {_reason(e)}") from None
 
 
+class WatchCanceled(requests.RequestException):
+    """etcd ended the watch (no leader on that member, say): another endpoint is tried."""
+
+
 class CompactedError(TemporaryError):
     """The revision a watch asked for was compacted away: read everything again."""
 
 
-def _stream(client: etcd3gw.Etcd3Client, prefix: str, revision: int) -> Iterator[list[Event]]:
+def _stream(client: etcd3gw.Etcd3Client, prefix: str, revision: int, opened: list[bool]) -> Iterator[list[Event]]:
+    """The watch stream's batches; `opened[0]` is set once etcd has created the watch (a failure after
+    that is the stream's, not the endpoint's)."""
     create: dict[str, Any] = {"create_request": {"key": _b64(prefix), "range_end": _range_end(prefix),
                                  "start_revision": revision}}
-    with client.session.post(client.get_url("/watch"), json=create, stream=True,
-                             timeout=(TIMEOUT, WATCH_IDLE)) as response:
+    # hasleader: a member cut off from the majority ends the stream ("no leader") rather than keep it
+    # open and silent; the watch then moves on to another endpoint
+    with client.session.post(client.get_url("/watch"), json=create, stream=True, timeout=(TIMEOUT, WATCH_IDLE),
+                             headers={"Grpc-Metadata-hasleader": "true"}) as response:
         if response.status_code != 200:
             raise requests.RequestException(f"watch: HTTP {response.status_code}")
         for line in response.iter_lines():
             if not line.strip():
                 continue
             result = json.loads(line)["result"]
+            opened[0] = True
             if result.get("compact_revision") and int(result["compact_revision"]) > 0:
                 raise CompactedError(f"the store compacted past revision {revision}")
+            if result.get("canceled"):
+                raise WatchCanceled(result.get("cancel_reason") or "watch canceled")
             events = [_event(e) for e in result.get("events", [])]
             if events:
                 yield events

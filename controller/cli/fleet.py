@@ -78,14 +78,17 @@ def cmd_fleet(args: argparse.Namespace, log: Lifecycle) -> int:
 
 def _apply(args: argparse.Namespace, etcd: Any) -> int:
     from ..fleet.driver import apply_specs
+    from ..fleet.observe import read_fleet
     from ..fleet.specs import documents
-    docs, errors = documents(args.filename)
+    fleet = read_fleet(etcd)
+    stored = [] if args.prune else [(k, n, s.document) for (k, n), s in fleet.specs.items()]
+    docs, errors = documents(args.filename, stored)
     for error in errors:
         print(error, file=sys.stderr)
     if errors:
         print(f"fleet apply: nothing written: {len(errors)} spec errors", file=sys.stderr)
         return EXIT_ERROR
-    lines = apply_specs(etcd, docs, args.prune)
+    lines = apply_specs(etcd, fleet, docs, args.prune)
     for line in lines:
         print(line)
     print(f"fleet apply: {len(lines)} changed, {len(docs)} specs", file=sys.stderr)

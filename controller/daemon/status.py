@@ -28,7 +28,7 @@ class DaemonStatus:
 
 
 def read_status(path: Path) -> dict[str, Any]:
-    """The last status written, and whether its daemon still runs (its pid, running `watch`)."""
+    """The last status written, and whether its daemon still runs (its pid, running `watch` or `agent`)."""
     try:
         data = read_json(path)
     except WarmvmError as e:
@@ -38,7 +38,7 @@ def read_status(path: Path) -> dict[str, Any]:
     pid = data.get("pid")
     try:
         argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
-        running = b"watch" in argv
+        running = b"watch" in argv or b"agent" in argv
     except (OSError, TypeError):
         running = False
     last = data.get("last_pass")

@@ -18,6 +18,7 @@ import random
 import sys
 import threading
 import time
+import traceback
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,9 +35,10 @@ from . import keys
 from .driver import encode, encode_record, guard, place_pending
 from .observe import read_fleet
 from .plan import share, status_of
-from .state import Fleet, HostInfo, Presence, VmStatus
+from .state import Fleet, HostInfo, Presence, VmStatus, with_events
 
 RETRY = 1.0  # seconds between attempts while the store does not answer
+IGNORED = ("status", "pending")  # what hosts and placers report: nothing for an agent to act on
 
 
 @dataclass(frozen=True)
@@ -62,17 +64,17 @@ class FleetMetrics:
 
 
 class Agent:
-    def __init__(self, connect: Callable[[], Etcd], config: AgentConfig, share_dir: Path, scratch: Path,
+    def __init__(self, connect: Callable[[], Etcd], config: AgentConfig, share_dir: Path,
                  registry: CollectorRegistry) -> None:
-        self.connect, self.config = connect, config
-        self.share_dir, self.scratch = share_dir, scratch
+        self.connect, self.config, self.share_dir = connect, config, share_dir
         self.metrics = FleetMetrics(registry)
         self.etcd = connect()  # the daemon thread's: presence at start, statuses after passes
         self.lease = 0
         self.dirty = threading.Event()
+        self.lock = threading.Lock()
+        self.fleet: Fleet | None = None  # as the watch keeps it
         self.written: dict[str, VmStatus] | None = None  # statuses as the store has them (None: not read yet)
         self.epochs: dict[str, int] = {}
-        self.revision = 0
         self.wake: Callable[[str], None] = lambda reason: None
 
     # --- presence ----------------------------------------------------------------------------
@@ -126,24 +128,35 @@ class Agent:
         self.wake = wake
         self.dirty.set()
         for name, run in (("lease", self._keepalive), ("watch", self._watch), ("sync", self._sync_loop)):
-            threading.Thread(target=run, args=(stop,), name=f"warmvm-fleet-{name}", daemon=True).start()
+            threading.Thread(target=_guarded, args=(name, run, stop), name=f"warmvm-fleet-{name}", daemon=True).start()
 
     def _watch(self, stop: threading.Event) -> None:
+        """Keeps the fleet current: one whole read, then the watch's changes from its revision on."""
         etcd = self.connect()
         while not stop.is_set():
             try:
-                for _ in etcd.watch(keys.ROOT, self.revision + 1 if self.revision else 0, stop):
-                    self.dirty.set()
-                self.dirty.set()
+                fleet = read_fleet(etcd)
+                self._current(fleet)
+                for batch in etcd.watch(keys.ROOT, fleet.revision + 1, stop):
+                    fleet = with_events(fleet, [(e.key, e.value, e.revision) for e in batch])
+                    self._current(fleet, relevant=any(keys.parts(e.key)[0] not in IGNORED for e in batch))
             except (StoreUnavailable, CompactedError) as e:
                 self.metrics.store_up.set(0)
                 print(f"warmvm agent: watch: {e}", file=sys.stderr)
-                self.revision = 0  # read everything again once it answers
+                with self.lock:
+                    self.fleet = None  # read again once the store answers
                 stop.wait(RETRY)
                 self.dirty.set()
 
+    def _current(self, fleet: Fleet, relevant: bool = True) -> None:
+        with self.lock:
+            self.fleet = fleet
+        if relevant:
+            self.dirty.set()
+
     def _sync_loop(self, stop: threading.Event) -> None:
         etcd = self.connect()
+        self.dirty.set()  # (again, after an internal error)
         offset = random.Random(self.config.host)
         while not stop.is_set():
             if not self.dirty.wait(1.0):
@@ -159,14 +172,16 @@ class Agent:
                 self.dirty.set()
 
     def _sync(self, etcd: Etcd, order: random.Random) -> None:
-        fleet = read_fleet(etcd)
+        """Places what is pending (the placer) and writes the share, from the fleet the watch keeps
+        current (read whole when there is none yet); a placement made from a fleet that was not quite
+        current fails its transaction, and is made again from a fresh read."""
+        with self.lock:
+            fleet = self.fleet
+        fleet = fleet or read_fleet(etcd)
         if self.config.place and self._placing(etcd, fleet):
             done = place_pending(etcd, lambda vms: order.sample(vms, len(vms)), fleet)
             self.metrics.placed.inc(done.placed)
             self.metrics.conflicts.inc(done.conflicts)
-            if done.placed or done.conflicts:
-                fleet = read_fleet(etcd)
-        self.revision = max(self.revision, fleet.revision)
         for problem in fleet.problems:
             print(f"warmvm agent: {problem}", file=sys.stderr)
         mine = {vm: p.value.epoch for vm, p in fleet.placements.items() if p.value.host == self.config.host}
@@ -196,7 +211,8 @@ class Agent:
         changed = False
         for name, text in files.items():
             if name not in present or present[name].read_text() != text:
-                atomic_write(self.share_dir / name, text.encode(), self.scratch)
+                # written beside it (hidden, not *.yaml): the daemon's passes clean the state's tmp area
+                atomic_write(self.share_dir / name, text.encode(), self.share_dir)
                 changed = True
         for name, path in present.items():
             if name not in files:
@@ -231,6 +247,18 @@ class Agent:
         """A clean stop lets the presence go at once (kill -9 lets it expire after the TTL)."""
         if self.lease:
             _quietly(lambda: self.etcd.revoke(self.lease))
+
+
+def _guarded(name: str, run: Callable[[threading.Event], None], stop: threading.Event) -> None:
+    """A thread of the agent: a bug in it is said, with where, and the thread goes on (it must not
+    silently stop renewing the lease, watching or syncing)."""
+    while not stop.is_set():
+        try:
+            run(stop)
+        except Exception as e:
+            print(f"warmvm agent: internal error in {name} (it carries on): {type(e).__name__}: {e}\n"
+                  f"{''.join(traceback.format_exception(e)[-3:])}", file=sys.stderr, end="")
+            stop.wait(RETRY)
 
 
 def _load(value: bytes) -> dict[str, object]:

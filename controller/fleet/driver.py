@@ -129,10 +129,10 @@ def delete_vm(etcd: Etcd, name: str) -> bool:
     raise TemporaryError(f"vm/{name}: the fleet kept changing under the delete; try again")
 
 
-def apply_specs(etcd: Etcd, documents: Iterable[tuple[str, str, dict[str, Any]]], prune: bool) -> list[str]:
-    """Writes each (kind, name, document) whose stored copy differs, guarded by the revision read;
-    with `prune`, removes the specs no document names. The lines of what changed."""
-    fleet = read_fleet(etcd)
+def apply_specs(etcd: Etcd, fleet: Fleet, documents: Iterable[tuple[str, str, dict[str, Any]]],
+                prune: bool) -> list[str]:
+    """Writes each (kind, name, document) whose stored copy (in `fleet`, as read) differs, guarded by the
+    revision read; with `prune`, removes the specs no document names. The lines of what changed."""
     wanted = {(kind, name): document for kind, name, document in documents}
     changed: list[tuple[str, str, bytes, int]] = []
     for (kind, name), document in sorted(wanted.items()):

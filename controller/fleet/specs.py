@@ -4,29 +4,35 @@ absolute (they name files on the hosts, which must hold them at that path)."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from ..base.errors import SpecError
 from ..disks.observe import ImageFiles
+from ..specs.documents import Document as SpecDocument
 from ..specs.documents import read_documents, spec_files
 from ..specs.load import load
 from ..statedir.safety import unsafe_reason
 
 Document = tuple[str, str, dict[str, Any]]  # kind, name, the document
 PATHS = ("kernel", "initrd", "rootfs")
+STORED = "store:"  # how a stored document is named in a check
 
 
-def documents(root: Path) -> tuple[list[Document], list[SpecError]]:
+def documents(root: Path, stored: Sequence[Document] = ()) -> tuple[list[Document], list[SpecError]]:
+    """The documents under `root`, checked together with the `stored` ones they join (a VM may name a
+    network the store has); the errors are the files' (a stored object is not this apply's to fix)."""
     if not root.exists():
         return [], [SpecError(str(root), 1, "", "no such file or directory")]
     for path in [root, *spec_files(root)]:
         reason = unsafe_reason(path)
         if reason is not None:
             return [], [SpecError(str(path), 1, "", f"refused: {reason} (chown root and chmod go-w)")]
-    desired = load(root, ImageFiles())
-    if desired.errors:
-        return [], list(desired.errors)
+    beside = [SpecDocument(Path(f"{STORED}{kind.lower()}/{name}"), 1, document, {}) for kind, name, document in stored]
+    errors = [e for e in load(root, ImageFiles(), beside).errors if not e.file.startswith(STORED)]
+    if errors:
+        return [], errors
     out: list[Document] = []
     for file in spec_files(root):
         docs, _ = read_documents(file, str(file))

@@ -174,6 +174,49 @@ def fleet_from(items: list[Stored], revision: int) -> Fleet:
     return replace(fleet, problems=tuple(problems), placer=placer)
 
 
+def with_events(fleet: Fleet, events: list[tuple[str, bytes | None, int]]) -> Fleet:
+    """The fleet after a watch's changes (key, value or None when deleted, revision), so that an agent
+    keeps it current without reading the whole store at every change."""
+    copy = replace(fleet, specs=dict(fleet.specs), placements=dict(fleet.placements), allocs=dict(fleet.allocs),
+                   hosts=dict(fleet.hosts), alive=dict(fleet.alive), statuses=dict(fleet.statuses),
+                   pending=dict(fleet.pending))
+    problems = dict(p.split(": skipped: ", 1) for p in fleet.problems if ": skipped: " in p)
+    placer, revision = fleet.placer, fleet.revision
+    for key, value, mod in events:
+        revision = max(revision, mod)
+        problems.pop(key, None)
+        if key == keys.placer():
+            placer = Versioned(str(json.loads(value)["host"]), mod) if value is not None else None
+            continue
+        _forget(copy, keys.parts(key))
+        if value is None:
+            continue
+        try:
+            _take(copy, keys.parts(key), value, mod, 0)
+        except (WarmvmError, ValueError, KeyError, TypeError) as e:
+            problems[key] = str(e)
+    return replace(copy, revision=revision, placer=placer,
+                   problems=tuple(f"{k}: skipped: {why}" for k, why in problems.items()))
+
+
+def _forget(fleet: Fleet, where: list[str]) -> None:
+    match where:
+        case ["spec", segment, name] if segment in keys.KINDS.values():
+            fleet.specs.pop(({v: k for k, v in keys.KINDS.items()}[segment], name), None)
+        case ["placement", vm]:
+            fleet.placements.pop(vm, None)
+        case ["alloc", host]:
+            fleet.allocs.pop(host, None)
+        case ["pending", vm]:
+            fleet.pending.pop(vm, None)
+        case ["host", host, "alive"]:
+            fleet.alive.pop(host, None)
+        case ["host", host, "info"]:
+            fleet.hosts.pop(host, None)
+        case ["status", host, vm]:
+            fleet.statuses.pop((host, vm), None)
+
+
 def _take(fleet: Fleet, where: list[str], value: bytes, mod: int, lease: int) -> None:
     data = json.loads(value)
     match where:

@@ -12,6 +12,7 @@ converge in the same pass.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from ipaddress import IPv4Address
 from pathlib import Path
 from typing import Any, Protocol
@@ -38,17 +39,28 @@ class ImageProbe(Protocol):
     def has_dir(self, rootfs: Path, inner: str) -> bool: ...
 
 
-def load(root: Path, probe: ImageProbe) -> Desired:
-    """Load and validate every spec under `root`; never raises for bad input."""
+def load(root: Path, probe: ImageProbe, beside: Sequence[Document] = ()) -> Desired:
+    """Load and validate every spec under `root`; never raises for bad input. `beside`: documents that
+    exist already (the fleet's stored specs), checked together with the files; an object a file
+    defines replaces the stored one of its kind and name."""
     loader = _Loader(root, probe)
+    read: list[Document] = []
     for path in spec_files(root):
         docs, errors = read_documents(path, loader.shown(path))
         loader.errors.extend(errors)
         if not docs and not errors:
             loader.empty.append(loader.shown(path))  # an editor mid-save, a truncation: never "delete all"
-        for doc in docs:
-            loader.add(doc)
+        read += docs
+    named = {_key(doc) for doc in read}
+    for doc in [*(d for d in beside if _key(d) not in named), *read]:
+        loader.add(doc)
     return loader.finish()
+
+
+def _key(doc: Document) -> tuple[object, object]:
+    body = doc.body if isinstance(doc.body, dict) else {}
+    meta = body.get("metadata")
+    return body.get("kind"), meta.get("name") if isinstance(meta, dict) else None
 
 
 _ENVELOPE = ("apiVersion", "kind", "metadata", "spec")

@@ -164,6 +164,25 @@ def test_an_etcd_member_killed_stops_no_vm_and_the_agents_carry_on(lab: FleetLab
     assert {h["state"] for h in lab.hosts().values()} == {"Ready"}, "the leases were kept through the others"
 
 
+def test_an_agent_cut_off_from_the_store_keeps_its_vms_and_catches_up(lab: FleetLab, tmp_path: Path) -> None:
+    agent = lab.start(lab.add_host("h1"), "--capacity", "vcpus=4,memory=2Gi", "--metrics-addr", "127.0.0.1:9464")
+    specs = specs_with(tmp_path, {"a": "running: false, diskSize: 64Mi"})
+    lab.fleet("apply", "-f", str(specs))
+    lab.until(lambda: lab.vms()["a"]["phase"] == "Stopped", "a provisioned")
+    subprocess.run(["ip", "-n", agent.netns, "link", "set", "eth0", "down"], check=True)
+    lab.until(lambda: lab.metric(agent, "warmvm_fleet_store_up") == 0, "the agent reports store_up 0")
+    lab.until(lambda: lab.hosts()["h1"]["state"] == "Lost", "its presence expired (TTL)")
+    write(specs / "b.yaml", vm_spec("b", running="false", diskSize="64Mi"))
+    lab.fleet("apply", "-f", str(specs))
+    assert lab.vms()["b"]["phase"] == "Pending", "no live host to place it on"
+    assert (agent.state / "vms" / "a" / "disk.img").exists(), "nothing on the host stopped or went"
+    assert agent.process is not None and agent.process.poll() is None
+    subprocess.run(["ip", "-n", agent.netns, "link", "set", "eth0", "up"], check=True)
+    lab.until(lambda: all(r["phase"] == "Stopped" and r["host"] == "h1" for r in lab.vms().values()),
+              "back: present again, b placed and provisioned", timeout=90)
+    assert lab.metric(agent, "warmvm_fleet_store_up") == 1
+
+
 @pytest.mark.e2e
 def test_a_vm_boots_on_a_fleet_host_and_answers_fleet_ssh(lab: FleetLab, tmp_path: Path, demo_image: Path) -> None:
     start_hosts(lab, 2)

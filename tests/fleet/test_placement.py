@@ -7,7 +7,7 @@ import json
 from typing import Any
 
 from controller.fleet.plan import place_all, share, unplaced
-from controller.fleet.state import Fleet, fleet_from
+from controller.fleet.state import Fleet, fleet_from, with_events
 from controller.specs.schema import parse_quantity
 
 GiB = 1 << 30
@@ -97,3 +97,18 @@ def test_a_malformed_value_is_reported_and_skipped_and_the_rest_is_read() -> Non
     assert list(f.of_kind("VM")) == ["good"]
     assert [p.split(":")[0] for p in f.problems] == ["/warmvm/spec/vm/bad", "/warmvm/spec/vm/zero",
                                                       "/warmvm/placement/x", "/warmvm/what/ever"]
+
+
+def test_a_watchs_changes_keep_the_fleet_as_a_new_read_would_find_it() -> None:
+    before = fleet({"a": {"vcpus": 4, "memory": 4 * GiB}}, [NET, IMAGE, doc("VM", "x"), doc("VM", "y")],
+                   placed={"x": "a"})
+    after = with_events(before, [
+        ("/warmvm/spec/vm/y", None, 300),  # deleted
+        ("/warmvm/spec/vm/z", json.dumps(doc("VM", "z", vcpus=2)).encode(), 301),
+        ("/warmvm/placement/x", None, 302),
+        ("/warmvm/spec/vm/bad", b"{oops", 303),
+        ("/warmvm/placer", b'{"host": "a"}', 304)])
+    assert sorted(after.of_kind("VM")) == ["x", "z"] and after.of_kind("VM")["z"].need.vcpus == 2  # type: ignore[union-attr]
+    assert "x" not in after.placements and after.placer is not None and after.placer.value == "a"
+    assert after.revision == 304 and [p.split(":")[0] for p in after.problems] == ["/warmvm/spec/vm/bad"]
+    assert sorted(before.of_kind("VM")) == ["x", "y"], "the fleet read before is left as it was"

@@ -114,6 +114,14 @@ class FleetLab:
         lines = self.etcdctl("get", "--prefix", "/warmvm/").splitlines()
         return dict(zip(lines[0::2], lines[1::2], strict=True))
 
+    def metric(self, agent: Agent, name: str) -> float | None:
+        """A metric of an agent started with --metrics-addr 127.0.0.1:9464 (None: it does not answer)."""
+        code = "import urllib.request as u; print(u.urlopen('http://127.0.0.1:9464/metrics', timeout=2).read().decode())"
+        done = subprocess.run(["ip", "netns", "exec", agent.netns, sys.executable, "-c", code], capture_output=True,
+                              text=True)
+        values = [float(line.split()[-1]) for line in done.stdout.splitlines() if line.startswith(name + " ")]
+        return values[0] if values else None
+
     def member_pid(self, name: str) -> int:
         return int(next(m["pid"] for m in self.manifest["members"] if m["name"] == name))
 
