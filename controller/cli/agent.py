@@ -38,7 +38,7 @@ def cmd_agent(args: argparse.Namespace, log: Lifecycle) -> int:
     options = Options(layout.fleet_specs, Policy(args.retain_removed, args.confirm_removals), args.clone_method,
                       args.boot_timeout, args.lock_timeout)
     registry = CollectorRegistry()
-    agent = Agent(lambda: connect(args), config, layout.fleet_specs, registry)
+    agent = Agent(lambda: connect(args), config, layout, registry)
     with store.held(layout.agent_lock, "an agent"):
         try:
             agent.claim()

@@ -52,6 +52,13 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
     delete.add_argument("kind", choices=("vm",))
     delete.add_argument("name")
     fleet.add_parser("place", help="place pending VMs now (every agent does, too)")
+    for verb, what in (("cordon", "no new VMs are placed on HOST"), ("uncordon", "HOST takes new VMs again"),
+                       ("drain", "cordon HOST, then place its recreate VMs elsewhere, one by one")):
+        fleet.add_parser(verb, help=what).add_argument("host")
+    evict = fleet.add_parser("evict", help="place a VM anew on another host, on purpose (its disk stays behind)")
+    evict.add_argument("vm")
+    evict.add_argument("--force", action="store_true", help="yes: a new VM from its image's seed, elsewhere")
+    fleet.add_parser("verify", help="the fleet's invariants; exit 1 and the offenders named if one is broken")
     ssh = fleet.add_parser("ssh", help="a command in a VM (or a shell), through the host it runs on")
     ssh.add_argument("vm")
     ssh.add_argument("argv", nargs=argparse.REMAINDER, metavar="-- COMMAND")
@@ -72,7 +79,10 @@ def connect(args: argparse.Namespace) -> Any:
 
 
 def cmd_fleet(args: argparse.Namespace, log: Lifecycle) -> int:
-    handler = {"apply": _apply, "get": _get, "delete": _delete, "place": _place, "ssh": _ssh, "logs": _logs}
+    from . import fleet_ops
+    handler = {"apply": _apply, "get": _get, "delete": _delete, "place": _place, "ssh": _ssh, "logs": _logs,
+               "cordon": fleet_ops.cordon, "uncordon": fleet_ops.cordon, "drain": fleet_ops.drain,
+               "evict": fleet_ops.evict, "verify": fleet_ops.verify}
     return handler[args.fleet](args, connect(args))
 
 

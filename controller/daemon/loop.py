@@ -16,7 +16,7 @@ import sys
 import threading
 import time
 import traceback
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
 from ..base.errors import WarmvmError
@@ -78,7 +78,8 @@ def run(store: Store, options: Options, settings: Settings, log: Lifecycle, agen
         if "resync" in reasons or time.monotonic() >= due:
             due = time.monotonic() + _jittered(settings.resync)
         metrics.woke(reasons)
-        done = _pass(store, options, log, background, metrics, status, sorted(reasons), layout, links, exits)
+        now = options if agent is None else replace(options, policy=agent.policy(options.policy))
+        done = _pass(store, now, log, background, metrics, status, sorted(reasons), layout, links, exits)
         if agent is not None and done is not None:
             agent.passed(done.desired, done.result.last_observed)
         instance[0] = store.instance(create=False)

@@ -20,19 +20,19 @@ import threading
 import time
 import traceback
 from collections.abc import Callable
-from dataclasses import dataclass
-from pathlib import Path
+from dataclasses import dataclass, replace
 
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from ..adapters.etcd import CompactedError, Compare, Delete, Etcd, Put, StoreUnavailable
 from ..base import records
 from ..base.errors import PermanentError, TemporaryError, WarmvmError
-from ..base.model import Desired
-from ..statedir.store import atomic_write
+from ..base.model import Desired, Policy
+from ..statedir.layout import Layout
 from ..vms.state import VmsView
 from . import keys
-from .driver import encode, encode_record, guard, place_pending
+from .driver import encode, encode_record, guard, mark_lost, place_pending, recreate_lost
+from .host import ShareFiles
 from .observe import read_fleet
 from .plan import share, status_of
 from .state import Fleet, HostInfo, Presence, VmStatus, with_events
@@ -64,9 +64,9 @@ class FleetMetrics:
 
 
 class Agent:
-    def __init__(self, connect: Callable[[], Etcd], config: AgentConfig, share_dir: Path,
+    def __init__(self, connect: Callable[[], Etcd], config: AgentConfig, layout: Layout,
                  registry: CollectorRegistry) -> None:
-        self.connect, self.config, self.share_dir = connect, config, share_dir
+        self.connect, self.config, self.files = connect, config, ShareFiles(layout)
         self.metrics = FleetMetrics(registry)
         self.etcd = connect()  # the daemon thread's: presence at start, statuses after passes
         self.lease = 0
@@ -76,6 +76,11 @@ class Agent:
         self.written: dict[str, VmStatus] | None = None  # statuses as the store has them (None: not read yet)
         self.epochs: dict[str, int] = {}
         self.wake: Callable[[str], None] = lambda reason: None
+        self.renewed = time.monotonic()  # the presence's last renewal
+        self.fenced = False  # not renewed for longer than the TTL: `recreate` VMs do not run here
+        self.last: Fleet | None = None  # the fleet the last share was written from
+        self.synced = False  # a share was written from the store: it is the authority on removals
+        self.recheck_at: float | None = None  # when a lost host's next recreate VM is due (the placer's)
 
     # --- presence ----------------------------------------------------------------------------
 
@@ -109,11 +114,27 @@ class Agent:
                 if not self.lease or etcd.keepalive(self.lease) < 0:
                     self.lease = 0
                     self._reclaim()
+                if self.lease:
+                    self.renewed = time.monotonic()
                 self.metrics.store_up.set(1)
             except WarmvmError as e:
                 self.metrics.renewals_failed.inc()
                 self.metrics.store_up.set(0)
                 print(f"warmvm agent: lease: {e}", file=sys.stderr)
+            self._fence(time.monotonic() - self.renewed > self.config.ttl)
+
+    def _fence(self, fenced: bool) -> None:
+        """Past its TTL without a renewal, the host may be taken for lost and its `recreate` VMs placed
+        anew elsewhere: they stop here at once (its `wait` VMs go on). Back, they run again if still
+        placed here."""
+        if fenced == self.fenced:
+            return
+        self.fenced = fenced
+        print("warmvm agent: " + ("fenced: the presence was not renewed within its TTL: recreate VMs stop"
+                                  if fenced else "the presence is renewed: the fence is lifted"), file=sys.stderr)
+        if fenced and self.last is not None and self.files.write(self._share(self.last), self.epochs):
+            self.wake("fleet")
+        self.dirty.set()
 
     def _reclaim(self) -> None:
         try:
@@ -159,7 +180,7 @@ class Agent:
         self.dirty.set()  # (again, after an internal error)
         offset = random.Random(self.config.host)
         while not stop.is_set():
-            if not self.dirty.wait(1.0):
+            if not self.dirty.wait(1.0) and not (self.recheck_at and time.time() >= self.recheck_at):
                 continue
             self.dirty.clear()
             try:
@@ -179,6 +200,10 @@ class Agent:
             fleet = self.fleet
         fleet = fleet or read_fleet(etcd)
         if self.config.place and self._placing(etcd, fleet):
+            mark_lost(etcd, fleet, time.time())
+            lines, self.recheck_at = recreate_lost(etcd, fleet, time.time())
+            for line in lines:
+                print(f"warmvm agent: {line}", file=sys.stderr)
             done = place_pending(etcd, lambda vms: order.sample(vms, len(vms)), fleet)
             self.metrics.placed.inc(done.placed)
             self.metrics.conflicts.inc(done.conflicts)
@@ -189,8 +214,19 @@ class Agent:
         self.metrics.share_vms.set(len(mine))
         if self.written is None:
             self.written = {vm: s for (h, vm), s in fleet.statuses.items() if h == self.config.host}
-        if self._write_share(share(fleet, self.config.host, self.config.info.labels)):
+        self.last = fleet
+        if self.files.write(self._share(fleet), mine):
             self.wake("fleet")
+        self.synced = True
+
+    def _share(self, fleet: Fleet) -> dict[str, str]:
+        return share(fleet, self.config.host, self.config.info.labels, self.fenced)
+
+    def policy(self, policy: Policy) -> Policy:
+        """Once its share comes from the store, removals the store decides (a VM deleted, or placed
+        elsewhere) are confirmed: they are not the accidents the holds are for; removed disks still go
+        to the trash."""
+        return replace(policy, confirm_removals=True) if self.synced else policy
 
     def _placing(self, etcd: Etcd, fleet: Fleet) -> bool:
         """Whether this agent is the fleet's placer: it is, or none is and it becomes one (on its
@@ -202,23 +238,6 @@ class Agent:
         won, _ = etcd.txn([Compare(keys.placer(), "VERSION", 0)],
                           [Put(keys.placer(), encode({"host": self.config.host}), self.lease)])
         return bool(won)
-
-    def _write_share(self, files: dict[str, str]) -> bool:
-        """The share's spec files, each replaced whole where it changed; files of objects no longer in
-        the share removed. Whether anything changed."""
-        self.share_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-        present = {p.name: p for p in self.share_dir.glob("*.yaml")}
-        changed = False
-        for name, text in files.items():
-            if name not in present or present[name].read_text() != text:
-                # written beside it (hidden, not *.yaml): the daemon's passes clean the state's tmp area
-                atomic_write(self.share_dir / name, text.encode(), self.share_dir)
-                changed = True
-        for name, path in present.items():
-            if name not in files:
-                path.unlink()
-                changed = True
-        return changed
 
     # --- after a pass ------------------------------------------------------------------------
 

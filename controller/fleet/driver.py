@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from ..adapters.etcd import Compare, Delete, Etcd, Put
@@ -20,7 +20,7 @@ from ..base import records
 from ..base.errors import PermanentError, TemporaryError
 from . import keys
 from .observe import read_fleet
-from .plan import Choice, place_all, placement_of, unplaced, with_placed
+from .plan import Choice, lost_marks, place, place_all, placement_of, to_recreate, unplaced, with_placed
 from .state import Alloc, Fleet, SpecObject
 
 ATTEMPTS = 8  # reads again after a lost race before a placer leaves the rest to the next round
@@ -164,3 +164,62 @@ def _prune(etcd: Etcd, fleet: Fleet, wanted: set[tuple[str, str]]) -> list[str]:
             raise PermanentError(f"{kind.lower()}/{name} changed in the store while it was pruned: apply again")
         lines.append(f"{kind.lower()}/{name} pruned")
     return lines
+
+
+def mark_lost(etcd: Etcd, fleet: Fleet, now: float) -> None:
+    """Since when each host without its presence has been lost (written once, while it is); the mark of a
+    host back goes."""
+    fresh, back = lost_marks(fleet)
+    for host in fresh:
+        etcd.txn([Compare(keys.alive(host), "VERSION", 0), Compare(keys.lost(host), "VERSION", 0)],
+                 [Put(keys.lost(host), encode({"since": now}))])
+    for host in back:
+        etcd.txn([Compare(keys.lost(host), "MOD", fleet.lost[host].revision)], [Delete(keys.lost(host))])
+
+
+def move(etcd: Etcd, fleet: Fleet, vm: str, exclude: str | None = None) -> str:
+    """Places a placed VM anew on another host, as a new VM (its epoch one more): one transaction that
+    compares its placement and both hosts' allocations. The host it went to; TemporaryError if it
+    fits nowhere or the fleet changed meanwhile."""
+    placed, spec = fleet.placements[vm], fleet.specs.get(("VM", vm))
+    if spec is None:
+        raise PermanentError(f"vm/{vm}: no such VM in the fleet")
+    old = placed.value.host
+    others = replace(fleet, hosts={h: i for h, i in fleet.hosts.items() if h not in (old, exclude)})
+    choice = place(others, spec)
+    if isinstance(choice, str):
+        raise TemporaryError(f"vm/{vm}: {choice}")
+    seen_old, seen_new = fleet.allocs.get(old), fleet.allocs.get(choice.host)
+    moved = placement_of(choice, time.time(), placed.value.epoch + 1)
+    compares = [Compare(keys.placement(vm), "MOD", placed.revision),
+                guard(keys.alloc(old), seen_old.revision if seen_old else 0),
+                guard(keys.alloc(choice.host), seen_new.revision if seen_new else 0),
+                Compare(keys.alive(choice.host), "MOD", fleet.alive[choice.host].revision)]
+    writes: list[Put | Delete] = [
+        Put(keys.placement(vm), encode_record(moved)),
+        Put(keys.alloc(old), encode_record((seen_old.value if seen_old else Alloc()).minus(placed.value.need))),
+        Put(keys.alloc(choice.host), encode_record((seen_new.value if seen_new else Alloc()).plus(choice.need)))]
+    if not etcd.txn(compares, writes)[0]:
+        raise TemporaryError(f"vm/{vm}: the fleet changed while it was moved; try again")
+    return choice.host
+
+
+def recreate_lost(etcd: Etcd, fleet: Fleet, now: float) -> tuple[list[str], float | None]:
+    """Every `recreate` VM whose host has been lost for its lostAfter, placed anew elsewhere (a new VM,
+    from its image's seed): the lines of what moved, and when the next one is due (None: none waits)."""
+    lines = []
+    due, later = to_recreate(fleet, now)
+    for spec in due:
+        try:
+            lines.append(f"vm/{spec.name}: recreated on {move(etcd, fleet, spec.name)}")
+        except TemporaryError as e:
+            lines.append(str(e))
+        fleet = read_fleet(etcd)
+    return lines, later
+
+
+def cordon(etcd: Etcd, host: str, on: bool) -> None:
+    if on:
+        etcd.txn([Compare(keys.cordon(host), "VERSION", 0)], [Put(keys.cordon(host), encode({"since": time.time()}))])
+    else:
+        etcd.txn([], [Delete(keys.cordon(host))])

@@ -7,6 +7,8 @@
     /warmvm/pending/VM          why a VM is not placed (fits nowhere)           written by placers
     /warmvm/placer              the agent that places now, on its lease (one at a time: no races
                                 among agents; `fleet place` may still race it, safely)
+    /warmvm/lost/HOST           since when a host has been seen without its presence    written by placers
+    /warmvm/cordon/HOST         the host takes no new VMs (and, drained, loses its `recreate` VMs)  operators
     /warmvm/host/HOST/alive     the host's presence, on its agent's lease (the only key with a TTL)
     /warmvm/host/HOST/info      its labels, capacity and how to reach it
     /warmvm/status/HOST/VM      a VM's status as its host reports it           written by that host
@@ -39,6 +41,14 @@ def pending(vm: str) -> str:
 
 def placer() -> str:
     return f"{ROOT}placer"
+
+
+def lost(host: str) -> str:
+    return f"{ROOT}lost/{host}"
+
+
+def cordon(host: str) -> str:
+    return f"{ROOT}cordon/{host}"
 
 
 def alive(host: str) -> str:

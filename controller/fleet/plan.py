@@ -33,7 +33,31 @@ def matches(selector: dict[str, str] | None, labels: dict[str, str]) -> bool:
 
 def usable(fleet: Fleet) -> list[str]:
     """Hosts that may take new VMs: alive, described, not cordoned."""
-    return sorted(h for h, info in fleet.hosts.items() if h in fleet.alive and not info.cordoned)
+    return sorted(h for h, info in fleet.hosts.items()
+                  if h in fleet.alive and not info.cordoned and h not in fleet.cordoned)
+
+
+def lost_marks(fleet: Fleet) -> tuple[list[str], list[str]]:
+    """Hosts seen without their presence that have no lost mark yet, and marks of hosts back."""
+    return (sorted(h for h in fleet.hosts if h not in fleet.alive and h not in fleet.lost),
+            sorted(h for h in fleet.lost if h in fleet.alive))
+
+
+def to_recreate(fleet: Fleet, now: float) -> tuple[list[SpecObject], float | None]:
+    """`recreate` VMs whose host has been lost for their lostAfter (each is placed anew, elsewhere), and
+    when the next one's lostAfter is up (None: no other VM waits for it)."""
+    due: list[SpecObject] = []
+    later: list[float] = []
+    for name, placed in sorted(fleet.placements.items()):
+        spec, mark = fleet.specs.get(("VM", name)), fleet.lost.get(placed.value.host)
+        if spec is None or not spec.recreate or mark is None:
+            continue
+        at = mark.value + spec.lost_after
+        if at <= now:
+            due.append(spec)
+        else:
+            later.append(at)
+    return due, min(later, default=None)
 
 
 def free(fleet: Fleet, host: str) -> Need:
@@ -117,8 +141,8 @@ def with_placed(fleet: Fleet, choices: list[Choice], revision: int) -> Fleet:
     return replace(fleet, allocs=allocs, placements=placements)
 
 
-def placement_of(choice: Choice, when: float) -> Placement:
-    return Placement(host=choice.host, epoch=1, vcpus=choice.need.vcpus, memory=choice.need.memory, placed=when)
+def placement_of(choice: Choice, when: float, epoch: int = 1) -> Placement:
+    return Placement(host=choice.host, epoch=epoch, vcpus=choice.need.vcpus, memory=choice.need.memory, placed=when)
 
 
 def _refusal(vm: SpecObject, room: Room) -> str | None:
@@ -135,15 +159,17 @@ def _refusal(vm: SpecObject, room: Room) -> str | None:
     return None
 
 
-def share(fleet: Fleet, host: str, labels: dict[str, str]) -> dict[str, str]:
-    """The spec files of `host`'s share: file name -> its document (JSON, which is YAML)."""
+def share(fleet: Fleet, host: str, labels: dict[str, str], fenced: bool = False) -> dict[str, str]:
+    """The spec files of `host`'s share: file name -> its document (JSON, which is YAML). `fenced`: the
+    host could not renew its presence for longer than its TTL, so its `recreate` VMs may be placed
+    anew elsewhere: they do not run here meanwhile (its `wait` VMs do)."""
     files: dict[str, str] = {}
     for (kind, name), spec in sorted(fleet.specs.items()):
         if kind == "VM":
             placed = fleet.placements.get(name)
             if placed is None or placed.value.host != host:
                 continue
-            document = _reserved(spec.document, placed.value.need)
+            document = _reserved(spec.document, placed.value.need, fenced and spec.recreate)
         elif matches(spec.selector, labels):
             document = spec.document
         else:
@@ -152,11 +178,13 @@ def share(fleet: Fleet, host: str, labels: dict[str, str]) -> dict[str, str]:
     return files
 
 
-def _reserved(document: dict[str, object], need: Need) -> dict[str, object]:
+def _reserved(document: dict[str, object], need: Need, stopped: bool = False) -> dict[str, object]:
     """A VM's document with what its placement reserved: a spec that grew after it was placed runs
     as it was reserved (a VM is never moved or overcommitted by a spec update)."""
     spec = dict(document.get("spec") or {})  # type: ignore[call-overload]
     spec["vcpus"], spec["memory"] = need.vcpus, f"{need.memory >> 10}Ki"
+    if stopped:
+        spec["running"] = False
     return {**document, "spec": spec}
 
 
@@ -168,3 +196,35 @@ def status_of(name: str, vm: VM | None, observed: VmsView, epoch: int) -> VmStat
     return VmStatus(phase=current, reason=reason, ip=record.ip if record else None,
                     boot=str(record.boot) if record and record.boot else None,
                     created=record.created if record else None, epoch=epoch)
+
+
+ACTIVE = ("Running", "Booting")  # a VM with its QEMU up
+
+
+def audit(fleet: Fleet) -> list[str]:
+    """The fleet's invariants, each broken one named: every VM assigned at most once and running
+    only where it is assigned (as each live host reports), every host's allocation the sum of its
+    placements and within its capacity, no placement of a VM that has no spec."""
+    found = []
+    for host, alloc in sorted(fleet.allocs.items()):
+        mine = [p.value for p in fleet.placements.values() if p.value.host == host]
+        total = Alloc(vcpus=sum(p.vcpus for p in mine), memory=sum(p.memory for p in mine), vms=len(mine))
+        if alloc.value != total:
+            found.append(f"host/{host}: allocation {alloc.value.need} ({alloc.value.vms} VMs) is not the sum of "
+                         f"its placements {total.need} ({total.vms} VMs)")
+        info = fleet.hosts.get(host)
+        if info is not None and not alloc.value.need.fits(info.capacity):
+            found.append(f"host/{host}: allocation {alloc.value.need} is over its capacity {info.capacity}")
+    running: dict[str, list[str]] = {}
+    for (host, vm), status in sorted(fleet.statuses.items()):
+        if host not in fleet.alive or status.phase not in ACTIVE:
+            continue
+        running.setdefault(vm, []).append(host)
+        placed = fleet.placements.get(vm)
+        if placed is None or placed.value.host != host or status.epoch < placed.value.epoch:
+            where = f"assigned to {placed.value.host} (epoch {placed.value.epoch})" if placed else "not assigned"
+            found.append(f"vm/{vm}: runs on {host} (epoch {status.epoch}), {where}")
+    found += [f"vm/{vm}: runs on {', '.join(hosts)} at once" for vm, hosts in sorted(running.items()) if len(hosts) > 1]
+    found += [f"vm/{vm}: placed on {p.value.host}, but the fleet has no such VM"
+              for vm, p in sorted(fleet.placements.items()) if ("VM", vm) not in fleet.specs]
+    return found

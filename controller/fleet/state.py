@@ -136,6 +136,8 @@ class SpecObject:
     image: str | None = None
     need: Need | None = None
     default: bool = False  # the image of VMs that name none
+    recreate: bool = False  # a VM's onHostLoss: recreate (else wait)
+    lost_after: float = 60.0  # a VM's lostAfter
 
 
 @dataclass(frozen=True)
@@ -149,6 +151,8 @@ class Fleet:
     statuses: dict[tuple[str, str], VmStatus] = field(default_factory=dict)  # (host, vm)
     pending: dict[str, Versioned[str]] = field(default_factory=dict)  # vm -> why it is not placed
     placer: Versioned[str] | None = None  # the host whose agent places now
+    lost: dict[str, Versioned[float]] = field(default_factory=dict)  # host -> since when it has no presence
+    cordoned: dict[str, Versioned[float]] = field(default_factory=dict)  # host -> since when
     problems: tuple[str, ...] = ()
 
     def of_kind(self, kind: str) -> dict[str, SpecObject]:
@@ -179,7 +183,7 @@ def with_events(fleet: Fleet, events: list[tuple[str, bytes | None, int]]) -> Fl
     keeps it current without reading the whole store at every change."""
     copy = replace(fleet, specs=dict(fleet.specs), placements=dict(fleet.placements), allocs=dict(fleet.allocs),
                    hosts=dict(fleet.hosts), alive=dict(fleet.alive), statuses=dict(fleet.statuses),
-                   pending=dict(fleet.pending))
+                   pending=dict(fleet.pending), lost=dict(fleet.lost), cordoned=dict(fleet.cordoned))
     problems = dict(p.split(": skipped: ", 1) for p in fleet.problems if ": skipped: " in p)
     placer, revision = fleet.placer, fleet.revision
     for key, value, mod in events:
@@ -215,6 +219,10 @@ def _forget(fleet: Fleet, where: list[str]) -> None:
             fleet.hosts.pop(host, None)
         case ["status", host, vm]:
             fleet.statuses.pop((host, vm), None)
+        case ["lost", host]:
+            fleet.lost.pop(host, None)
+        case ["cordon", host]:
+            fleet.cordoned.pop(host, None)
 
 
 def _take(fleet: Fleet, where: list[str], value: bytes, mod: int, lease: int) -> None:
@@ -235,6 +243,10 @@ def _take(fleet: Fleet, where: list[str], value: bytes, mod: int, lease: int) ->
             fleet.hosts[host] = records.from_dict(HostInfo, data, "host info")
         case ["status", host, vm]:
             fleet.statuses[(host, vm)] = records.from_dict(VmStatus, data, "VM status")
+        case ["lost", host]:
+            fleet.lost[host] = Versioned(float(data["since"]), mod)
+        case ["cordon", host]:
+            fleet.cordoned[host] = Versioned(float(data["since"]), mod)
         case _:
             raise ValueError("not a key warmvm writes")
 
@@ -251,6 +263,7 @@ def _spec(segment: str, name: str, document: Any, revision: int) -> SpecObject:
     selector = parsed.host_selector
     if isinstance(parsed, VMSpec):
         return SpecObject(kind, name, document, revision, selector, parsed.network, parsed.image,
-                          Need(vcpus=parsed.vcpus, memory=parsed.memory))
+                          Need(vcpus=parsed.vcpus, memory=parsed.memory), recreate=parsed.on_host_loss == "recreate",
+                          lost_after=parsed.lost_after)
     default = isinstance(parsed, ImageSpec) and parsed.default
     return SpecObject(kind, name, document, revision, selector, default=default)

@@ -53,6 +53,18 @@ def parse_quantity(value: Any) -> int:
     return size
 
 
+_DURATION = re.compile(r"^(\d+)(s|m|h)?$")
+
+
+def seconds(value: Any) -> float:
+    """A duration: whole seconds, or with s, m or h (90s, 2m)."""
+    text = str(value) if isinstance(value, int | str) and not isinstance(value, bool) else ""
+    m = _DURATION.match(text)
+    if m is None or int(m.group(1)) <= 0:
+        raise ValueError(f"{value!r} is not a duration: a positive whole number of s, m or h (e.g. 90s)")
+    return float(int(m.group(1)) * {"s": 1, "m": 60, "h": 3600}[m.group(2) or "s"])
+
+
 def integer(ge: int, le: int) -> Parse:
     def parse(value: Any) -> int:
         if isinstance(value, bool) or not isinstance(value, int):
