@@ -41,6 +41,7 @@ class Lab:
     def __init__(self, root: Path, prefix: str) -> None:
         self.root, self.prefix, self.dir = root, prefix, root / "etcd"
         self.agents: list[subprocess.Popen[bytes]] = []
+        self.started: dict[str, tuple[str, list[str]]] = {}  # host -> its namespace and agent command
         up = subprocess.run(["bash", str(HACK / "fleet-up.sh"), "3", "--netns", prefix, "--dir", str(self.dir)],
                             capture_output=True, text=True, check=True)
         self.endpoints = up.stdout.strip().splitlines()[-1]
@@ -50,11 +51,17 @@ class Lab:
         ns = subprocess.run([sys.executable, str(HACK / "fleet.py"), "host", name, "--dir", str(self.dir)],
                             capture_output=True, text=True, check=True).stdout.strip()
         state = self.root / f"state-{name}"
-        log = open(self.root / f"agent-{name}.log", "ab")  # noqa: SIM115  (the child keeps it)
-        self.agents.append(subprocess.Popen(["ip", "netns", "exec", ns, *CLI, "--state", str(state), "--log-format",
-                                             "json", "agent", "--host", name, "--metrics-addr", "127.0.0.1:9464",
-                                             *extra], stdout=log, stderr=log, cwd=REPO, env=self.env))
+        self.started[name] = (ns, ["ip", "netns", "exec", ns, *CLI, "--state", str(state), "--log-format", "json",
+                                   "agent", "--host", name, "--metrics-addr", "127.0.0.1:9464", *extra])
+        self.start(name)
         return ns
+
+    def start(self, name: str) -> subprocess.Popen[bytes]:
+        """The host's agent (again, on its own state directory)."""
+        log = open(self.root / f"agent-{name}.log", "ab")  # noqa: SIM115  (the child keeps it)
+        agent = subprocess.Popen(self.started[name][1], stdout=log, stderr=log, cwd=REPO, env=self.env)
+        self.agents.append(agent)
+        return agent
 
     def hub(self, *args: str) -> subprocess.CompletedProcess[str]:
         done = subprocess.run(["ip", "netns", "exec", f"{self.prefix}-hub", *CLI, *args], capture_output=True,
@@ -247,12 +254,102 @@ def _await(log: Path, vm: str, after: float, timeout: float = 180) -> float:
     return when
 
 
+def failover(lab: Lab, root: Path, runs: int, ttl: int = 5, lost_after: int = 10) -> dict[str, Any]:
+    """A `recreate` VM whose agent is killed (-9): the host's lease expiring, the VM placed anew, and
+    created (provisioned, running: false) on the other host; the killed agent then starts again."""
+    agents = {name: lab.host(name, "--lease-ttl", str(ttl), "--labels", "role=failover") for name in ("f1", "f2")}
+    specs = root / "failover"
+    specs.mkdir(mode=0o755)
+    parts: dict[str, list[float]] = {"lease_expiry_ms": [], "placement_ms": [], "create_ms": [], "total_ms": []}
+    time.sleep(ttl)
+    for i in range(runs):
+        vm = f"fo-{i}"
+        (specs / "vm.yaml").write_text(document("VM", vm, running="false", diskSize="64Mi", onHostLoss="recreate",
+                                                lostAfter=f"{lost_after}s", hostSelector="{role: failover}"))
+        rec = Recorder(lab)
+        lab.hub("fleet", "apply", "-f", str(specs))
+        host = _until(lambda: next((k.split("/")[3] for _, k, v in rec.events if k.endswith(f"/{vm}")  # noqa: B023  (called at once)
+                                    and k.startswith("/warmvm/status/") and v and b'"Stopped"' in v), None))
+        agent = next(a for a in reversed(lab.agents) if a.args == lab.started[host][1] and a.poll() is None)
+        start = time.time()
+        agent.kill()
+        agent.wait()
+        other = next(h for h in agents if h != host)
+        ready = _until(lambda: next((w for w, k, v in rec.events if w > start and k == f"/warmvm/status/{other}/{vm}"  # noqa: B023  (called at once)
+                                     and v and b'"Stopped"' in v), None), timeout=120, what=f"{vm} recreated")
+        expired = next(w for w, k, v in rec.events if w > start and k == f"/warmvm/host/{host}/alive" and v is None)
+        placed = next(w for w, k, v in rec.events if w > start and k == f"/warmvm/placement/{vm}")
+        for key, value in (("lease_expiry_ms", expired - start), ("placement_ms", placed - expired),
+                           ("create_ms", ready - placed), ("total_ms", ready - start)):
+            parts[key].append(value * 1000)
+        rec.close()
+        lab.start(host)
+        lab.hub("fleet", "delete", "vm", vm)
+        time.sleep(ttl)
+    return {"runs": runs, "ttl_s": ttl, "lost_after_s": lost_after, **{k: summary(v) for k, v in parts.items()}}
+
+
+def _until(probe: Any, timeout: float = 60, what: str = "") -> Any:
+    deadline = time.time() + timeout
+    while (found := probe()) is None:
+        if time.time() > deadline:
+            raise SystemExit(f"bench-fleet: timed out waiting for {what}")
+        time.sleep(0.05)
+    return found
+
+
+def leader_kill(lab: Lab) -> dict[str, Any]:
+    """kill -9 of the etcd leader: how long writes fail (a write every 5 ms from the hub)."""
+    members = json.loads((lab.dir / "cluster.json").read_text())["members"]
+    status = json.loads(subprocess.run(["ip", "netns", "exec", f"{lab.prefix}-hub", "etcdctl", "--endpoints",
+                                        lab.endpoints, "endpoint", "status", "-w", "json"], capture_output=True,
+                                       text=True, check=True).stdout)
+    leader = next(s["Endpoint"] for s in status if s["Status"]["leader"] == s["Status"]["header"]["member_id"])
+    member = next(m for m in members if m["client"] == leader)
+    code = ("import sys, time\nfrom controller.adapters.etcd import Etcd, Put\n"
+            "s = Etcd(sys.argv[1].split(','), timeout=0.5)\nstart = time.time(); print('ready', flush=True)\n"
+            "sys.stdin.readline(); start = time.time()\n"
+            "while True:\n    try:\n        s.txn([], [Put('/bench/probe', b'1')]); break\n"
+            "    except Exception:\n        time.sleep(0.005)\nprint((time.time() - start) * 1000)\n")
+    probe = subprocess.Popen(["ip", "netns", "exec", f"{lab.prefix}-hub", sys.executable, "-c", code, lab.endpoints],
+                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, cwd=REPO)
+    assert probe.stdin is not None and probe.stdout is not None
+    probe.stdout.readline()
+    os.kill(int(member["pid"]), 9)
+    probe.stdin.write("go\n")
+    probe.stdin.flush()
+    unavailable = float(probe.stdout.readline())
+    probe.wait()
+    subprocess.run([sys.executable, str(HACK / "fleet.py"), "restart", member["name"], "--dir", str(lab.dir)],
+                   check=True)
+    return {"killed": member["name"], "writes_failed_ms": unavailable}
+
+
+def partition(lab: Lab, root: Path, host: str, seconds: float) -> dict[str, Any]:
+    """A host cut off for `seconds`, then healed: its presence back, and its next pass done."""
+    ns = lab.started[host][0]
+    rec = Recorder(lab)
+    subprocess.run(["ip", "-n", ns, "link", "set", "eth0", "down"], check=True)
+    time.sleep(seconds)
+    subprocess.run(["ip", "-n", ns, "link", "set", "eth0", "up"], check=True)
+    healed = time.time()
+    _until(lambda: True if lab.metric(ns, "warmvm_fleet_store_up") == 1 else None, what=f"{host} reconnected")
+    back = time.time()
+    status = root / f"state-{host}" / "daemon.json"
+    passed = _until(lambda: (lp if (lp := json.loads(status.read_text()).get("last_pass") or 0) > healed else None),
+                    what=f"{host}'s next pass")
+    rec.close()
+    return {"seconds": seconds, "reconnect_ms": (back - healed) * 1000, "reconciled_ms": (passed - healed) * 1000,
+            "lease_expired": any(k == f"/warmvm/host/{host}/alive" and v is None for _, k, v in rec.events)}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--hosts", type=int, default=5)
     ap.add_argument("--vms", type=int, default=300)
     ap.add_argument("--idle", type=float, default=30.0, metavar="SECONDS")
     ap.add_argument("--runs", type=int, default=3, help="runs of the one-VM measures (default 3)")
+    ap.add_argument("--partition", type=float, default=30.0, metavar="SECONDS", help="how long a host is cut off")
     ap.add_argument("--json", type=Path)
     args = ap.parse_args()
     with tempfile.TemporaryDirectory(prefix="warmvm-bench-fleet-") as tmp:
@@ -262,8 +359,16 @@ def main() -> None:
         try:
             hosts = [lab.host(f"h{i}", "--capacity", "vcpus=256,memory=64Gi") for i in range(1, args.hosts + 1)]
             time.sleep(2)
-            out = {"placement": placement(lab, root, args.vms, hosts), "idle": idle(lab, hosts, args.idle),
-                   "single": single(lab, root, max(args.runs, 10)), "overhead": overhead(lab, root, args.runs)}
+            phases: dict[str, Any] = {
+                "placement": lambda: placement(lab, root, args.vms, hosts), "idle": lambda: idle(lab, hosts, args.idle),
+                "single": lambda: single(lab, root, max(args.runs, 10)),
+                "overhead": lambda: overhead(lab, root, args.runs),
+                "failover": lambda: failover(lab, root, args.runs), "leader_kill": lambda: leader_kill(lab),
+                "partition": lambda: partition(lab, root, "h1", args.partition)}
+            out = {}
+            for name, run in phases.items():
+                print(f"bench-fleet: {name}", file=sys.stderr, flush=True)
+                out[name] = run()
         finally:
             lab.down()
     print(json.dumps(out, indent=2))

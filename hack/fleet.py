@@ -102,13 +102,14 @@ def up(args: argparse.Namespace) -> None:
     print(endpoints)
 
 
-def start_member(m: dict[str, object], cluster: str, token: str, data: Path, directory: Path) -> int:
+def start_member(m: dict[str, object], cluster: str, token: str, data: Path, directory: Path,
+                 state: str = "new") -> int:
     name = str(m["name"])
     (data / name).mkdir(parents=True, exist_ok=True)
     argv = ["etcd", "--name", name, "--data-dir", str(data / name),
             "--listen-client-urls", str(m["client"]), "--advertise-client-urls", str(m["client"]),
             "--listen-peer-urls", str(m["peer"]), "--initial-advertise-peer-urls", str(m["peer"]),
-            "--initial-cluster", cluster, "--initial-cluster-state", "new", "--initial-cluster-token", token,
+            "--initial-cluster", cluster, "--initial-cluster-state", state, "--initial-cluster-token", token,
             "--heartbeat-interval", "100", "--election-timeout", "1000", "--logger", "zap",
             "--log-outputs", str(directory / f"{name}.log")]
     if m["netns"]:
@@ -146,6 +147,22 @@ def host(args: argparse.Namespace) -> None:
     save(args.dir, manifest)
     veth_into_hub(str(prefix), ns, f"{str(manifest['token'])[:4]}h{len(hosts)}", ip)
     print(ns)
+
+
+def restart(args: argparse.Namespace) -> None:
+    """A member killed (a chaos test's kill -9) started again on its own data."""
+    manifest = load(args.dir)
+    members: list[dict[str, object]] = manifest["members"]  # type: ignore[assignment]
+    cluster = ",".join(f"{m['name']}={m['peer']}" for m in members)
+    for m in members:
+        if m["name"] == args.name:
+            if is_our_etcd(int(m["pid"]), str(manifest["data"])):  # type: ignore[call-overload]
+                sys.exit(f"fleet: member {args.name} runs already")
+            m["pid"] = start_member(m, cluster, str(manifest["token"]), Path(str(manifest["data"])), args.dir,
+                                    "existing")
+            save(args.dir, manifest)
+            return
+    sys.exit(f"fleet: no member {args.name}")
 
 
 def is_our_etcd(pid: int, data: str) -> bool:
@@ -186,9 +203,11 @@ def main() -> None:
     p.add_argument("--timeout", type=float, default=20.0)
     p = sub.add_parser("host", parents=[common], help="a namespace on the hub for one more simulated host")
     p.add_argument("name")
+    p = sub.add_parser("restart", parents=[common], help="start a member that was killed again, on its data")
+    p.add_argument("name")
     sub.add_parser("down", parents=[common], help="stop the members, delete the namespaces and the data")
     args = ap.parse_args()
-    {"up": up, "host": host, "down": down}[args.command](args)
+    {"up": up, "host": host, "restart": restart, "down": down}[args.command](args)
 
 
 if __name__ == "__main__":

@@ -10,6 +10,7 @@ from pathlib import Path
 from ..adapters.netlink.rtnl import dump_links
 from ..network.marks import parse_mark
 from ..statedir.layout import Layout
+from ..statedir.store import writer_alive
 
 
 @dataclass(frozen=True)
@@ -27,7 +28,7 @@ class Foreign:
 @dataclass(frozen=True)
 class HostFacts:
     qemus: tuple[Qemu, ...]  # QEMU processes whose pid file lies in the state directory
-    tmp: tuple[str, ...]  # entries of state/tmp
+    tmp: tuple[str, ...]  # entries of state/tmp whose writer no longer runs
     mounts: tuple[str, ...]  # mounts whose source or mount point lies in the state directory
     loops: tuple[str, ...]  # loop devices backed by a file in the state directory
     vm_dirs: tuple[str, ...]
@@ -37,7 +38,8 @@ class HostFacts:
 
 def observe_host(layout: Layout, instance: str | None) -> HostFacts:
     root = os.path.realpath(layout.root)
-    return HostFacts(qemus=tuple(_qemus(root)), tmp=_names(layout.tmp), mounts=tuple(_mounts(root)),
+    leftovers = tuple(n for n in _names(layout.tmp) if not writer_alive(n))  # a live writer's are its work
+    return HostFacts(qemus=tuple(_qemus(root)), tmp=leftovers, mounts=tuple(_mounts(root)),
                      loops=tuple(_loops(root)), vm_dirs=_names(layout.vms), image_dirs=_names(layout.images),
                      marked_by_others=tuple(_others(instance)))
 

@@ -23,7 +23,7 @@ from ..base.errors import PermanentError, TemporaryError
 from ..base.kinds import CloneMethod, Taken
 from ..base.model import Image
 from ..statedir.layout import Layout
-from ..statedir.store import replacing, write_json
+from ..statedir.store import replacing, scratch_prefix, write_json
 from .actions import DiskClone, DiskDelete, DiskGrow, DiskScratch, SeedDelete, SeedGenerate, SeedSize
 from .observe import read_disk_record
 from .plan import seed_size_for
@@ -152,7 +152,7 @@ class DiskDriver:
             return
         inner = seed.from_rootfs if seed is not None and seed.from_rootfs else "/root"
         self.layout.tmp.mkdir(mode=0o700, parents=True, exist_ok=True)
-        stage = Path(tempfile.mkdtemp(dir=self.layout.tmp, prefix=f"root-{image.name}."))
+        stage = Path(tempfile.mkdtemp(dir=self.layout.tmp, prefix=scratch_prefix(f"root-{image.name}")))
         try:
             ext4.extract_dir(image.rootfs, inner, stage / "root")
             yield stage / "root"

@@ -29,7 +29,7 @@ from ..disks.observe import ImageFiles, observe_disks, observe_images
 from ..network.observe import observe_net
 from ..snapshots.observe import observe_snapshots
 from ..statedir.layout import Layout, VmFiles
-from ..statedir.store import Store
+from ..statedir.store import Store, scratch_prefix, writer_alive
 from ..vms.observe import observe_trash, observe_vms
 from .state import Observed
 
@@ -124,13 +124,19 @@ def _clone_methods(layout: Layout) -> tuple[CloneMethod, ...]:
 
 
 def clean_tmp(layout: Layout) -> None:
-    """Leftovers of a killed run (we hold the lock, so nothing else is building), a snapshot
-    template's QEMU among them: found by its own pid file in this tmp area, and killed."""
-    if layout.tmp.is_dir():
-        for leftover in layout.tmp.glob("template-*"):
+    """Leftovers of killed runs: whatever in the tmp area a writer that no longer runs left (each entry
+    names its writer; a live one, this daemon's own boot waits among them, is never disturbed), a
+    snapshot template's QEMU among them: found by its own pid file there, and killed."""
+    for leftover in sorted(layout.tmp.iterdir()) if layout.tmp.is_dir() else []:
+        if writer_alive(leftover.name):
+            continue
+        if leftover.name.startswith("template-") and leftover.is_dir():
             files = VmFiles(leftover)
             qemu.kill(files, qemu.running_pid(files) or qemu.find_untracked(files))
-        shutil.rmtree(layout.tmp)
+        if leftover.is_dir() and not leftover.is_symlink():
+            shutil.rmtree(leftover, ignore_errors=True)
+        else:
+            leftover.unlink(missing_ok=True)
 
 
 def ensure_ssh_key(key: Path, scratch: Path) -> None:
@@ -142,7 +148,7 @@ def ensure_ssh_key(key: Path, scratch: Path) -> None:
         _check_key(key, pub)
         return
     key.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=scratch) as tmp:
+    with tempfile.TemporaryDirectory(dir=scratch, prefix=scratch_prefix("key")) as tmp:
         made = ssh.keygen(Path(tmp), "warmvm")
         made.with_suffix(".pub").replace(pub)
         made.replace(key)  # last: the private key's presence means the pair is complete

@@ -77,6 +77,7 @@ class Agent:
         self.epochs: dict[str, int] = {}
         self.wake: Callable[[str], None] = lambda reason: None
         self.renewed = time.monotonic()  # the presence's last renewal
+        self.up = True  # the last keep-alive reached the store
         self.fenced = False  # not renewed for longer than the TTL: `recreate` VMs do not run here
         self.last: Fleet | None = None  # the fleet the last share was written from
         self.synced = False  # a share was written from the store: it is the authority on removals
@@ -117,7 +118,12 @@ class Agent:
                 if self.lease:
                     self.renewed = time.monotonic()
                 self.metrics.store_up.set(1)
+                if not self.up:  # back: a pass reports what the store missed meanwhile
+                    self.up = True
+                    self.dirty.set()
+                    self.wake("store-back")
             except WarmvmError as e:
+                self.up = False
                 self.metrics.renewals_failed.inc()
                 self.metrics.store_up.set(0)
                 print(f"warmvm agent: lease: {e}", file=sys.stderr)

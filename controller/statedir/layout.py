@@ -21,8 +21,9 @@
     vms/VM/identity               what a VM restored from a snapshot is told it is (fw_cfg), made at each start
     trash/VM.REMOVED/             a removed VM's directory, moved aside whole (disk and lease) at
                                   REMOVED (unix seconds), kept for the retention time
-    tmp/                          scratch space on the same file system (renamed from); emptied
-                                  by every reconcile, so half-written files never outlive a run
+    tmp/                          scratch space on the same file system (renamed from); each entry named
+                                  NAME.PID.RANDOM after its writer, and removed by a reconcile once that
+                                  writer no longer runs, so half-written files never outlive a run
 """
 
 from __future__ import annotations

@@ -141,7 +141,8 @@ def replacing(dest: Path, scratch: Path) -> Iterator[Path]:
     """The one way a file is replaced: the block writes a new temporary file in `scratch` (on dest's
     file system), which is renamed over `dest` only if the block succeeds, and removed otherwise."""
     # beside dest: hidden, so no listing mistakes it for a record; in a scratch area: named after dest
-    prefix = f".{dest.name}.tmp-" if scratch == dest.parent else f"{dest.name}."
+    # and its writer, so that a clean-up never takes a file a live writer is still making
+    prefix = f".{dest.name}.tmp-" if scratch == dest.parent else scratch_prefix(dest.name)
     fd, name = tempfile.mkstemp(dir=scratch, prefix=prefix)
     os.close(fd)
     tmp = Path(name)
@@ -156,6 +157,29 @@ def replacing(dest: Path, scratch: Path) -> Iterator[Path]:
         fsync_dir(dest.parent)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+_WRITER = re.compile(r"\.(\d+)\.[A-Za-z0-9_]+$")
+
+
+def scratch_prefix(stem: str) -> str:
+    """The name prefix of anything made in the state's tmp area: it names this process, its writer."""
+    return f"{stem}.{os.getpid()}."
+
+
+def writer_alive(name: str) -> bool:
+    """Whether the process that made this tmp entry (by its name) still runs; False for names of
+    no known writer (made before names carried one)."""
+    m = _WRITER.search(name)
+    if m is None:
+        return False
+    try:
+        os.kill(int(m.group(1)), 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def fsync_dir(directory: Path) -> None:

@@ -23,7 +23,7 @@ from ..base.errors import PermanentError, TemporaryError, backoff
 from ..base.kinds import BootMode, DiskFormat
 from ..disks.observe import read_disk_record
 from ..statedir.layout import SEED, Layout, VmFiles
-from ..statedir.store import atomic_write, fsync_dir, write_json
+from ..statedir.store import atomic_write, fsync_dir, scratch_prefix, write_json
 from .actions import IpAssign, TrashExpire, VmAwait, VmForget, VmRestore, VmStart, VmStop, VmTrash
 from .observe import read_record
 from .restore import Restorer, restored
@@ -96,7 +96,7 @@ class VmDriver:
                 atomic_write(files.host_key_dropbear, ssh.dropbear_key(files.host_key.read_text()), self.layout.tmp)
             return
         self.layout.tmp.mkdir(mode=0o700, parents=True, exist_ok=True)
-        with tempfile.TemporaryDirectory(dir=self.layout.tmp) as tmp:
+        with tempfile.TemporaryDirectory(dir=self.layout.tmp, prefix=scratch_prefix("key")) as tmp:
             try:
                 made = ssh.keygen(Path(tmp), ssh.host_alias(vm))
             except PermanentError as e:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from controller.fleet.plan import place_all, share, unplaced
+from controller.fleet.plan import audit, place_all, share, unplaced
 from controller.fleet.state import Fleet, fleet_from, with_events
 from controller.specs.schema import parse_quantity
 
@@ -112,3 +112,17 @@ def test_a_watchs_changes_keep_the_fleet_as_a_new_read_would_find_it() -> None:
     assert "x" not in after.placements and after.placer is not None and after.placer.value == "a"
     assert after.revision == 304 and [p.split(":")[0] for p in after.problems] == ["/warmvm/spec/vm/bad"]
     assert sorted(before.of_kind("VM")) == ["x", "y"], "the fleet read before is left as it was"
+
+
+def test_the_audit_names_an_overfilled_host_an_allocation_that_is_not_the_sum_and_a_vm_running_twice() -> None:
+    f = fleet({"a": {"vcpus": 1, "memory": 4 * GiB}, "b": {"vcpus": 4, "memory": 4 * GiB}},
+              [NET, IMAGE, doc("VM", "x", vcpus=2), doc("VM", "y")], placed={"x": "a", "y": "b"})
+    status = json.dumps({"phase": "Running", "epoch": 1}).encode()
+    f = with_events(f, [("/warmvm/status/a/y", status, 301), ("/warmvm/status/b/y", status, 302),
+                        ("/warmvm/alloc/b", json.dumps({"vcpus": 3, "memory": 1, "vms": 1}).encode(), 303)])
+    found = audit(f)
+    assert "host/a: allocation 2 vCPUs, 256Mi is over its capacity 1 vCPUs, 4096Mi" in found
+    assert any(line.startswith("host/b: allocation 3 vCPUs") and "is not the sum" in line for line in found)
+    assert "vm/y: runs on a (epoch 1), assigned to b (epoch 1)" in found and "vm/y: runs on a, b at once" in found
+    clean = fleet({"a": {"vcpus": 4, "memory": 4 * GiB}}, [NET, IMAGE, doc("VM", "x")], placed={"x": "a"})
+    assert audit(clean) == []

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from ...base.errors import PermanentError, WarmvmError, os_error
 from ...base.kinds import CloneMethod, DiskFormat
-from ...statedir.store import replacing
+from ...statedir.store import replacing, scratch_prefix
 from .image import disk_format, ext4_info, removed_on_failure, virtual_size
 from .tools import (
     BLOCK,
@@ -39,7 +39,7 @@ def detect_clone_methods(directory: Path) -> list[CloneMethod]:
 
 def _reflink_works(directory: Path) -> bool:
     try:
-        fd, name = tempfile.mkstemp(dir=directory, prefix=".reflink-probe-")
+        fd, name = tempfile.mkstemp(dir=directory, prefix=scratch_prefix(".reflink-probe"))
     except OSError as e:
         raise os_error(f"{directory}: cannot create a probe file", e) from e
     try:
