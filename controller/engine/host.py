@@ -28,7 +28,7 @@ from ..base.model import Desired, HostCaps
 from ..disks.observe import ImageFiles, observe_disks, observe_images
 from ..network.observe import observe_net
 from ..snapshots.observe import observe_snapshots
-from ..statedir.layout import Layout, VmFiles
+from ..statedir.layout import TEMPLATE_DIR, Layout, VmFiles
 from ..statedir.store import Store, scratch_prefix, writer_alive
 from ..vms.observe import observe_trash, observe_vms
 from .state import Observed
@@ -130,7 +130,7 @@ def clean_tmp(layout: Layout) -> None:
     for leftover in sorted(layout.tmp.iterdir()) if layout.tmp.is_dir() else []:
         if writer_alive(leftover.name):
             continue
-        if leftover.name.startswith("template-") and leftover.is_dir():
+        if leftover.name.startswith((f"{TEMPLATE_DIR}.", "template-")) and leftover.is_dir():
             files = VmFiles(leftover)
             qemu.kill(files, qemu.running_pid(files) or qemu.find_untracked(files))
         if leftover.is_dir() and not leftover.is_symlink():

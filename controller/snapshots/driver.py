@@ -21,7 +21,7 @@ from ..adapters import qemu, tun
 from ..adapters.ssh import READY
 from ..base.actions import Details, Handlers
 from ..base.errors import PermanentError
-from ..statedir.layout import Layout, VmFiles
+from ..statedir.layout import TEMPLATE_DIR, Layout, VmFiles
 from ..statedir.store import read_json, replacing, scratch_prefix, sha256, write_json
 from .actions import SnapshotDelete, SnapshotGenerate
 from .state import SnapshotRecord
@@ -50,7 +50,7 @@ class SnapshotDriver:
         state, record_file = self.layout.snapshot(a.image.name, a.fingerprint)
         state.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
         self.layout.tmp.mkdir(mode=0o700, parents=True, exist_ok=True)
-        work = Path(tempfile.mkdtemp(dir=self.layout.tmp, prefix=scratch_prefix(f"template-{a.image.name}")))
+        work = Path(tempfile.mkdtemp(dir=self.layout.tmp, prefix=scratch_prefix(TEMPLATE_DIR)))
         try:
             with replacing(state, self.layout.tmp) as out:
                 version = self._save(a, work, out)

@@ -34,6 +34,7 @@ from pathlib import Path
 
 SEED = re.compile(r"^seed-([0-9a-f]{16})(?:-(\d+))?\.ext4$")
 SNAPSHOT = re.compile(r"^([0-9a-f]{16})\.(bin|json)$")
+TEMPLATE_DIR = "tpl"  # a snapshot template's directory in tmp/: short, as its QMP socket's path must fit 108 bytes
 TRASH = re.compile(r"^([a-z0-9]([a-z0-9-]*[a-z0-9])?)\.(\d+)$")
 
 
