@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import os
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..base import records
 from ..base.errors import WarmvmError
 from ..statedir.store import read_json, write_json
 
@@ -24,7 +25,7 @@ class DaemonStatus:
     last_error: str | None = None
 
     def save(self, path: Path, scratch: Path) -> None:
-        write_json(path, asdict(self), scratch)
+        write_json(path, records.to_dict(self), scratch)
 
 
 def read_status(path: Path) -> dict[str, Any]:
