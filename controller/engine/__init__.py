@@ -1,5 +1,3 @@
-"""The reconciler's core: desired-state types, the action vocabulary, errors, and the loop.
-
-Lowest layer (errors, model, actions, events): imported by every domain.
-Highest layer (state, plan, apply, reconcile): composes the domains.
-"""
+"""The engine, above the domains: observed state as one value (state), the plan composer (plan), the
+dispatch of actions to drivers (apply), the level-triggered loop (reconcile), the host's observers,
+capabilities and drivers put together (host), and one locked reconcile of the specs (converge)."""
