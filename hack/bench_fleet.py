@@ -343,11 +343,12 @@ def partition(lab: Lab, root: Path, host: str, seconds: float) -> dict[str, Any]
     _until(lambda: True if lab.metric(ns, "warmvm_fleet_store_up") == 1 else None, what=f"{host} reconnected")
     back = time.time()
     status = root / f"state-{host}" / "daemon.json"
+    lease_expired = any(k == f"/warmvm/host/{host}/alive" and v is None for _, k, v in rec.events)
     passed = _until(lambda: (lp if (lp := json.loads(status.read_text()).get("last_pass") or 0) > healed else None),
-                    what=f"{host}'s next pass")
+                    what=f"{host}'s next pass") if lease_expired else back  # else it missed nothing: no pass
     rec.close()
     return {"seconds": seconds, "reconnect_ms": (back - healed) * 1000, "reconciled_ms": (passed - healed) * 1000,
-            "lease_expired": any(k == f"/warmvm/host/{host}/alive" and v is None for _, k, v in rec.events)}
+            "lease_expired": lease_expired}
 
 
 def main() -> None:
