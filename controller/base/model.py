@@ -12,7 +12,7 @@ from ipaddress import IPv4Address, IPv4Network
 from pathlib import Path
 
 from .errors import SpecError
-from .kinds import Accel, BootMode, CloneMethod
+from .kinds import Accel, BootMode
 
 IFNAMSIZ = 15  # the kernel's limit on a device name (16 bytes with its NUL)
 
@@ -120,7 +120,6 @@ class HostCaps:
 
     kvm: bool = False  # KVM that can run a guest kernel (accel: auto means kvm only then)
     tsc_khz: int | None = None  # the TSC rate a TCG guest is told (it cannot calibrate against the PIT)
-    clone_methods: tuple[CloneMethod, ...] = (CloneMethod.SPARSE,)  # what the state directory supports, best first
     qemu: str | None = None  # the QEMU binary's path, None when it is not installed
 
     def accel(self, wanted: Accel) -> Accel | None:

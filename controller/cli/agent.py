@@ -23,7 +23,7 @@ def cmd_agent(args: argparse.Namespace, log: Lifecycle) -> int:
     from ..base.model import Policy
     from ..daemon.loop import Settings, run
     from ..engine.converge import Options
-    from ..fleet.agent import Agent, AgentConfig
+    from ..fleet.agent import Agent, AgentConfig, HostHeld
     from ..fleet.state import HostInfo
     store = Store(args.state)
     store.ensure()
@@ -42,9 +42,9 @@ def cmd_agent(args: argparse.Namespace, log: Lifecycle) -> int:
     with store.held(layout.agent_lock, "an agent"):
         try:
             agent.claim()
+        except HostHeld:
+            raise
         except WarmvmError as e:
-            if "held by a live agent" in str(e):
-                raise
             print(f"warmvm agent: {e}; running on the share on disk until the store answers", file=sys.stderr)
         try:
             return run(store, options, Settings(args.interval, args.metrics_addr), log, agent=agent,

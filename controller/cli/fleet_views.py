@@ -40,7 +40,7 @@ def hosts(fleet: Fleet, now: float) -> list[Row]:
         info, alloc = fleet.hosts.get(name), fleet.allocs.get(name)
         allocated = alloc.value.need if alloc else Need(vcpus=0, memory=0)
         state = "Ready" if name in fleet.alive else "Lost"
-        if name in fleet.cordoned or (info is not None and info.cordoned):
+        if name in fleet.cordoned:
             state += ",Cordoned"
         rows.append({"name": name, "state": state,
                      "labels": ",".join(f"{k}={v}" for k, v in sorted(info.labels.items())) if info else "-",

@@ -58,10 +58,10 @@ class Host:
         return lambda: self.observe(desired)
 
     def caps(self) -> HostCaps:
-        """What this host can do, once per pass: KVM (probed once per host boot), the TSC rate, the
-        state directory's clone methods (probed when the host was opened) and QEMU."""
+        """What this host can do, once per pass: KVM (probed once per host boot), the TSC rate and QEMU.
+        (How it clones seeds was probed when the host was opened: `clone_method`.)"""
         return HostCaps(kvm=qemu.kvm_usable_cached(self.layout, self.write), tsc_khz=qemu.host_tsc_khz(),
-                        clone_methods=self.clone_methods, qemu=shutil.which(qemu.QEMU))
+                        qemu=shutil.which(qemu.QEMU))
 
     def observe(self, desired: Desired) -> Observed:
         broken: dict[str, str] = {}

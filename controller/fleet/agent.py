@@ -50,6 +50,10 @@ class AgentConfig:
     place: bool = True  # this agent places pending VMs too
 
 
+class HostHeld(PermanentError):
+    """Another live agent (another state directory) holds this host name."""
+
+
 class FleetMetrics:
     def __init__(self, r: CollectorRegistry) -> None:
         self.store_up = Gauge("warmvm_fleet_store_up", "1 when the store answered the last call", registry=r)
@@ -75,6 +79,7 @@ class Agent:
         self.fleet: Fleet | None = None  # as the watch keeps it
         self.written: dict[str, VmStatus] | None = None  # statuses as the store has them (None: not read yet)
         self.epochs: dict[str, int] = {}
+        self.reported: set[str] = set()  # the store's malformed values already said
         self.wake: Callable[[str], None] = lambda reason: None
         self.renewed = time.monotonic()  # the presence's last renewal
         self.up = True  # the last keep-alive reached the store
@@ -93,7 +98,7 @@ class Agent:
         if seen is not None:
             held = records.from_dict(Presence, _load(seen.value), keys.alive(host))
             if held.instance != self.config.instance:
-                raise PermanentError(f"host {host} is held by a live agent (pid {held.pid}, state {held.instance}, "
+                raise HostHeld(f"host {host} is held by a live agent (pid {held.pid}, state {held.instance}, "
                                      f"since {time.strftime('%H:%M:%S', time.localtime(held.since))}); "
                                      "not starting a second one")
         lease = etcd.grant(self.config.ttl)
@@ -213,8 +218,9 @@ class Agent:
             done = place_pending(etcd, lambda vms: order.sample(vms, len(vms)), fleet)
             self.metrics.placed.inc(done.placed)
             self.metrics.conflicts.inc(done.conflicts)
-        for problem in fleet.problems:
+        for problem in set(fleet.problems) - self.reported:  # each once, not at every change
             print(f"warmvm agent: {problem}", file=sys.stderr)
+        self.reported = set(fleet.problems)
         mine = {vm: p.value.epoch for vm, p in fleet.placements.items() if p.value.host == self.config.host}
         self.epochs = mine
         self.metrics.share_vms.set(len(mine))

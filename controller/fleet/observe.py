@@ -9,4 +9,4 @@ from .state import Fleet, fleet_from
 
 def read_fleet(etcd: Etcd) -> Fleet:
     items, revision = etcd.range(keys.ROOT)
-    return fleet_from([(i.key, i.value, i.mod_revision, i.lease) for i in items], revision)
+    return fleet_from([(i.key, i.value, i.mod_revision) for i in items], revision)

@@ -33,8 +33,7 @@ def matches(selector: dict[str, str] | None, labels: dict[str, str]) -> bool:
 
 def usable(fleet: Fleet) -> list[str]:
     """Hosts that may take new VMs: alive, described, not cordoned."""
-    return sorted(h for h, info in fleet.hosts.items()
-                  if h in fleet.alive and not info.cordoned and h not in fleet.cordoned)
+    return sorted(h for h in fleet.hosts if h in fleet.alive and h not in fleet.cordoned)
 
 
 def lost_marks(fleet: Fleet) -> tuple[list[str], list[str]]:

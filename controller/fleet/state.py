@@ -50,7 +50,6 @@ class HostInfo:
     reach: str  # how `fleet ssh` gets there: netns:NAME, ssh:USER@ADDR or local
     state: str  # the host's state directory
     command: list[str]  # how warmvm is run there
-    cordoned: bool = False
 
     @property
     def capacity(self) -> Need:
@@ -120,7 +119,6 @@ class Versioned(Generic[T]):
 
     value: T
     revision: int
-    lease: int = 0
 
 
 @dataclass(frozen=True)
@@ -159,28 +157,17 @@ class Fleet:
         return {name: s for (k, name), s in self.specs.items() if k == kind}
 
 
-Stored = tuple[str, bytes, int, int]  # key, value, mod revision, lease
+Change = tuple[str, bytes | None, int]  # a key, its value (None: deleted), the revision it was written at
 
 
-def fleet_from(items: list[Stored], revision: int) -> Fleet:
-    """The fleet in what a range read of /warmvm/ returned."""
-    fleet = Fleet(revision)
-    problems: list[str] = []
-    placer = None
-    for key, value, mod, lease in items:
-        try:
-            if key == keys.placer():
-                placer = Versioned(str(json.loads(value)["host"]), mod, lease)
-                continue
-            _take(fleet, keys.parts(key), value, mod, lease)
-        except (WarmvmError, ValueError, KeyError, TypeError) as e:
-            problems.append(f"{key}: skipped: {e}")
-    return replace(fleet, problems=tuple(problems), placer=placer)
+def fleet_from(items: list[tuple[str, bytes, int]], revision: int) -> Fleet:
+    """The fleet in what a range read of /warmvm/ at `revision` returned (key, value, mod revision)."""
+    return replace(with_events(Fleet(0), list(items)), revision=revision)
 
 
-def with_events(fleet: Fleet, events: list[tuple[str, bytes | None, int]]) -> Fleet:
-    """The fleet after a watch's changes (key, value or None when deleted, revision), so that an agent
-    keeps it current without reading the whole store at every change."""
+def with_events(fleet: Fleet, events: list[Change]) -> Fleet:
+    """The fleet after a watch's changes, so that an agent keeps it current without reading the whole
+    store at every change; the fleet given is left as it was."""
     copy = replace(fleet, specs=dict(fleet.specs), placements=dict(fleet.placements), allocs=dict(fleet.allocs),
                    hosts=dict(fleet.hosts), alive=dict(fleet.alive), statuses=dict(fleet.statuses),
                    pending=dict(fleet.pending), lost=dict(fleet.lost), cordoned=dict(fleet.cordoned))
@@ -190,13 +177,16 @@ def with_events(fleet: Fleet, events: list[tuple[str, bytes | None, int]]) -> Fl
         revision = max(revision, mod)
         problems.pop(key, None)
         if key == keys.placer():
-            placer = Versioned(str(json.loads(value)["host"]), mod) if value is not None else None
-            continue
-        _forget(copy, keys.parts(key))
+            placer = None
+        else:
+            _forget(copy, keys.parts(key))
         if value is None:
             continue
         try:
-            _take(copy, keys.parts(key), value, mod, 0)
+            if key == keys.placer():
+                placer = Versioned(str(json.loads(value)["host"]), mod)
+            else:
+                _take(copy, keys.parts(key), value, mod)
         except (WarmvmError, ValueError, KeyError, TypeError) as e:
             problems[key] = str(e)
     return replace(copy, revision=revision, placer=placer,
@@ -225,7 +215,7 @@ def _forget(fleet: Fleet, where: list[str]) -> None:
             fleet.cordoned.pop(host, None)
 
 
-def _take(fleet: Fleet, where: list[str], value: bytes, mod: int, lease: int) -> None:
+def _take(fleet: Fleet, where: list[str], value: bytes, mod: int) -> None:
     data = json.loads(value)
     match where:
         case ["spec", kind, name]:
@@ -238,7 +228,7 @@ def _take(fleet: Fleet, where: list[str], value: bytes, mod: int, lease: int) ->
         case ["pending", vm]:
             fleet.pending[vm] = Versioned(str(data["reason"]), mod)
         case ["host", host, "alive"]:
-            fleet.alive[host] = Versioned(records.from_dict(Presence, data, "presence"), mod, lease)
+            fleet.alive[host] = Versioned(records.from_dict(Presence, data, "presence"), mod)
         case ["host", host, "info"]:
             fleet.hosts[host] = records.from_dict(HostInfo, data, "host info")
         case ["status", host, vm]:

@@ -20,26 +20,26 @@ def doc(kind: str, name: str, **spec: Any) -> dict[str, Any]:
 def fleet(hosts: dict[str, dict[str, Any]], docs: list[dict[str, Any]], placed: dict[str, str] | None = None,
           alive: set[str] | None = None) -> Fleet:
     """hosts: name -> {vcpus, memory, labels}; placed: vm -> host (reserving its spec)."""
-    items: list[tuple[str, bytes, int, int]] = []
+    items: list[tuple[str, bytes, int]] = []
     for i, d in enumerate(docs):
-        items.append((f"/warmvm/spec/{d['kind'].lower()}/{d['metadata']['name']}", json.dumps(d).encode(), 10 + i, 0))
+        items.append((f"/warmvm/spec/{d['kind'].lower()}/{d['metadata']['name']}", json.dumps(d).encode(), 10 + i))
     alloc: dict[str, dict[str, int]] = {}
     for vm, host in (placed or {}).items():
         spec = next(d["spec"] for d in docs if d["metadata"]["name"] == vm)
         need = {"vcpus": spec.get("vcpus", 1), "memory": parse_quantity(spec.get("memory", "256Mi"))}
         items.append((f"/warmvm/placement/{vm}", json.dumps({"host": host, "epoch": 1, "placed": 1.0, **need}).encode(),
-                      100, 0))
+                      100))
         a = alloc.setdefault(host, {"vcpus": 0, "memory": 0, "vms": 0})
         a["vcpus"], a["memory"], a["vms"] = a["vcpus"] + need["vcpus"], a["memory"] + need["memory"], a["vms"] + 1
     for host, a in alloc.items():
-        items.append((f"/warmvm/alloc/{host}", json.dumps(a).encode(), 100, 0))
+        items.append((f"/warmvm/alloc/{host}", json.dumps(a).encode(), 100))
     for name, h in hosts.items():
         info = {"labels": h.get("labels", {}), "vcpus": h["vcpus"], "memory": h["memory"], "reach": "local",
                 "state": f"/var/lib/{name}", "command": ["warmvm"]}
-        items.append((f"/warmvm/host/{name}/info", json.dumps(info).encode(), 5, 0))
+        items.append((f"/warmvm/host/{name}/info", json.dumps(info).encode(), 5))
         if alive is None or name in alive:
             items.append((f"/warmvm/host/{name}/alive", json.dumps({"instance": "0" * 8, "pid": 1, "since": 1.0}).encode(),
-                          5, 7))
+                          5))
     return fleet_from(items, 200)
 
 
@@ -91,9 +91,9 @@ def test_a_hosts_share_is_what_applies_to_it_and_the_vms_placed_on_it_as_reserve
 
 def test_a_malformed_value_is_reported_and_skipped_and_the_rest_is_read() -> None:
     good = json.dumps(doc("VM", "good")).encode()
-    f = fleet_from([("/warmvm/spec/vm/good", good, 3, 0), ("/warmvm/spec/vm/bad", b"{oops", 4, 0),
-                    ("/warmvm/spec/vm/zero", json.dumps(doc("VM", "zero", vcpus=0)).encode(), 5, 0),
-                    ("/warmvm/placement/x", b'{"host": "a"}', 6, 0), ("/warmvm/what/ever", b"{}", 7, 0)], 9)
+    f = fleet_from([("/warmvm/spec/vm/good", good, 3), ("/warmvm/spec/vm/bad", b"{oops", 4),
+                    ("/warmvm/spec/vm/zero", json.dumps(doc("VM", "zero", vcpus=0)).encode(), 5),
+                    ("/warmvm/placement/x", b'{"host": "a"}', 6), ("/warmvm/what/ever", b"{}", 7)], 9)
     assert list(f.of_kind("VM")) == ["good"]
     assert [p.split(":")[0] for p in f.problems] == ["/warmvm/spec/vm/bad", "/warmvm/spec/vm/zero",
                                                       "/warmvm/placement/x", "/warmvm/what/ever"]
