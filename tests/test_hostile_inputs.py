@@ -200,11 +200,12 @@ def test_each_vm_has_its_own_pinned_host_key_and_a_swapped_one_is_refused(demo_h
 
 
 def test_a_console_log_is_capped_and_a_link_there_is_not_followed(tmp_path: Path) -> None:
-    from controller.adapters import qemu
+    """A log a QEMU of before the console FIFOs writes itself: cut when a pass starts."""
+    from controller.adapters.qemu import console as qemu
     from controller.statedir.layout import VmFiles
     files = VmFiles(tmp_path)
     files.console.write_bytes(b"x" * (qemu.CONSOLE_CAP + 4096) + b"the last line\n")
-    assert qemu.cap_console(files)
+    assert qemu.cap(files)
     kept = files.console.read_bytes()
     assert len(kept) <= qemu.CONSOLE_KEEP + 100 and kept.endswith(b"the last line\n")
     assert kept.startswith(b"[warmvm: console log cut")
@@ -212,7 +213,7 @@ def test_a_console_log_is_capped_and_a_link_there_is_not_followed(tmp_path: Path
     target = tmp_path / "elsewhere"
     target.write_bytes(b"y" * (qemu.CONSOLE_CAP + 1))
     files.console.symlink_to(target)
-    assert not qemu.cap_console(files) and target.stat().st_size == qemu.CONSOLE_CAP + 1
+    assert not qemu.cap(files) and target.stat().st_size == qemu.CONSOLE_CAP + 1
 
 
 def test_the_host_key_is_handed_over_in_dropbears_own_format(tmp_path: Path) -> None:

@@ -283,16 +283,11 @@ def cmd_logs(args: argparse.Namespace, log: Lifecycle) -> int:
     console = Layout(Store(args.state).root).vm(args.vm).console
     if not console.exists():
         raise WarmvmError(f"vm/{args.vm}: no console log in {console.parent}")
-    with open(console, "rb") as f:
-        while True:
-            chunk = f.read(65536)
-            if chunk:
-                sys.stdout.buffer.write(chunk)
-                sys.stdout.flush()
-            elif not args.follow:
-                return EXIT_OK
-            else:
-                time.sleep(0.2)
+    from ..adapters.qemu.console import follow  # here: the other commands need none of QEMU's modules
+    for chunk in follow(console, args.follow):
+        sys.stdout.buffer.write(chunk)
+        sys.stdout.flush()
+    return EXIT_OK
 
 
 COMMANDS = {"plan": cmd_plan, "reconcile": cmd_reconcile, "watch": cmd_watch, "get": cmd_get, "ssh": cmd_ssh,

@@ -103,10 +103,9 @@ class SnapshotDriver:
         """Until the template's guest waits for its identity. One that boots on (its init knows no
         templates) or never gets there fails for good: tried again only when the inputs change."""
         deadline = time.monotonic() + self.boot_timeout
-        while POINT not in (console := qemu.console_end(files)):
-            qemu.cap_console(files)  # a template's guest is the image's: it must not fill the state's file system
+        while POINT not in (console := qemu.console.end(files)):  # bounded by its drainer, as a VM's
             if qemu.exited(pid):
-                why = qemu.failure_reason(files) or qemu.console_tail(files, 1) or "no message"
+                why = qemu.failure_reason(files) or qemu.console.tail(files, 1) or "no message"
                 raise PermanentError(f"the template's QEMU exited: {why}")
             if READY in console:
                 raise PermanentError("the image's init booted the template through (it does not stop for "

@@ -18,6 +18,7 @@
     vms/VM/vm.json                its IP lease, MAC and current boot
     vms/VM/ssh_host_ed25519_key[.pub], known_hosts   its own SSH host key, and the pin of it
     vms/VM/qemu.pid, qmp.sock, console.log, qemu.log   its QEMU
+    vms/VM/console.in, console.out       its console's FIFOs (drained into console.log)
     vms/VM/identity               what a VM restored from a snapshot is told it is (fw_cfg), made at each start
     trash/VM.REMOVED/             a removed VM's directory, moved aside whole (disk and lease) at
                                   REMOVED (unix seconds), kept for the retention time
@@ -86,6 +87,16 @@ class VmFiles:
     @property
     def console(self) -> Path:
         return self.directory / "console.log"
+
+    @property
+    def console_pipe(self) -> Path:
+        """What QEMU's `-chardev pipe` is named: it opens this path's .in and .out FIFOs."""
+        return self.directory / "console"
+
+    @property
+    def console_fifos(self) -> tuple[Path, Path]:
+        """(the console's input, which nobody writes; its output, which the drainer reads)"""
+        return self.console_pipe.with_suffix(".in"), self.console_pipe.with_suffix(".out")
 
     @property
     def log(self) -> Path:

@@ -46,9 +46,9 @@ class VmDriver:
                 TrashExpire: self.trash_expire}
 
     def prepare(self, observed: VmsView) -> None:
-        """A pass starts: no guest's console log grows past its cap."""
-        for name in observed.vms:
-            qemu.cap_console(self.files(name))
+        """A pass starts: every running guest's console is drained into its bounded log."""
+        for name, state in observed.vms.items():
+            qemu.console.keep_bounded(self.files(name), state.record.pid if state.alive else None)
 
     def close(self) -> None:
         pass
@@ -174,7 +174,7 @@ class VmDriver:
     def _failed_boot(self, vm: str, record: VmRecord, files: VmFiles) -> Details:
         died = qemu.running_pid(files, record.pid) is None
         qemu.kill(files, record.pid)
-        tail = qemu.console_tail(files, 1)
+        tail = qemu.console.tail(files, 1)
         if died:
             reason = f"QEMU exited: {qemu.failure_reason(files) or 'no message'}"
         else:

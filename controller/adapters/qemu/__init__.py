@@ -1,7 +1,8 @@
 """QEMU, for the VM and snapshot drivers: the machine and its command line (machine), the process
-(process), QMP (qmp), saving and loading a guest's state (migration), and what the host offers
-it (host)."""
+(process), its console (console, drain), QMP (qmp), saving and loading a guest's state (migration),
+and what the host offers it (host)."""
 
+from . import console
 from .host import host_tsc_khz, kvm_usable, kvm_usable_cached
 from .machine import (
     IDENTITY_ENTRY,
@@ -16,12 +17,7 @@ from .machine import (
 )
 from .migration import IDENTITY_SIZE, TEMPLATE_IDENTITY, Identity, load_state, save_state
 from .process import (
-    CONSOLE_CAP,
-    CONSOLE_KEEP,
-    cap_console,
     connect,
-    console_end,
-    console_tail,
     exited,
     failure_reason,
     find_untracked,
@@ -33,8 +29,7 @@ from .process import (
 )
 from .qmp import Qmp, qmp
 
-__all__ = ["CONSOLE_CAP", "CONSOLE_KEEP", "IDENTITY_ENTRY", "IDENTITY_SIZE", "QEMU", "QEMU_USER",
-           "TEMPLATE_IDENTITY", "Identity", "Machine", "Qmp", "cap_console", "connect", "console_end",
-           "console_tail", "exited", "failure_reason", "find_untracked", "host_tsc_khz", "kernel_cmdline", "kill",
-           "kill_spawned", "kvm_usable", "kvm_usable_cached", "load_state", "mac_for", "qemu_argv", "qmp",
-           "running_pid", "save_state", "snapshot_layout", "start", "stop", "template"]
+__all__ = ["IDENTITY_ENTRY", "IDENTITY_SIZE", "Identity", "Machine", "QEMU", "QEMU_USER", "Qmp",
+           "TEMPLATE_IDENTITY", "connect", "console", "exited", "failure_reason", "find_untracked", "host_tsc_khz",
+           "kernel_cmdline", "kill", "kill_spawned", "kvm_usable", "kvm_usable_cached", "load_state", "mac_for",
+           "qemu_argv", "qmp", "running_pid", "save_state", "snapshot_layout", "start", "stop", "template"]

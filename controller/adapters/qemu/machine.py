@@ -92,7 +92,7 @@ def qemu_argv(m: Machine, files: VmFiles) -> list[str]:
     argv = [QEMU, "-name", f"warmvm-{m.name}", "-M", "microvm,rtc=on", *cpu,
             "-m", str(m.memory >> 20), "-smp", str(m.vcpus), "-nodefaults", "-no-user-config",
             "-display", "none",
-            "-chardev", f"file,id=console,path={escape(files.console)},append=on", "-serial", "chardev:console",
+            "-chardev", f"pipe,id=console,path={escape(files.console_pipe)}", "-serial", "chardev:console",
             "-qmp", f"unix:{escape(files.qmp)},server=on,wait=off",
             "-kernel", str(m.kernel), *(["-initrd", str(m.initrd)] if m.initrd else []), "-append", kernel_cmdline(m),
             *_blockdev("root", m.rootfs, "raw", read_only=True),

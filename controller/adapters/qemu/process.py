@@ -1,4 +1,4 @@
-"""QEMU processes: started detached, recognised, stopped, killed; their console logs capped.
+"""QEMU processes: started detached (with their console's drainer), recognised, stopped, killed.
 
 QEMU is spawned in a session of its own with its output in the VM's
 directory, and outlives the controller. Start returns as soon as QEMU is
@@ -21,11 +21,9 @@ from pathlib import Path
 
 from ...base.errors import PermanentError
 from ...statedir.layout import VmFiles
+from . import console
 from .machine import Machine, qemu_argv
 from .qmp import Qmp, qmp
-
-CONSOLE_CAP = 4 << 20  # bytes of console log kept; a guest must not fill the state's file system
-CONSOLE_KEEP = 1 << 20  # what is left of it once it passes the cap
 
 
 def start(m: Machine, files: VmFiles) -> int:
@@ -34,9 +32,9 @@ def start(m: Machine, files: VmFiles) -> int:
     files.directory.mkdir(mode=0o700, parents=True, exist_ok=True)
     for stale in (files.pidfile, files.qmp):
         stale.unlink(missing_ok=True)
-    for made in (files.console, files.log):  # fresh files of ours: a link planted there is removed, not followed
-        made.unlink(missing_ok=True)
-        os.close(os.open(made, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600))
+    files.log.unlink(missing_ok=True)  # a fresh file of ours: a link planted there is removed, not followed
+    os.close(os.open(files.log, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600))
+    console.make(files)
     argv = qemu_argv(m, files)
     binary = shutil.which(argv[0])
     if binary is None:
@@ -58,26 +56,11 @@ def start(m: Machine, files: VmFiles) -> int:
         pid = os.posix_spawn(binary, argv, os.environ, setsid=True, file_actions=actions)
     finally:
         os.umask(old)
-    return pid
-
-
-def cap_console(files: VmFiles) -> bool:
-    """Keeps a console log under CONSOLE_CAP: past it, only its last CONSOLE_KEEP bytes stay (QEMU
-    appends, so it goes on writing at the new end). True if it was cut."""
     try:
-        fd = os.open(files.console, os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC)
+        console.start_drainer(files, pid)
     except OSError:
-        return False
-    try:
-        size = os.fstat(fd).st_size
-        if size <= CONSOLE_CAP:
-            return False
-        tail = os.pread(fd, CONSOLE_KEEP, size - CONSOLE_KEEP)
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, b"[warmvm: console log cut at %d bytes]\n" % size + tail, 0)
-        return True
-    finally:
-        os.close(fd)
+        pass  # the guest's console waits in its pipe; the next pass starts a drainer (console.keep_bounded)
+    return pid
 
 
 def running_pid(files: VmFiles, hint: int | None = None) -> int | None:
@@ -167,7 +150,6 @@ def _wait_gone(files: VmFiles, pid: int | None, timeout: float) -> bool:
     return True
 
 
-
 def exited(pid: int) -> bool:
     """Whether a QEMU this process spawned has exited (it is reaped then); True as well for a pid
     that is no child of this process. Right after the spawn its command line may not be QEMU's
@@ -189,22 +171,6 @@ def kill_spawned(pid: int) -> None:
     if done == 0:
         os.kill(pid, signal.SIGKILL)
         os.waitpid(pid, 0)
-
-
-
-
-def console_end(files: VmFiles, size: int = 1 << 16) -> bytes:
-    """The end of the console log, however large a guest made it."""
-    try:
-        with open(files.console, "rb") as f:
-            f.seek(max(0, os.fstat(f.fileno()).st_size - size))
-            return f.read(size)
-    except OSError:
-        return b""
-
-
-def console_tail(files: VmFiles, lines: int = 15) -> str:
-    return "\n".join(console_end(files, 8192).decode(errors="replace").splitlines()[-lines:])
 
 
 def connect(files: VmFiles, pid: int, timeout: float) -> Qmp:
