@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -47,10 +48,19 @@ def vms(desired: Desired, observed: Observed) -> list[Row]:
                      "image": vm.image if vm and vm.image else "-",
                      "disk": f"{_size(disk.size)} {disk.taken}" if disk else "-",
                      "restarts": max(0, record.boots - 1) if record else 0,
+                     "exits": record.exits if record else 0,
+                     "nextStart": _next_start(record, observed.now),
                      "createToReady": f"{record.create_to_ready_ms / 1000:.2f}s"
                      if record and record.create_to_ready_ms else "-",
                      "reason": reason})
     return rows
+
+
+def _next_start(record: VmRecord | None, now: float) -> str:
+    """When a VM that waits out its back-off may start again ("-": it does not wait)."""
+    if record is None or record.retry_at is None or record.retry_at <= now or record.pid is not None:
+        return "-"
+    return f"in {record.retry_at - now:.0f}s ({time.strftime('%H:%M:%S', time.localtime(record.retry_at))})"
 
 
 def images(desired: Desired, observed: Observed) -> list[Row]:

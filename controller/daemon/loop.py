@@ -23,6 +23,7 @@ from ..base.errors import WarmvmError
 from ..base.events import Lifecycle
 from ..engine.converge import Converged, Options, converge, report
 from ..engine.reconcile import Background
+from ..engine.retries import Retries
 from ..engine.state import Observed
 from ..network.marks import bridge_mark
 from ..statedir.layout import Layout
@@ -66,20 +67,24 @@ def run(store: Store, options: Options, settings: Settings, log: Lifecycle, agen
     start(links.run, stop, "warmvm-netlink")
     start(exits.run, stop, "warmvm-pidfd")
     background = Background(lambda action: wake.post("vm-ready"))
+    retries = Retries(layout.retries, layout.tmp)  # kept across passes: a failure for good waits its turn
     status = this_process()
     wake.post("start")
     due = time.monotonic() + _jittered(settings.resync)
+    retry = float("inf")  # when a back-off or a failed action's wait ends (monotonic)
     while not stop.is_set():
-        reasons = wake.wait(max(0.0, due - time.monotonic()))
+        reasons = wake.wait(max(0.0, min(due, retry) - time.monotonic()))
         if stop.is_set():
             break
         if not reasons:
-            reasons = {"resync"}
+            reasons = {"retry"} if time.monotonic() >= retry and time.monotonic() < due else {"resync"}
         if "resync" in reasons or time.monotonic() >= due:
             due = time.monotonic() + _jittered(settings.resync)
         metrics.woke(reasons)
         now = options if agent is None else replace(options, policy=agent.policy(options.policy))
-        done = _pass(store, now, log, background, metrics, status, sorted(reasons), layout, links, exits)
+        done = _pass(store, now, log, background, metrics, status, sorted(reasons), layout, links, exits, retries)
+        wake_at = done.result.wake_at if done is not None else None
+        retry = float("inf") if wake_at is None else time.monotonic() + max(0.0, wake_at - time.time())
         if agent is not None and done is not None:
             agent.passed(done.desired, done.result.last_observed)
         instance[0] = store.instance(create=False)
@@ -89,13 +94,13 @@ def run(store: Store, options: Options, settings: Settings, log: Lifecycle, agen
 
 def _pass(store: Store, options: Options, log: Lifecycle, background: Background, metrics: Metrics,
           status: DaemonStatus, reasons: list[str], layout: Layout, links: LinkWatcher,
-          exits: ExitWatcher) -> Converged | None:
+          exits: ExitWatcher, retries: Retries) -> Converged | None:
     started = time.perf_counter()
     done: Converged | None = None
     status.woken_by, status.last_error = reasons, None
     links.busy.set()
     try:
-        done = converge(store, options, log, background)
+        done = converge(store, options, log, background, retries)
         report(done, log)
         observed = done.result.last_observed
         metrics.passed(time.perf_counter() - started, done.desired, observed)

@@ -15,9 +15,11 @@ from ..base.errors import PermanentError
 from ..base.model import Desired, Policy
 from ..specs.documents import spec_files
 from ..specs.load import load
+from ..statedir.layout import Layout
 from ..statedir.safety import unsafe_reason
 from ..statedir.store import Store
 from .host import ImageFiles, open_host
+from .retries import Retries
 
 if TYPE_CHECKING:
     from ..base.events import Lifecycle
@@ -59,9 +61,11 @@ class Converged:
         return self.result.converged and not self.desired.errors and not (last and (last.problems or last.held_back))
 
 
-def converge(store: Store, options: Options, log: Lifecycle, background: Background | None = None) -> Converged:
+def converge(store: Store, options: Options, log: Lifecycle, background: Background | None = None,
+             retries: Retries | None = None) -> Converged:
     """One reconcile of the host to the specs, under the state directory's lock: what `warmvm
-    reconcile` does once and `warmvm watch` on every wake-up."""
+    reconcile` does once and `warmvm watch` on every wake-up (with its `retries`, kept across its
+    passes; a one-shot reconcile reads them from the state directory)."""
     from .reconcile import reconcile
     start = time.perf_counter()
     with store.lock(options.lock_timeout):
@@ -73,10 +77,15 @@ def converge(store: Store, options: Options, log: Lifecycle, background: Backgro
         host = open_host(store, True, options.clone_method)
         host.boot_timeout = options.boot_timeout
         drivers = host.drivers(log.progress if sys.stderr.isatty() else None)
+        if retries is None:
+            layout = Layout(store.root)
+            retries = Retries(layout.retries, layout.tmp)
         try:
-            result = reconcile(desired, drivers, host.observer(desired), log, background=background)
+            result = reconcile(desired, drivers, host.observer(desired), log, background=background,
+                               retries=retries)
         finally:
             drivers.close()
+            retries.save()
     return Converged(desired, result, {"total": _ms(start), "lock": (locked - start) * 1000,
                                        "load": (loaded - locked) * 1000})
 
@@ -86,6 +95,8 @@ def report(done: Converged, log: Lifecycle) -> None:
     last, result = done.result.last_plan, done.result
     for problem in last.problems if last else ():
         print(f"problem: {problem}", file=sys.stderr)
+    for action, why in sorted(result.deferred.items(), key=lambda item: item[0].subject):
+        print(f"waiting: {action.kind} {action.subject}: {why}", file=sys.stderr)
     held = last.held_back if last else ()
     if held and last is not None:
         print(f"held back: {'; '.join(last.holds)}", file=sys.stderr)

@@ -31,7 +31,7 @@ from ..network.plan import plan_networks
 from ..snapshots.actions import SnapshotGenerate
 from ..snapshots.plan import plan_snapshots
 from ..vms.actions import VmAwait, VmStart
-from ..vms.plan import plan_vms
+from ..vms.plan import next_start, plan_vms
 from .state import Observed
 
 Planner = Callable[[Desired, Observed], tuple[list[Action], list[str]]]
@@ -52,6 +52,7 @@ class Plan:
     problems: tuple[str, ...] = ()
     held_back: tuple[Action, ...] = ()  # deletions suppressed while a removal may be an accident
     holds: tuple[str, ...] = ()  # why they are held back
+    wake_at: float | None = None  # when a VM that waits out its back-off may start (unix seconds)
 
     @property
     def empty(self) -> bool:
@@ -68,11 +69,12 @@ def plan(desired: Desired, observed: Observed) -> Plan:
     actions = _defer_snapshots(_bind(actions))
     actions.sort(key=_order)
     holds = holds_on_removal(desired, observed)
+    wake_at = next_start(desired, observed)
     if not holds or not any(a.deletes for a in actions):
-        return Plan(tuple(actions), tuple(problems))
+        return Plan(tuple(actions), tuple(problems), wake_at=wake_at)
     keep = tuple(a for a in actions if not a.deletes)
     held = tuple(a for a in actions if a.deletes)
-    return Plan(keep, tuple(problems), held, holds)
+    return Plan(keep, tuple(problems), held, holds, wake_at)
 
 
 def holds_on_removal(desired: Desired, observed: Observed) -> tuple[str, ...]:

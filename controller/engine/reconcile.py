@@ -22,6 +22,7 @@ from ..base.kinds import Outcome
 from ..base.model import Desired
 from .apply import Drivers
 from .plan import Plan, plan
+from .retries import Retries
 from .state import Observed
 
 MAX_PASSES = 12
@@ -40,6 +41,15 @@ class Result:
     plan_ms: float = 0.0
     last_observed: Observed | None = None
     in_background: int = 0  # actions still running beside the passes (the daemon's boot waits)
+    retries: Retries | None = None  # failures for good, remembered across runs
+    deferred: dict[Action, str] = field(default_factory=dict)  # waiting out an earlier failure: why
+
+    @property
+    def wake_at(self) -> float | None:
+        """When something planned may be tried again (unix seconds): the daemon wakes then."""
+        due = [t for t in (self.last_plan.wake_at if self.last_plan else None,
+                           self.retries.next_due() if self.retries and self.deferred else None) if t is not None]
+        return min(due) if due else None
 
     @property
     def converged(self) -> bool:
@@ -81,10 +91,23 @@ class Background:
 
 
 def reconcile(desired: Desired, drivers: Drivers, observe: Callable[[], Observed], log: Lifecycle,
-              sleep: Callable[[float], None] = time.sleep, background: Background | None = None) -> Result:
+              sleep: Callable[[float], None] = time.sleep, background: Background | None = None,
+              retries: Retries | None = None) -> Result:
     """Passes until the plan is empty. With `background` (the daemon), actions that wait run beside
-    the passes instead of in them; without (a one-shot reconcile) it returns only when converged."""
-    result = Result()
+    the passes instead of in them, and an action that failed for good waits until `retries` says it
+    may be tried again; without (a one-shot reconcile) it returns only when converged, and tries
+    everything once more."""
+    result = Result(retries=retries)
+    try:
+        _passes(desired, drivers, observe, log, sleep, background, result)
+    finally:
+        if retries is not None and result.last_plan is not None:
+            retries.keep(result.last_plan.actions)
+    return result
+
+
+def _passes(desired: Desired, drivers: Drivers, observe: Callable[[], Observed], log: Lifecycle,
+            sleep: Callable[[float], None], background: Background | None, result: Result) -> None:
     for _ in range(MAX_PASSES):
         start = time.perf_counter()
         observed = result.last_observed = observe()
@@ -94,15 +117,17 @@ def reconcile(desired: Desired, drivers: Drivers, observe: Callable[[], Observed
         result.last_plan = current = plan(desired, observed)
         result.plan_ms += _ms(start)
         todo = [a for a in current.actions if a not in result.failures]
+        if background is not None and result.retries is not None:
+            todo = _not_deferred(todo, result.retries, result)
         waits = [a for a in todo if a.waits] if background is not None else []
-        todo = [a for a in todo if a not in waits]
+        blocked = _blocked(current.actions, result)
+        todo = [a for a in todo if a not in waits and not (a.waits and getattr(a, "vm", None) in blocked)]
         if not todo and not waits:
             break
-        delay = _apply_pass(todo, drivers, log, result) if todo else 0.0
+        delay = _apply_pass(todo, drivers, log, result, current.actions) if todo else 0.0
         if background is not None:
-            # after this pass's own steps: a boot wait starts once its VM's start is recorded, and only
-            # if that start went through (else the next pass plans it again)
-            unsettled = {getattr(a, "vm", None) for a in todo if result.outcomes.get(a) != Outcome.OK}
+            # after this pass's own steps: a boot wait starts once its VM's start is recorded
+            unsettled = _unsettled(current.actions, result)
             for action in waits:
                 if getattr(action, "vm", None) not in unsettled:
                     background.submit(action, lambda a=action: _apply_one(a, drivers, log, result))  # type: ignore[misc]
@@ -111,16 +136,45 @@ def reconcile(desired: Desired, drivers: Drivers, observe: Callable[[], Observed
                 break
         if delay:
             sleep(min(delay, MAX_DELAY))
-    return result
 
 
-def _apply_pass(todo: list[Action], drivers: Drivers, log: Lifecycle, result: Result) -> float:
+def _not_deferred(todo: list[Action], retries: Retries, result: Result) -> list[Action]:
+    now = time.time()
+    result.deferred = {}
+    for action in todo:
+        entry = retries.waiting(action, now)
+        if entry is not None:
+            result.deferred[action] = (f"failed {entry.failures} times in a row ({entry.error}); "
+                                       f"tried again in {entry.retry_at - now:.0f}s")
+    return [a for a in todo if a not in result.deferred]
+
+
+def _unsettled(planned: tuple[Action, ...], result: Result) -> set[str | None]:
+    """VMs with a step of this plan that did not go through (failed, to be retried, or waiting out an
+    earlier failure), once this pass applied its steps: nothing waits for their boot."""
+    return {getattr(a, "vm", None) for a in planned
+            if not a.waits and (a in result.deferred or result.outcomes.get(a) != Outcome.OK)}
+
+
+def _blocked(planned: tuple[Action, ...], result: Result) -> set[str | None]:
+    """VMs with a step this pass will not try (it failed for good in this run, or waits out an earlier
+    failure)."""
+    return {getattr(a, "vm", None) for a in planned if a in result.failures or a in result.deferred}
+
+
+def _apply_pass(todo: list[Action], drivers: Drivers, log: Lifecycle, result: Result,
+                planned: tuple[Action, ...]) -> float:
     """Applies one pass's actions, parallel ones side by side; returns the longest retry delay asked.
     VMs are provisioned side by side too: each VM's own steps (lease, TAP, disk, start) run in order,
     the VMs' chains at once, so a VM's start never waits for the provisioning of the VMs before it."""
     result.passes += 1
     delay = 0.0
     for group in _groups(todo):
+        if group[0][0].waits:
+            unsettled = _unsettled(planned, result)
+            group = [chain for chain in group if getattr(chain[0], "vm", None) not in unsettled]
+            if not group:
+                continue
         if len(group) == 1 and len(group[0]) == 1:
             delay = max(delay, _apply_one(group[0][0], drivers, log, result))
             continue
@@ -131,7 +185,13 @@ def _apply_pass(todo: list[Action], drivers: Drivers, log: Lifecycle, result: Re
 
 
 def _apply_chain(chain: list[Action], drivers: Drivers, log: Lifecycle, result: Result) -> float:
-    return max(_apply_one(action, drivers, log, result) for action in chain)
+    """One VM's steps in order, up to the first that does not go through (the next pass plans the rest)."""
+    delay = 0.0
+    for action in chain:
+        delay = max(delay, _apply_one(action, drivers, log, result))
+        if result.outcomes.get(action) != Outcome.OK:
+            break
+    return delay
 
 
 def _groups(actions: list[Action]) -> list[list[list[Action]]]:
@@ -167,11 +227,15 @@ def _apply_one(action: Action, drivers: Drivers, log: Lifecycle, result: Result)
     except PermanentError as e:
         result.outcomes[action] = Outcome.FAILED
         result.failures[action] = str(e)
+        if result.retries is not None:
+            result.retries.record(action, str(e), time.time())
         log.event(action.kind, action.subject, Outcome.FAILED, _ms(start), error=str(e))
         return 0.0
     result.outcomes[action] = Outcome.OK
     result.applied += 1
     result.failures.pop(action, None)
+    if result.retries is not None:
+        result.retries.worked(action)
     log.event(action.kind, action.subject, Outcome.OK, _ms(start), **details)
     return 0.0
 

@@ -22,6 +22,7 @@
     vms/VM/identity               what a VM restored from a snapshot is told it is (fw_cfg), made at each start
     trash/VM.REMOVED/             a removed VM's directory, moved aside whole (disk and lease) at
                                   REMOVED (unix seconds), kept for the retention time
+    retries.json                  actions that failed for good: how often in a row, when tried again
     tmp/                          scratch space on the same file system (renamed from); each entry named
                                   NAME.PID.RANDOM after its writer, and removed by a reconcile once that
                                   writer no longer runs, so half-written files never outlive a run
@@ -114,6 +115,11 @@ class Layout:
     @property
     def daemon_status(self) -> Path:
         return self.root / "daemon.json"
+
+    @property
+    def retries(self) -> Path:
+        """Actions that failed for good, and when each may be tried again (engine/retries.py)."""
+        return self.root / "retries.json"
 
     @property
     def host_facts(self) -> Path:

@@ -78,6 +78,16 @@ class VmStop(Action):
 
 
 @dataclass(frozen=True)
+class VmExited(Action):
+    """A guest that was ready and whose QEMU exited without being asked: the exit is recorded (how
+    many in a row, and when it may start again), so that a crash-looping guest backs off."""
+
+    kind: ClassVar[str] = "vm_exited"
+    phase: ClassVar[int] = PHASE_SETUP
+    vm: str
+
+
+@dataclass(frozen=True)
 class VmForget(Action):
     """The last step of a removed VM: its record goes, and with it its IP lease."""
 

@@ -24,10 +24,10 @@ from ..base.kinds import BootMode, DiskFormat
 from ..disks.observe import read_disk_record
 from ..statedir.layout import SEED, Layout, VmFiles
 from ..statedir.store import atomic_write, fsync_dir, scratch_prefix, write_json
-from .actions import IpAssign, TrashExpire, VmAwait, VmForget, VmRestore, VmStart, VmStop, VmTrash
+from .actions import IpAssign, TrashExpire, VmAwait, VmExited, VmForget, VmRestore, VmStart, VmStop, VmTrash
 from .observe import read_record
 from .restore import Restorer, restored
-from .state import BOOT_ATTEMPTS, VmRecord, VmsView
+from .state import BOOT_ATTEMPTS, STABLE_RUN, VmRecord, VmsView, restart_delay
 
 
 @dataclass
@@ -43,7 +43,7 @@ class VmDriver:
     def handlers(self) -> Handlers:
         return {IpAssign: self.ip_assign, VmStart: self.vm_start, VmAwait: self.vm_await, VmStop: self.vm_stop,
                 VmForget: self.vm_forget, VmTrash: self.vm_trash, VmRestore: self.vm_restore,
-                TrashExpire: self.trash_expire}
+                TrashExpire: self.trash_expire, VmExited: self.vm_exited}
 
     def prepare(self, observed: VmsView) -> None:
         """A pass starts: every running guest's console is drained into its bounded log."""
@@ -128,7 +128,8 @@ class VmDriver:
         # intent first: the record says a boot is starting before QEMU exists; QEMU's own pid file
         # then finds it, whenever this process dies
         starting = record.with_(pid=None, started=time.time(), accel=a.accel, ready=None, boots=record.boots + 1,
-                                spec=a.spec, boot=BootMode.COLD, snapshot=None)
+                                spec=a.spec, boot=BootMode.COLD, snapshot=None, retry_at=None,
+                                exits=record.exits if a.spec == record.spec else 0)
         details = {"accel": a.accel, "tap": a.tap, "restart": record.boots > 0 or None}
         if a.snapshot is not None:
             pid = self.restorer.spawn(a, machine, starting)
@@ -181,11 +182,27 @@ class VmDriver:
             reason = f"no SSH within {self.boot_timeout:g}s; " + (f"console: {tail}" if tail else "console is empty")
         attempts = record.attempts + 1
         restore_failed = record.snapshot if record.boot == BootMode.RESTORE else record.restore_failed
+        delay = backoff(attempts, base=2.0)
         self._save(vm, record.with_(pid=None, ready=None, attempts=attempts, failure=reason,
-                                    restore_failed=restore_failed))
+                                    restore_failed=restore_failed, retry_at=time.time() + delay))
         if attempts >= BOOT_ATTEMPTS:
             raise PermanentError(f"boot failed {attempts} times, giving up: {reason}")
-        raise TemporaryError(f"boot {attempts} of {BOOT_ATTEMPTS} failed: {reason}", delay=backoff(attempts, base=2.0))
+        raise TemporaryError(f"boot {attempts} of {BOOT_ATTEMPTS} failed: {reason}", delay=delay)
+
+    def vm_exited(self, a: VmExited) -> Details:
+        """Counts an exit the VM was not asked for, and sets when it may start again."""
+        record = self._record(a.vm)
+        files = self.files(a.vm)
+        if qemu.running_pid(files, record.pid) is not None:
+            raise TemporaryError(f"vm/{a.vm}: its QEMU runs after all", delay=0.0)
+        now = time.time()
+        ran = max(0.0, now - (record.ready or now))
+        exits = 1 if ran >= STABLE_RUN else record.exits + 1
+        delay = restart_delay(exits)
+        why = qemu.failure_reason(files)
+        self._save(a.vm, record.with_(pid=None, ready=None, exits=exits, retry_at=now + delay,
+                                      failure=f"exited {ran:.0f}s after it was ready" + (f": {why}" if why else "")))
+        return {"exits": exits, "ran_s": round(ran, 1), "next_start_s": delay}
 
     def vm_stop(self, a: VmStop) -> Details:
         record = read_record(self.files(a.vm).record)

@@ -4,7 +4,10 @@ A VM with an image gets an IP lease (its first step), then (through the pool
 and disk planners) its TAP and work disk, then QEMU, then a wait for SSH. A
 QEMU that died is started again; one that never answers SSH is killed by the
 wait and started again, up to BOOT_ATTEMPTS times, then the VM is Failed
-until its spec changes. A VM whose spec goes is stopped; once stopped, its
+until its spec changes. A guest that was ready and exits is started again,
+at once the first time, then after a back-off that doubles with each exit
+in a row (recorded: it outlives the daemon; a new spec starts it at once).
+A VM whose spec goes is stopped; once stopped, its
 TAP is released by the network planner and its directory (disk and lease)
 moved to the trash, where it is kept for the retention time: a VM of that
 name that comes back gets it back. With no retention, its disk is deleted
@@ -21,7 +24,7 @@ from ..base.actions import Action
 from ..base.kinds import Accel, BootMode, Ref
 from ..base.model import VM, Desired, Network
 from ..snapshots.state import Shape, Snapshot
-from .actions import REMOVED, IpAssign, TrashExpire, VmAwait, VmForget, VmRestore, VmStart, VmStop, VmTrash
+from .actions import REMOVED, IpAssign, TrashExpire, VmAwait, VmExited, VmForget, VmRestore, VmStart, VmStop, VmTrash
 from .state import BOOT_ATTEMPTS, VmRecord, VmState, VmsView
 
 
@@ -141,9 +144,31 @@ def _converge(vm: VM, desired: Desired, net: Network, state: VmState,
         return [VmStop(vm.name, "spec changed")], None
     if state.alive:
         return ([] if state.ready else [VmAwait(vm.name, ip)]), None
+    if record.pid is not None and record.ready is not None:
+        return [VmExited(vm.name)], None  # it was ready, and exited unasked: counted before it starts again
     if record.attempts >= BOOT_ATTEMPTS and record.spec == spec_hash(vm):
         return [], f"Failed: {record.failure}"
+    if backing_off(vm, record, observed.now):
+        return [], f"{_exits(record)}next start in {record.retry_at - observed.now:.0f}s"  # type: ignore[operator]
     return _boot(vm, desired, net, ip, observed)
+
+
+def backing_off(vm: VM, record: VmRecord, now: float) -> bool:
+    """Whether a stopped VM waits out its back-off (a new spec starts it at once)."""
+    return record.retry_at is not None and record.retry_at > now and record.spec == spec_hash(vm)
+
+
+def next_start(desired: Desired, observed: VmsView) -> float | None:
+    """When the first VM that waits out its back-off may start: the daemon's next wake-up."""
+    due = [s.record.retry_at for name, s in observed.vms.items() if name in desired.vms and not s.alive
+           and desired.vms[name].running and backing_off(desired.vms[name], s.record, observed.now)]
+    return min(due) if due else None  # type: ignore[type-var]
+
+
+def _exits(record: VmRecord) -> str:
+    if record.exits > 1:
+        return f"exited {record.exits} times in a row ({record.failure}); "
+    return f"{record.failure}; " if record.failure else ""
 
 
 def _remove(name: str, state: VmState, observed: VmsView, retention: float) -> list[Action]:
@@ -176,4 +201,7 @@ def phase(name: str, vm: VM | None, observed: VmsView) -> tuple[str, str]:
         return ("Stopped", "running: false") if provisioned else ("Provisioning", "")
     if record.attempts >= BOOT_ATTEMPTS and record.spec == spec_hash(vm):
         return "Failed", record.failure or ""
+    if backing_off(vm, record, observed.now):
+        wait = f"next start in {record.retry_at - observed.now:.0f}s"  # type: ignore[operator]
+        return ("CrashLoop" if record.exits > 1 else "Provisioning"), _exits(record) + wait
     return "Provisioning", record.failure or ""

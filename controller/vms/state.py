@@ -3,8 +3,9 @@ removed VMs; and the view of a pass's observation that the VM planner reads. Pur
 
 The record (state/vms/VM/vm.json) holds what cannot be observed: the IP lease,
 the MAC, when the VM was first seen, and the current boot (pid, start, when
-SSH first answered, failed attempts). Whether QEMU runs is always observed
-(observe.py).
+SSH first answered, failed attempts, exits in a row and when it may start
+again: a back-off must outlive the process that counted it). Whether QEMU
+runs is always observed (observe.py).
 """
 
 from __future__ import annotations
@@ -22,6 +23,17 @@ from ..network.state import NetState
 from ..snapshots.state import Snapshots
 
 BOOT_ATTEMPTS = 3  # boots that never answer SSH before a VM is Failed (until its spec changes)
+# A guest that exits after it was ready is started again: at once the first time, then after a delay
+# that doubles with each exit in a row, up to RESTART_CAP; one that ran STABLE_RUN before it exited
+# starts a new count (Kubernetes' CrashLoopBackOff: 10 s doubling to 5 min, reset after 10 min).
+RESTART_BASE = 2.0
+RESTART_CAP = 300.0
+STABLE_RUN = 600.0
+
+
+def restart_delay(exits: int) -> float:
+    """How long after its `exits`-th exit in a row a guest is started again."""
+    return 0.0 if exits <= 1 else min(RESTART_CAP, RESTART_BASE * 2.0 ** (exits - 2))
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -44,6 +56,8 @@ class VmRecord:
     boot: BootMode | None = None  # how the current boot began
     snapshot: str | None = None  # the snapshot (fingerprint) the current boot was restored from
     restore_failed: str | None = None  # the snapshot (fingerprint) a restore of this VM failed from: not tried again
+    exits: int = 0  # exits in a row of a guest that was ready (its crash loop; see restart_delay)
+    retry_at: float | None = None  # not started again before this (unix seconds): its back-off
 
     @property
     def lease(self) -> Lease:

@@ -121,7 +121,8 @@ def _vms(data: dict[str, Any], specs: dict[str, Any]) -> Any:
                           pid=v.get("pid"),
                           ready=1.0 if v.get("ready") else None, boots=v.get("boots", 1 if v.get("pid") else 0),
                           attempts=v.get("attempts", 0), failure=v.get("failure"),
-                          restore_failed=v.get("restore_failed"))
+                          restore_failed=v.get("restore_failed"), exits=v.get("exits", 0),
+                          retry_at=v.get("retry_at"))
         out[name] = VmState(name, record, alive=v["alive"])
     return out
 
