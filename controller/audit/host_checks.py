@@ -4,6 +4,7 @@ state directory (owner and mode, space, clone method, tmp leftovers, the lock)."
 
 from __future__ import annotations
 
+import grp
 import ipaddress
 import os
 import pwd
@@ -15,6 +16,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from ..adapters import ext4, qemu
+from ..base import uids
 from ..base.errors import WarmvmError
 from ..base.model import Network
 from ..statedir.safety import unsafe_reason
@@ -68,13 +70,24 @@ def acceleration(ctx: Context) -> Iterator[Check]:
 
 
 
+def _uid_block(instance: str | None) -> Check:
+    """Each VM's QEMU runs as a uid of its own from this instance's block: no account may own one."""
+    if instance is None:
+        return Check("confine/uids", OK, "each VM's QEMU will run as a uid of its own (the block is chosen "
+                     "with the instance identity, at the first reconcile)")
+    block = uids.block(instance)
+    named = sorted({f"user {p.pw_name}" for p in pwd.getpwall() if p.pw_uid in block}
+                   | {f"group {g.gr_name}" for g in grp.getgrall() if g.gr_gid in block})
+    where = f"{block.start}-{block.stop - 1}"
+    if named:
+        return Check("confine/uids", FAIL, f"the uids QEMU runs as ({where}) are not reserved: {', '.join(named)} "
+                     "owns one, and a guest that escapes into its QEMU would act as it",
+                     "remove or renumber that account")
+    return Check("confine/uids", OK, f"each VM's QEMU runs as a uid of its own, from {where} (no account owns one)")
+
+
 def confinement(ctx: Context) -> Iterator[Check]:
-    try:
-        pw = pwd.getpwnam(qemu.QEMU_USER)
-        yield Check("confine/user", OK, f"QEMU drops to {qemu.QEMU_USER} (uid {pw.pw_uid}) under -sandbox")
-    except KeyError:
-        yield Check("confine/user", FAIL, f"no user {qemu.QEMU_USER}: VMs cannot start confined",
-                    "make setup (hack/install-deps.sh adds it)")
+    yield _uid_block(ctx.observed.net.instance)
     v2 = any(line.split()[1:3] == ["/sys/fs/cgroup", "cgroup2"] for line in
              Path("/proc/self/mounts").read_text().splitlines() if len(line.split()) > 2)
     if v2:

@@ -90,7 +90,8 @@ class Host:
         if self.instance is None:
             raise PermanentError(f"{self.layout.root}: has no instance identity yet (only reconcile makes it)")
         return Drivers([NetworkDriver(self.instance), DiskDriver(self.layout, self.pubkey, self.reflink, progress),
-                        VmDriver(self.layout, self.boot_timeout), SnapshotDriver(self.layout, self.boot_timeout)])
+                        VmDriver(self.layout, self.boot_timeout),
+                        SnapshotDriver(self.layout, self.instance, self.boot_timeout)])
 
 
 def open_host(store: Store, prepare: bool, clone_method: str = "auto", trust: bool = True) -> Host:

@@ -19,6 +19,7 @@ from pathlib import Path
 
 from ..adapters import qemu, tun
 from ..adapters.ssh import READY
+from ..base import uids
 from ..base.actions import Details, Handlers
 from ..base.errors import PermanentError
 from ..statedir.layout import TEMPLATE_DIR, Layout, VmFiles
@@ -32,8 +33,9 @@ SAVE_TIMEOUT = 120.0
 
 
 class SnapshotDriver:
-    def __init__(self, layout: Layout, boot_timeout: float = 60.0) -> None:
+    def __init__(self, layout: Layout, instance: str, boot_timeout: float = 60.0) -> None:
         self.layout = layout
+        self.instance = instance  # whose uid block its templates run in
         self.boot_timeout = boot_timeout
 
     def handlers(self) -> Handlers:
@@ -79,7 +81,8 @@ class SnapshotDriver:
         tap = tun.transient_tap()
         try:
             machine = qemu.template(a.image, vcpus=a.shape.vcpus, memory=a.shape.memory, accel=a.accel,
-                                    tsc_khz=a.tsc_khz, work=disk, identity=identity, tap=tap)
+                                    tsc_khz=a.tsc_khz, work=disk, identity=identity, tap=tap,
+                                    uid=uids.template_uid(self.instance))
             pid = qemu.start(machine, files)
         finally:
             os.close(tap)

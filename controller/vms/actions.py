@@ -23,6 +23,7 @@ class IpAssign(Action):
     vm: str
     network: str
     ip: IPv4Address
+    uid: int | None = None  # its QEMU's own (base/uids.py), leased with the address
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -46,6 +47,7 @@ class VmStart(Action):
     spec: str
     snapshot: Snapshot | None = None  # restored from it (falling back to a cold boot if that fails)
     cold_because: str | None = None  # why a VM that asks to be restored boots cold
+    uid: int | None = None  # what its QEMU runs as: the VM's own (never None when planned)
 
 
 @dataclass(frozen=True)

@@ -84,8 +84,9 @@ class VmDriver:
         created = old.created if old else time.time()
         self.files(a.vm).directory.mkdir(mode=0o700, parents=True, exist_ok=True)
         self._host_key(a.vm)
-        self._save(a.vm, VmRecord(network=a.network, ip=str(a.ip), mac=qemu.mac_for(a.vm), created=created))
-        return {"ip": str(a.ip)}
+        uid = old.uid if old and old.uid is not None else a.uid
+        self._save(a.vm, VmRecord(network=a.network, ip=str(a.ip), mac=qemu.mac_for(a.vm), created=created, uid=uid))
+        return {"ip": str(a.ip), "uid": uid}
 
     def _host_key(self, vm: str) -> None:
         """The VM's own SSH host key, made once at provisioning (the image holds none) and pinned in its
@@ -113,6 +114,8 @@ class VmDriver:
     def vm_start(self, a: VmStart) -> Details:
         if a.tap is None or a.disk_format is None:
             raise TemporaryError(f"vm/{a.vm}: its TAP or work disk is not ready")
+        if not a.uid:
+            raise PermanentError(f"vm/{a.vm}: no uid of its own to run QEMU as")
         record = self._record(a.vm)
         files = self.files(a.vm)
         # a QEMU no pid file names can only exist if a start was ever recorded (the intent precedes the spawn)
@@ -124,12 +127,13 @@ class VmDriver:
         machine = Machine(name=a.vm, kernel=a.image.kernel, initrd=a.image.initrd, rootfs=a.image.rootfs,
                           disk=files.disk, disk_format=a.disk_format, backing=self._backing(a.vm, a.disk_format),
                           tap=a.tap, mac=record.mac, address=a.address, gateway=str(a.gateway), vcpus=a.vcpus,
-                          memory=a.memory, accel=a.accel, host_key=files.host_key_dropbear, tsc_khz=a.tsc_khz)
+                          memory=a.memory, accel=a.accel, host_key=files.host_key_dropbear, tsc_khz=a.tsc_khz,
+                          uid=a.uid)
         # intent first: the record says a boot is starting before QEMU exists; QEMU's own pid file
         # then finds it, whenever this process dies
         starting = record.with_(pid=None, started=time.time(), accel=a.accel, ready=None, boots=record.boots + 1,
                                 spec=a.spec, boot=BootMode.COLD, snapshot=None, retry_at=None,
-                                exits=record.exits if a.spec == record.spec else 0)
+                                exits=record.exits if a.spec == record.spec else 0, uid=a.uid)
         details = {"accel": a.accel, "tap": a.tap, "restart": record.boots > 0 or None}
         if a.snapshot is not None:
             pid = self.restorer.spawn(a, machine, starting)
@@ -244,7 +248,8 @@ class VmDriver:
             self.files(a.vm).record.unlink(missing_ok=True)  # no address free: leased when one is
         elif record is None or record.network != a.network or record.ip != str(a.ip):
             created = record.created if record else time.time()
-            self._save(a.vm, VmRecord(network=a.network, ip=str(a.ip), mac=qemu.mac_for(a.vm), created=created))
+            self._save(a.vm, VmRecord(network=a.network, ip=str(a.ip), mac=qemu.mac_for(a.vm), created=created,
+                                      uid=record.uid if record else None))
         elif record.pid is not None or record.ready is not None:
             self._save(a.vm, record.with_(pid=None, ready=None))
         return {"ip": str(a.ip) if a.ip else None, "from": self.layout.relative(entry)}

@@ -20,6 +20,7 @@ from __future__ import annotations
 import hashlib
 from ipaddress import IPv4Address, IPv4Interface
 
+from ..base import uids
 from ..base.actions import Action
 from ..base.kinds import Accel, BootMode, Ref
 from ..base.model import VM, Desired, Network
@@ -39,6 +40,7 @@ def plan_vms(desired: Desired, observed: VmsView) -> tuple[list[Action], list[st
     actions: list[Action] = []
     problems: list[str] = []
     leased = {(s.record.network, IPv4Address(s.record.ip)): n for n, s in observed.vms.items()}
+    uids = Uids(observed)
     retention = desired.policy.retain_removed
     for vm in sorted(desired.vms.values(), key=lambda v: v.name):
         if vm.image is None or vm.name in observed.broken_vms:
@@ -59,12 +61,13 @@ def plan_vms(desired: Desired, observed: VmsView) -> tuple[list[Action], list[st
                                 + (f" ({vm.ip} is leased to {leased.get((vm.network, vm.ip))})" if vm.ip else ""))
                 continue
             leased[(vm.network, ip)] = vm.name
-            actions.append(IpAssign(vm.name, vm.network, ip))
-            acts, problem = _boot(vm, desired, net, ip, observed)
+            uid = uids.lease(state.record.uid if state else None)
+            actions.append(IpAssign(vm.name, vm.network, ip, uid))
+            acts, problem = _boot(vm, desired, net, ip, uid, observed)
             actions += acts
             problems += [f"{Ref.vm(vm.name)}: {problem}"] if problem else []
             continue
-        acts, problem = _converge(vm, desired, net, state, observed)
+        acts, problem = _converge(vm, desired, net, state, uids, observed)
         actions += acts
         if problem:
             problems.append(f"{Ref.vm(vm.name)}: {problem}")
@@ -95,7 +98,7 @@ def _lease(vm: VM, net: Network, leased: dict[tuple[str, IPv4Address], str]) -> 
     return None
 
 
-def _boot(vm: VM, desired: Desired, net: Network, ip: IPv4Address,
+def _boot(vm: VM, desired: Desired, net: Network, ip: IPv4Address, uid: int | None,
           observed: VmsView) -> tuple[list[Action], str | None]:
     """Start and await; the TAP and disk format come from what is observed, or else from this
     pass's own claim and disk actions (bound by the engine's planner). The accelerator and how it
@@ -105,6 +108,8 @@ def _boot(vm: VM, desired: Desired, net: Network, ip: IPv4Address,
     accel = observed.host.accel(vm.accel)
     if accel is None:
         return [], "accel: kvm was asked for, but KVM is not usable on this host"
+    if uid is None:
+        return [], "no uid of this instance's block is free for its QEMU"
     address = IPv4Interface(f"{ip}/{net.cidr.prefixlen}")
     image = desired.images[vm.image]
     tap = observed.net.vm_taps().get(vm.name)
@@ -113,7 +118,7 @@ def _boot(vm: VM, desired: Desired, net: Network, ip: IPv4Address,
     tsc_khz = (snapshot.record.tsc_khz if snapshot else observed.host.tsc_khz) if accel == Accel.TCG else None
     start = VmStart(vm=vm.name, image=image, tap=tap.name if tap else None, disk_format=disk.format if disk else None,
                     address=address, gateway=net.gateway, vcpus=vm.vcpus, memory=vm.memory, accel=accel,
-                    tsc_khz=tsc_khz, spec=spec_hash(vm), snapshot=snapshot, cold_because=cold_because)
+                    tsc_khz=tsc_khz, spec=spec_hash(vm), snapshot=snapshot, cold_because=cold_because, uid=uid)
     return [start, VmAwait(vm.name, ip, snapshot)], None
 
 
@@ -132,7 +137,7 @@ def _snapshot(vm: VM, accel: Accel, observed: VmsView) -> tuple[Snapshot | None,
     return snapshot, None
 
 
-def _converge(vm: VM, desired: Desired, net: Network, state: VmState,
+def _converge(vm: VM, desired: Desired, net: Network, state: VmState, uids: Uids,
               observed: VmsView) -> tuple[list[Action], str | None]:
     record = state.record
     ip = IPv4Address(record.ip)
@@ -150,7 +155,25 @@ def _converge(vm: VM, desired: Desired, net: Network, state: VmState,
         return [], f"Failed: {record.failure}"
     if backing_off(vm, record, observed.now):
         return [], f"{_exits(record)}next start in {record.retry_at - observed.now:.0f}s"  # type: ignore[operator]
-    return _boot(vm, desired, net, ip, observed)
+    return _boot(vm, desired, net, ip, uids.lease(record.uid), observed)
+
+
+class Uids:
+    """The uids VMs hold (their records', and those of VMs in the trash, which may come back): a VM
+    keeps its own; one that has none (new, or made before uids were per VM) gets the lowest free."""
+
+    def __init__(self, observed: VmsView) -> None:
+        self.instance = observed.net.instance
+        held = [s.record.uid for s in observed.vms.values()] + [e.record.uid for e in observed.trash if e.record]
+        self.used = {uid for uid in held if uid is not None}
+
+    def lease(self, own: int | None) -> int | None:
+        if own is not None or self.instance is None:
+            return own
+        uid = uids.lease(self.instance, self.used)
+        if uid is not None:
+            self.used.add(uid)
+        return uid
 
 
 def backing_off(vm: VM, record: VmRecord, now: float) -> bool:

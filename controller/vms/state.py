@@ -56,6 +56,7 @@ class VmRecord:
     boot: BootMode | None = None  # how the current boot began
     snapshot: str | None = None  # the snapshot (fingerprint) the current boot was restored from
     restore_failed: str | None = None  # the snapshot (fingerprint) a restore of this VM failed from: not tried again
+    uid: int | None = None  # what its QEMU runs as, its own (base/uids.py); reused only once the VM is gone
     exits: int = 0  # exits in a row of a guest that was ready (its crash loop; see restart_delay)
     retry_at: float | None = None  # not started again before this (unix seconds): its back-off
 

@@ -122,7 +122,7 @@ def _vms(data: dict[str, Any], specs: dict[str, Any]) -> Any:
                           ready=1.0 if v.get("ready") else None, boots=v.get("boots", 1 if v.get("pid") else 0),
                           attempts=v.get("attempts", 0), failure=v.get("failure"),
                           restore_failed=v.get("restore_failed"), exits=v.get("exits", 0),
-                          retry_at=v.get("retry_at"))
+                          retry_at=v.get("retry_at"), uid=v.get("uid"))
         out[name] = VmState(name, record, alive=v["alive"])
     return out
 
@@ -132,7 +132,7 @@ def _trash(data: dict[str, Any]) -> Any:
         return Missing("trash")
     out = []
     for e in data["trash"]:
-        record = VmRecord(network=e["network"], ip=e["ip"], mac="52:54:00:00:00:01", created=0.0) \
+        record = VmRecord(network=e["network"], ip=e["ip"], mac="52:54:00:00:00:01", created=0.0, uid=e.get("uid")) \
             if e.get("ip") else None
         seed = f"images/{e['image']}/seed-{e['seed']}.ext4" if e.get("seed") else None
         taken = Taken.SEED_QCOW2 if e["format"] == "qcow2" else Taken.SEED_REFLINK

@@ -7,7 +7,6 @@ from .host import host_tsc_khz, kvm_usable, kvm_usable_cached
 from .machine import (
     IDENTITY_ENTRY,
     QEMU,
-    QEMU_USER,
     Machine,
     kernel_cmdline,
     mac_for,
@@ -29,7 +28,7 @@ from .process import (
 )
 from .qmp import Qmp, qmp
 
-__all__ = ["IDENTITY_ENTRY", "IDENTITY_SIZE", "Identity", "Machine", "QEMU", "QEMU_USER", "Qmp",
+__all__ = ["IDENTITY_ENTRY", "IDENTITY_SIZE", "Identity", "Machine", "QEMU", "Qmp",
            "TEMPLATE_IDENTITY", "connect", "console", "exited", "failure_reason", "find_untracked", "host_tsc_khz",
            "kernel_cmdline", "kill", "kill_spawned", "kvm_usable", "kvm_usable_cached", "load_state", "mac_for",
            "qemu_argv", "qmp", "running_pid", "save_state", "snapshot_layout", "start", "stop", "template"]

@@ -21,9 +21,10 @@ from ...base.model import Image
 from ...statedir.layout import VmFiles
 
 QEMU = "qemu-system-x86_64"
-QEMU_USER = "warmvm-qemu"  # made by hack/install-deps.sh
 # spawn, setuid binaries, the scheduler and obsolete calls denied; elevating privileges cannot be denied
-# as well in QEMU 7.2, since its filter is installed before -runas drops root (it would kill QEMU)
+# as well in QEMU 7.2, since its filter is installed before -runas drops root (it would kill QEMU).
+# kill() stays allowed (QEMU signals its own threads): what keeps one QEMU from signalling another is
+# that each runs as a uid of its own (base/uids.py)
 SANDBOX = "on,obsolete=deny,spawn=deny,resourcecontrol=deny"
 IDENTITY_ENTRY = "opt/warmvm/identity"
 TEMPLATE_MAC = "52:54:00:00:00:01"  # overwritten by every copy's own (identity.c sets it)
@@ -49,7 +50,7 @@ class Machine:
     accel: Accel  # as resolved: kvm | tcg
     host_key: Path | None = None  # the VM's own SSH host key (dropbear's format), handed over through fw_cfg
     tsc_khz: int | None = None  # the host's TSC rate, which a TCG guest needs told (see host_tsc_khz)
-    user: str | None = QEMU_USER  # the unprivileged user QEMU drops to once its files are open
+    uid: int | None = None  # the VM's own uid (and gid), which QEMU drops to once its files are open
     # The snapshot layout (a template, and every copy restored from it): no identity on the kernel
     # command line, which is part of the saved state, but one fixed-size fw_cfg entry, which is not
     identity: Path | None = None
@@ -65,11 +66,11 @@ def snapshot_layout(m: Machine, *, identity: Path, tsc_khz: int | None, incoming
 
 
 def template(image: Image, *, vcpus: int, memory: int, accel: Accel, tsc_khz: int | None, work: Path,
-             identity: Path, tap: int | str) -> Machine:
+             identity: Path, tap: int | str, uid: int | None = None) -> Machine:
     """A template VM of `image`: an empty raw work disk, a TAP of its own, a MAC every copy replaces."""
     machine = Machine(name=f"template-{image.name}", kernel=image.kernel, initrd=image.initrd, rootfs=image.rootfs,
                       disk=work, disk_format=DiskFormat.RAW, backing=None, tap=tap, mac=TEMPLATE_MAC, address=None,
-                      gateway=None, vcpus=vcpus, memory=memory, accel=accel)
+                      gateway=None, vcpus=vcpus, memory=memory, accel=accel, uid=uid)
     return snapshot_layout(machine, identity=identity, tsc_khz=tsc_khz, incoming=False)
 
 
@@ -103,7 +104,7 @@ def qemu_argv(m: Machine, files: VmFiles) -> list[str]:
             "-device", f"virtio-net-device,netdev=n0,mac={m.mac}",
             *fw_cfg,
             "-pidfile", str(files.pidfile), "-sandbox", SANDBOX]
-    return argv + (["-runas", m.user] if m.user else []) + (["-incoming", "defer"] if m.incoming else [])
+    return argv + (["-runas", f"{m.uid}:{m.uid}"] if m.uid else []) + (["-incoming", "defer"] if m.incoming else [])
 
 
 def kernel_cmdline(m: Machine) -> str:

@@ -12,7 +12,6 @@ guest over QMP (system_powerdown), then kills after a timeout.
 from __future__ import annotations
 
 import os
-import pwd
 import shutil
 import signal
 import time
@@ -39,12 +38,8 @@ def start(m: Machine, files: VmFiles) -> int:
     binary = shutil.which(argv[0])
     if binary is None:
         raise PermanentError(f"{argv[0]} is not installed (make setup installs it)")
-    if m.user is not None:
-        try:
-            pwd.getpwnam(m.user)
-        except KeyError:
-            raise PermanentError(f"user {m.user!r} does not exist: QEMU would run as root (make setup adds it)") \
-                from None
+    if not m.uid:
+        raise PermanentError(f"{m.name}: no uid of its own to run QEMU as: it would run as root")
     actions = [(os.POSIX_SPAWN_OPEN, 0, "/dev/null", os.O_RDONLY, 0),
                (os.POSIX_SPAWN_OPEN, 1, str(files.log), os.O_WRONLY | os.O_APPEND | os.O_NOFOLLOW, 0o600),
                (os.POSIX_SPAWN_DUP2, 1, 2)]
