@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from controller.base.units import human
+from controller.cli.main import parser
 
 from .support.cli import assert_verified, vm_spec, vms, warmvm, write
 from .support.daemon import Daemon
@@ -83,6 +84,13 @@ def test_a_bad_ratio_is_one_line_and_exit_2(small_host: tuple[Path, Path]) -> No
         assert result.returncode == 2 and "Traceback" not in result.stderr
         assert result.stderr.splitlines()[-1].startswith("warmvm: error: argument --disk-overcommit: "), result.stderr
     assert not state.exists()
+
+
+def test_every_command_that_plans_takes_the_ratio_the_agent_too() -> None:
+    for command in (["plan"], ["reconcile"], ["watch"], ["doctor"], ["get", "vms"], ["agent", "--host", "h"]):
+        assert parser().parse_args([*command, "--disk-overcommit", "2.5"]).disk_overcommit == 2.5
+        assert parser().parse_args(["--disk-overcommit", "3", *command]).disk_overcommit == 3
+    assert parser().parse_args(["plan"]).disk_overcommit == 1
 
 
 def test_the_daemon_says_the_state_file_systems_free_space(small_host: tuple[Path, Path]) -> None:
