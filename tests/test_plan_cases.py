@@ -23,9 +23,10 @@ Case format (quantities as in specs: 64Mi, 1Gi):
       clone_method: qcow2
       images:    {IMAGE: {inputs: FP|null, seeds: {FP: {size, mtime, sized: [SIZE...]} | {orphan: true, sized: [...]}},
                           failed: {FP: why}}}
-      disks:     {VM: {image, size, taken, format, seed: FP-SIZE|null}}
+      disks:     {VM: {image, size, taken, format, seed: FP-SIZE|null, allocated: SIZE (default 0)}}
       vms:       {VM: {network, ip, alive, ready, pid, spec: current|HASH, attempts, failure}}
-      trash:     [{vm, removed_at, ip, network, image, format, seed: FP-SIZE|null}]
+      trash:     [{vm, removed_at, ip, network, image, format, seed: FP-SIZE|null,
+                   disk_size: SIZE (default 1Gi), size: what the entry takes (default 1Mi)}]
       now:       unix seconds, for the trash's expiry
       broken:    {vm/NAME: why}
       snapshots: {wanted: [{image, memory, vcpus, accel, fingerprint}],
@@ -36,7 +37,9 @@ Case format (quantities as in specs: 64Mi, 1Gi):
                  our nftables table (warmvm-c0ffee00); left out: not observed, so containment
                  is not planned (as before a state directory exists). Links may say `isolated: true`.
       host:      {kvm: BOOL, tsc_khz: N}   the host's capabilities; left out: no KVM (as here)
-    policy: {retain_removed: SECONDS, confirm_removals: BOOL}   (default: 24h, false)
+      space:     {size: SIZE, free: SIZE}   the state's file system; left out: not observed, so work
+                 disks are not budgeted
+    policy: {retain_removed: SECONDS, confirm_removals: BOOL, disk_overcommit: RATIO}   (default: 24h, false, 1.0)
     actions: [...]   held_back: [...]   problems: [...]
 """
 

@@ -1,6 +1,7 @@
 """The host's half of `warmvm doctor`: the tools, KVM, QEMU's confinement, networking (per network:
 its bridge's capacity, foreign devices with its pool prefix, a CIDR over a host route) and the
-state directory (owner and mode, space, clone method, tmp leftovers, the lock)."""
+state directory (owner and mode, space, work disks' sizes against it, clone method, tmp leftovers, the
+lock)."""
 
 from __future__ import annotations
 
@@ -13,12 +14,15 @@ import shutil
 import struct
 import subprocess
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 
 from ..adapters import ext4, qemu
 from ..base import uids
 from ..base.errors import WarmvmError
 from ..base.model import Network
+from ..base.units import human
+from ..disks.plan import wanted
 from ..statedir.safety import unsafe_reason
 from .checks import FAIL, OK, WARN, Check, Context
 
@@ -162,6 +166,7 @@ def state(ctx: Context) -> Iterator[Check]:
     root = ctx.layout.root
     if not root.is_dir():
         yield Check("state/dir", WARN, f"{root} does not exist yet", "warmvm reconcile makes it")
+        yield from _disk_room(ctx)  # on the file system it will be made on
         return
     unsafe = unsafe_reason(root)
     st = root.stat()
@@ -169,6 +174,7 @@ def state(ctx: Context) -> Iterator[Check]:
     yield Check("state/dir", FAIL if unsafe else OK,
                 unsafe or f"{root}: owner uid {st.st_uid}, mode {st.st_mode & 0o7777:04o}", fix)
     yield from _space(ctx)
+    yield from _disk_room(ctx)
     try:
         methods = [m.value for m in ext4.detect_clone_methods(ctx.layout.tmp if ctx.layout.tmp.is_dir() else root)]
     except WarmvmError as e:
@@ -205,6 +211,24 @@ def _space(ctx: Context) -> Iterator[Check]:
     yield Check("state/space", status, f"{free // MiB} MiB free; the specs' seeds and new disks need about "
                 f"{need // MiB} MiB", "" if status == OK else "free space, or a larger file system for the state")
 
+
+
+def _disk_room(ctx: Context) -> Iterator[Check]:
+    """The planner's budget with every disk the specs ask for: what reconcile would refuse, said now."""
+    room = wanted(ctx.desired, ctx.observed)
+    if room is None:
+        return
+    over, holds = room.virtual - room.limit, replace(room, ratio=1.0).limit
+    sizes = f"work disks add up to {human(room.virtual)}; they may add up to {room.room()}"
+    if over > 0:
+        yield Check("state/disks", FAIL, f"{sizes}: {human(over)} over; reconcile refuses the disks that do not fit",
+                    "smaller diskSize or fewer VMs, more space, or --disk-overcommit above 1 (guests filling their "
+                    "disks could then fill the file system)")
+    elif room.virtual > holds:
+        yield Check("state/disks", WARN, f"{sizes}; guests filling their disks would fill the file system "
+                    f"({human(room.virtual - holds)} over what it holds)", "more space, or fewer or smaller disks")
+    else:
+        yield Check("state/disks", OK, sizes)
 
 
 def _lock_holder(lock: Path) -> int | None:

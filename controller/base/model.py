@@ -78,10 +78,12 @@ class VM:
 
 @dataclass(frozen=True)
 class Policy:
-    """How forgiving removal is; set on the command line, not in specs."""
+    """How forgiving removal is, and how far work disks may overcommit the state's file system; set on
+    the command line, not in specs."""
 
     retain_removed: float = 86400.0  # seconds a removed VM's disk is kept in the trash (0: deleted at once)
     confirm_removals: bool = False  # apply a pass that removes more than half of the VMs
+    disk_overcommit: float = 1.0  # work disks' virtual sizes may add up to this many times the room they have
 
 
 @dataclass(frozen=True)

@@ -15,12 +15,12 @@ from ..base.events import Lifecycle
 from ..statedir.layout import Layout
 from ..statedir.store import Store
 from .fleet import connect
+from .options import policy
 
 
 def cmd_agent(args: argparse.Namespace, log: Lifecycle) -> int:
     from prometheus_client import CollectorRegistry
 
-    from ..base.model import Policy
     from ..daemon.loop import Settings, run
     from ..engine.converge import Options
     from ..fleet.agent import Agent, AgentConfig, HostHeld
@@ -35,8 +35,7 @@ def cmd_agent(args: argparse.Namespace, log: Lifecycle) -> int:
                     reach=args.reach or default_reach(), state=str(store.root), command=warmvm_command())
     config = AgentConfig(args.host, info, instance, args.lease_ttl, not args.no_place)
     layout.fleet_specs.mkdir(mode=0o700, parents=True, exist_ok=True)
-    options = Options(layout.fleet_specs, Policy(args.retain_removed, args.confirm_removals), args.clone_method,
-                      args.boot_timeout, args.lock_timeout)
+    options = Options(layout.fleet_specs, policy(args), args.clone_method, args.boot_timeout, args.lock_timeout)
     registry = CollectorRegistry()
     agent = Agent(lambda: connect(args), config, layout, registry)
     with store.held(layout.agent_lock, "an agent"):

@@ -13,7 +13,6 @@ import json
 import os
 import sys
 import time
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ..adapters.ssh import host_alias, ssh_argv
@@ -22,7 +21,7 @@ from ..base.events import Lifecycle
 from ..statedir.layout import Layout
 from ..statedir.store import Store
 from ..vms.observe import read_record
-from . import agent, fleet
+from . import agent, fleet, options
 
 if TYPE_CHECKING:
     from ..base.actions import Action
@@ -36,51 +35,9 @@ VIEW_NAMES = ("networks", "pool", "images", "vms", "trash", "daemon")
 EXIT_OK, EXIT_ERROR, EXIT_PENDING = 0, 1, 2
 
 
-def _common(defaults: bool) -> argparse.ArgumentParser:
-    """Options accepted before and after the subcommand; only the top level holds defaults,
-    so that a value given before the subcommand is not reset by the subcommand's copy."""
-    def default(value: object) -> object:
-        return value if defaults else argparse.SUPPRESS
-
-    common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--specs", type=Path, default=default(Path(os.environ.get("WARMVM_SPECS", "specs"))),
-                        help="spec directory (default ./specs, or $WARMVM_SPECS)")
-    common.add_argument("--state", type=Path, default=default(Path(os.environ.get("WARMVM_STATE", "state"))),
-                        help="state directory (default ./state, or $WARMVM_STATE)")
-    common.add_argument("--log-format", choices=("text", "json"), default=default("text"))
-    common.add_argument("--clone-method", choices=("auto", "reflink", "qcow2", "sparse"),
-                        default=default(os.environ.get("WARMVM_CLONE_METHOD", "auto")),
-                        help="how work disks clone a seed (default: the best the state directory supports)")
-    common.add_argument("--boot-timeout", type=float, metavar="SECONDS",
-                        default=default(float(os.environ.get("WARMVM_BOOT_TIMEOUT", "60"))),
-                        help="how long a boot may take to answer SSH before it is killed and retried (default 60)")
-    common.add_argument("--lock-timeout", type=float, default=default(5.0), metavar="SECONDS",
-                        help="how long to wait for another reconciler (default 5)")
-    common.add_argument("--retain-removed", type=duration, metavar="DURATION",
-                        default=default(duration(os.environ.get("WARMVM_RETAIN_REMOVED", "24h"))),
-                        help="how long a removed VM's disk is kept in the trash, e.g. 24h, 90m, 0 "
-                             "(default 24h; 0 deletes it at once)")
-    common.add_argument("--confirm-removals", action="store_true", default=default(False),
-                        help="apply a pass that removes more than half of the VMs (held back otherwise)")
-    return common
-
-
-def duration(text: str) -> float:
-    """Seconds from `90`, `90s`, `30m`, `24h` or `7d`."""
-    units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
-    number, unit = (text[:-1], text[-1]) if text and text[-1] in units else (text, "s")
-    try:
-        value = float(number) * units[unit]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a duration (e.g. 24h, 90m, 0)") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"{text!r}: a duration cannot be negative")
-    return value
-
-
 def parser() -> argparse.ArgumentParser:
-    common = _common(defaults=False)
-    top = argparse.ArgumentParser(prog="warmvm", parents=[_common(defaults=True)],
+    common = options.common(defaults=False)
+    top = argparse.ArgumentParser(prog="warmvm", parents=[options.common(defaults=True)],
                                   description="Declarative reconciler for microVM hosts.")
     sub = top.add_subparsers(dest="command", required=True)
     sub.add_parser("plan", parents=[common], help="show what reconcile would change")
@@ -124,16 +81,13 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def load_specs(args: argparse.Namespace) -> Desired:
-    from dataclasses import replace
-
-    from ..base.model import Policy
     from ..engine.converge import load_specs
     if not args.specs.is_dir():
         raise WarmvmError(f"{args.specs}: spec directory does not exist")
-    desired = load_specs(args.specs)
+    desired = load_specs(args.specs, options.policy(args))
     for error in desired.errors:
         print(error, file=sys.stderr)
-    return replace(desired, policy=Policy(args.retain_removed, args.confirm_removals))
+    return desired
 
 
 def _show_held(held: tuple[Action, ...], holds: tuple[str, ...]) -> None:
@@ -163,39 +117,35 @@ def cmd_plan(args: argparse.Namespace, log: Lifecycle) -> int:
 
 def cmd_reconcile(args: argparse.Namespace, log: Lifecycle) -> int:
     from ..engine.converge import converge, report
-    done = converge(Store(args.state), options(args), log)
+    done = converge(Store(args.state), reconcile_options(args), log)
     report(done, log)
     return EXIT_OK if done.ok else EXIT_ERROR
 
 
-def options(args: argparse.Namespace) -> Options:
-    from ..base.model import Policy
+def reconcile_options(args: argparse.Namespace) -> Options:
     from ..engine.converge import Options
     if not args.specs.is_dir():
         raise WarmvmError(f"{args.specs}: spec directory does not exist")
-    return Options(args.specs, Policy(args.retain_removed, args.confirm_removals), args.clone_method,
-                   args.boot_timeout, args.lock_timeout)
+    return Options(args.specs, options.policy(args), args.clone_method, args.boot_timeout, args.lock_timeout)
 
 
 def cmd_watch(args: argparse.Namespace, log: Lifecycle) -> int:
     """The daemon: woken by spec changes, netlink events for our devices, QEMU exits and a periodic
     resync; SIGTERM/SIGINT finish the pass under way and exit 0, SIGHUP reads the specs now."""
     from ..daemon.loop import Settings, run
-    return run(Store(args.state), options(args), Settings(args.interval, args.metrics_addr), log)
+    return run(Store(args.state), reconcile_options(args), Settings(args.interval, args.metrics_addr), log)
 
 
 def cmd_get(args: argparse.Namespace, log: Lifecycle) -> int:
-    from dataclasses import replace
-
-    from ..base.model import Desired, Policy
+    from ..base.model import Desired
     from ..engine.converge import load_specs
     from ..engine.host import open_host
     from . import views
     if args.what == "daemon":  # read from the daemon's own status file, not from the host
         from ..daemon.status import read_status
         return _show([read_status(Layout(Store(args.state).root).daemon_status)], args.output)
-    desired = load_specs(args.specs) if args.specs.is_dir() else Desired()
-    desired = replace(desired, policy=Policy(args.retain_removed, args.confirm_removals))
+    policy = options.policy(args)
+    desired = load_specs(args.specs, policy) if args.specs.is_dir() else Desired(policy=policy)
     rows = views.VIEWS[args.what](desired, open_host(Store(args.state), False, args.clone_method).observer(desired)())
     return _show(rows, args.output)
 

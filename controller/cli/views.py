@@ -7,6 +7,8 @@ from collections.abc import Callable
 from typing import Any
 
 from ..base.model import VM, Desired
+from ..base.units import human
+from ..engine.plan import plan
 from ..engine.state import Observed
 from ..vms.plan import phase
 from ..vms.state import VmRecord
@@ -35,18 +37,25 @@ def pool(desired: Desired, observed: Observed) -> list[Row]:
 
 
 def vms(desired: Desired, observed: Observed) -> list[Row]:
+    """A VM the planner refuses something (a disk that does not fit, no free address...) says why;
+    one that waits on it is Pending."""
     taps = observed.net.vm_taps()
+    refused = _refusals(desired, observed)
     rows = []
     for name in sorted(set(desired.vms) | set(taps) | set(observed.disks) | set(observed.vms)):
         vm = desired.vms.get(name)
         tap, disk, state = taps.get(name), observed.disks.get(name), observed.vms.get(name)
         record = state.record if state else None
         current, reason = phase(name, vm, observed)
+        if name in refused:
+            current, reason = "Pending" if current == "Provisioning" else current, refused[name]
         rows.append({"name": name, "phase": current, "ip": record.ip if record else "-",
                      "tap": tap.name if tap else "-", "accel": (record.accel or "-") if record else "-",
                      "boot": _boot(vm, record),
                      "image": vm.image if vm and vm.image else "-",
-                     "disk": f"{_size(disk.size)} {disk.taken}" if disk else "-",
+                     "disk": f"{human(disk.size)} {disk.taken}" if disk else "-",
+                     "diskUsed": human(disk.allocated) if disk else "-",
+                     "diskVirtual": human(disk.size) if disk else "-",
                      "restarts": max(0, record.boots - 1) if record else 0,
                      "exits": record.exits if record else 0,
                      "nextStart": _next_start(record, observed.now),
@@ -61,6 +70,16 @@ def _next_start(record: VmRecord | None, now: float) -> str:
     if record is None or record.retry_at is None or record.retry_at <= now or record.pid is not None:
         return "-"
     return f"in {record.retry_at - now:.0f}s ({time.strftime('%H:%M:%S', time.localtime(record.retry_at))})"
+
+
+def _refusals(desired: Desired, observed: Observed) -> dict[str, str]:
+    """Each VM's problem in the plan a reconcile would make now."""
+    out: dict[str, str] = {}
+    for problem in plan(desired, observed).problems:
+        ref, _, why = problem.partition(": ")
+        if ref.startswith("vm/") and ref[3:] in desired.vms:
+            out.setdefault(ref[3:], why)
+    return out
 
 
 def images(desired: Desired, observed: Observed) -> list[Row]:
@@ -78,7 +97,7 @@ def images(desired: Desired, observed: Observed) -> list[Row]:
             seed = "ready" if ready == state.inputs else "stale (in use until the new one is ready)"
         files = state.seeds.get(ready) if ready else None
         rows.append({"name": name, "default": bool(image and image.default), "spec": "present" if image else "gone",
-                     "seed": seed, "seedSize": _size(files.size) if files else "-",
+                     "seed": seed, "seedSize": human(files.size) if files else "-",
                      "seedAge": age(observed.now - files.mtime) if files else "-",
                      "sizedSeeds": len(files.sized) if files else 0,
                      "snapshots": _snapshots(name, observed),
@@ -115,13 +134,6 @@ def _snapshots(image: str, observed: Observed) -> str:
     return "; ".join(parts) or "-"
 
 
-def _size(size: int) -> str:
-    for unit, shift in (("Gi", 30), ("Mi", 20), ("Ki", 10)):
-        if size >= 1 << shift:
-            return f"{size / (1 << shift):g}{unit}"
-    return str(size)
-
-
 def age(seconds: float) -> str:
     for unit, span in (("d", 86400), ("h", 3600), ("m", 60)):
         if seconds >= span:
@@ -134,7 +146,7 @@ def trash(desired: Desired, observed: Observed) -> list[Row]:
     retention = desired.policy.retain_removed
     return [{"vm": e.vm, "removed": f"{age(observed.now - e.removed_at)} ago",
              "expiresIn": age(max(0.0, e.removed_at + retention - observed.now)),
-             "size": _size(e.size), "ip": e.record.ip if e.record else "-",
+             "size": human(e.size), "ip": e.record.ip if e.record else "-",
              "image": e.disk.image if e.disk else "-", "path": str(e.path)}
             for e in sorted(observed.trash, key=lambda e: (e.vm, e.removed_at))]
 

@@ -38,6 +38,13 @@ class Metrics:
         self.vms = Gauge("warmvm_vms", "VMs by phase", ["phase"], registry=r)
         self.seeds_ready = Gauge("warmvm_seeds_ready", "1 when an image's current work seed is ready", ["image"],
                                  registry=r)
+        self.fs_free = Gauge("warmvm_state_fs_free_bytes", "Bytes free on the state directory's file system "
+                             "(to an unprivileged writer, as QEMU writes guests' disks)", registry=r)
+        self.fs_size = Gauge("warmvm_state_fs_size_bytes", "Bytes of the state directory's file system", registry=r)
+        self.disks_virtual = Gauge("warmvm_work_disks_virtual_bytes", "Work disks' sizes, added up: what their "
+                                   "guests may fill", registry=r)
+        self.disks_used = Gauge("warmvm_work_disks_used_bytes", "Bytes work disks take on the file system now",
+                                registry=r)
 
     def serve(self, addr: str) -> None:
         host, _, port = addr.rpartition(":")
@@ -74,3 +81,8 @@ class Metrics:
             ready = image.seed is not None and state is not None and state.inputs in state.seeds \
                 and state.seeds[state.inputs].base is not None
             self.seeds_ready.labels(name).set(1 if ready else 0)
+        if observed.space is not None:
+            self.fs_free.set(observed.space.free)
+            self.fs_size.set(observed.space.size)
+        self.disks_virtual.set(sum(d.size for d in observed.disks.values()))
+        self.disks_used.set(sum(d.allocated for d in observed.disks.values()))

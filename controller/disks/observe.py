@@ -1,4 +1,5 @@
-"""Reads seeds, work disks and image files into the disk domain's observed state.
+"""Reads seeds, work disks (with the blocks each takes), the state's file system and image files into
+the disk domain's observed state.
 
 A seed's fingerprint covers what it is built from (the rootfs or source
 directory, as stat data), the public key injected into it, its size and the
@@ -20,7 +21,7 @@ from ..base.kinds import Ref
 from ..base.model import Image
 from ..statedir.layout import SEED, Layout
 from ..statedir.store import read_json
-from .state import DiskRecord, DiskState, ImageState, SeedFiles, SeedRecord
+from .state import DiskRecord, DiskState, ImageState, SeedFiles, SeedRecord, StateSpace
 
 SEED_FORMAT = 1
 
@@ -104,11 +105,23 @@ def observe_disks(layout: Layout, broken: dict[str, str]) -> dict[str, DiskState
         except WarmvmError as e:
             broken[str(Ref.vm(vm_dir.name))] = str(e)
             continue
-        if record is None or not files.disk.exists():
+        if record is None:
             continue  # a disk without its record was never finished: it is rebuilt
+        try:
+            allocated = files.disk.stat().st_blocks * 512
+        except FileNotFoundError:
+            continue  # nor is a record without its disk
         seed = layout.resolve(record.seed) if record.seed else None
-        out[vm_dir.name] = DiskState(vm_dir.name, files.disk, record, seed)
+        out[vm_dir.name] = DiskState(vm_dir.name, files.disk, record, seed, allocated)
     return out
+
+
+def observe_space(root: Path) -> StateSpace:
+    """The file system the state directory is on (or will be: its nearest existing parent's)."""
+    while not root.exists() and root != root.parent:
+        root = root.parent
+    fs = os.statvfs(root)
+    return StateSpace(size=fs.f_blocks * fs.f_frsize, free=fs.f_bavail * fs.f_frsize)
 
 
 class ImageFiles:

@@ -96,6 +96,7 @@ class DiskState:
     path: Path
     record: DiskRecord
     seed: Path | None  # the seed file a qcow2 disk is backed by (it must outlive the disk)
+    allocated: int = 0  # bytes its file takes on the file system now (its blocks; a qcow2 disk's seed aside)
 
     @property
     def image(self) -> str:
@@ -114,6 +115,23 @@ class DiskState:
         return self.record.format
 
 
+@dataclass(frozen=True)
+class StateSpace:
+    """The state directory's file system, as statvfs tells it."""
+
+    size: int  # all its blocks
+    free: int  # the blocks an unprivileged writer may still take: QEMU writes a guest's disk as warmvm-qemu
+
+
+class Trashed(Protocol):
+    """What the disk budget reads of a trashed disk coming back with its VM."""
+
+    @property
+    def disk(self) -> DiskRecord | None: ...
+    @property
+    def size(self) -> int: ...  # bytes the trash entry takes on the file system
+
+
 class DisksView(Protocol):
     """What the disk and seed planners read of a pass's observation."""
 
@@ -130,4 +148,7 @@ class DisksView(Protocol):
     @property
     def trash_seeds(self) -> frozenset[Path]: ...  # seeds backing a trashed disk
 
-    def restorable(self, vm: str, retention: float) -> object | None: ...  # its trashed disk comes back
+    @property
+    def space(self) -> StateSpace | None: ...  # None: not observed, so work disks are not budgeted
+
+    def restorable(self, vm: str, retention: float) -> Trashed | None: ...  # its trashed disk comes back

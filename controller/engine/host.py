@@ -25,7 +25,7 @@ from ..adapters import ext4, qemu, ssh
 from ..base.errors import PermanentError, WarmvmError, os_error
 from ..base.kinds import CloneMethod
 from ..base.model import Desired, HostCaps
-from ..disks.observe import ImageFiles, observe_disks, observe_images
+from ..disks.observe import ImageFiles, observe_disks, observe_images, observe_space
 from ..network.observe import observe_net
 from ..snapshots.observe import observe_snapshots
 from ..statedir.layout import TEMPLATE_DIR, Layout, VmFiles
@@ -76,7 +76,8 @@ class Host:
                             trash=observe_trash(self.layout),
                             broken=broken,
                             snapshots=observe_snapshots(self.layout, desired, caps),
-                            host=caps)
+                            host=caps,
+                            space=observe_space(self.layout.root))
         except OSError as e:
             raise os_error("observing the host", e) from None
 

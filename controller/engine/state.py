@@ -16,7 +16,7 @@ from pathlib import Path
 
 from ..base.kinds import CloneMethod
 from ..base.model import HostCaps, Lease
-from ..disks.state import DiskState, ImageState
+from ..disks.state import DiskState, ImageState, StateSpace
 from ..network.state import NetState
 from ..snapshots.state import Snapshots
 from ..vms.state import TrashEntry, VmState
@@ -34,6 +34,7 @@ class Observed:
     broken: dict[str, str] = field(default_factory=dict)  # "vm/NAME" -> why its records cannot be read
     snapshots: Snapshots = Snapshots()
     host: HostCaps = HostCaps()
+    space: StateSpace | None = None  # the state's file system; None: not observed (work disks go unbudgeted)
 
     @property
     def running(self) -> frozenset[str]:

@@ -10,7 +10,7 @@ from typing import Any, NoReturn
 from controller.adapters.netlink.messages import Address, Link
 from controller.base.kinds import Accel, DiskFormat, Taken
 from controller.base.model import HostCaps
-from controller.disks.state import DiskRecord, DiskState, ImageState, SeedFiles
+from controller.disks.state import DiskRecord, DiskState, ImageState, SeedFiles, StateSpace
 from controller.engine.state import Observed
 from controller.network.firewall import Guest, Ruleset
 from controller.network.state import FirewallState, net_state
@@ -107,7 +107,8 @@ def _disks(data: dict[str, Any]) -> Any:
         seed = f"images/{disk['image']}/seed-{disk['seed']}.ext4" if disk["seed"] else None
         record = DiskRecord(image=disk["image"], size=parse_quantity(disk["size"]), taken=Taken(disk["taken"]),
                             format=DiskFormat(disk["format"]), seed=seed, created=0.0)
-        out[vm] = DiskState(vm, STATE / "vms" / vm / "disk.img", record, STATE / seed if seed else None)
+        out[vm] = DiskState(vm, STATE / "vms" / vm / "disk.img", record, STATE / seed if seed else None,
+                            parse_quantity(disk["allocated"]) if "allocated" in disk else 0)
     return out
 
 
@@ -136,10 +137,11 @@ def _trash(data: dict[str, Any]) -> Any:
             if e.get("ip") else None
         seed = f"images/{e['image']}/seed-{e['seed']}.ext4" if e.get("seed") else None
         taken = Taken.SEED_QCOW2 if e["format"] == "qcow2" else Taken.SEED_REFLINK
-        disk = DiskRecord(image=e["image"], size=1 << 30, taken=taken, format=DiskFormat(e["format"]), seed=seed,
-                          created=0.0) if e.get("image") else None
+        disk = DiskRecord(image=e["image"], size=parse_quantity(e.get("disk_size", "1Gi")), taken=taken,
+                          format=DiskFormat(e["format"]), seed=seed, created=0.0) if e.get("image") else None
         path = STATE / "trash" / f"{e['vm']}.{e['removed_at']}"
-        out.append(TrashEntry(e["vm"], e["removed_at"], path, record, disk, STATE / seed if seed else None, 1 << 20))
+        out.append(TrashEntry(e["vm"], e["removed_at"], path, record, disk, STATE / seed if seed else None,
+                              parse_quantity(e.get("size", "1Mi"))))
     return tuple(out)
 
 
@@ -164,7 +166,13 @@ def observed_from(data: dict[str, Any], specs: dict[str, Any]) -> Observed:
     return Observed(net=_net(data), images=_images(data), disks=_disks(data),
                     clone_method=data.get("clone_method", Missing("clone_method")), vms=_vms(data, specs),
                     now=data.get("now", Missing("now")), trash=_trash(data), broken=data.get("broken", {}),
-                    snapshots=_snapshots(data), host=_host(data))
+                    snapshots=_snapshots(data), host=_host(data), space=_space(data))
+
+
+def _space(data: dict[str, Any]) -> StateSpace | None:
+    """The state's file system; left out: not observed, so work disks go unbudgeted."""
+    given = data.get("space")
+    return StateSpace(parse_quantity(given["size"]), parse_quantity(given["free"])) if given else None
 
 
 def _host(data: dict[str, Any]) -> HostCaps:
