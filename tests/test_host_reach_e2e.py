@@ -90,15 +90,23 @@ def listeners(*specs: tuple[str, int, socket.SocketKind]) -> Iterator[list[Liste
             listener.close()
 
 
-def in_guest(state: Path, vm: str, line: str) -> subprocess.CompletedProcess[str]:
-    """`warmvm ssh VM -- LINE`, whatever its exit status."""
-    return subprocess.run([*ssh_command(state, vm), line], capture_output=True, text=True, timeout=60, cwd=REPO,
-                          stdin=subprocess.DEVNULL)
+def in_guest(state: Path, vm: str, line: str) -> str:
+    """`warmvm ssh VM -- LINE; echo exit=$?`: what it printed, then `exit=` and the status of LINE in the
+    guest (so a check cannot pass because SSH failed)."""
+    result = subprocess.run([*ssh_command(state, vm), f"{line}; echo exit=$?"], capture_output=True, text=True,
+                            timeout=60, cwd=REPO, stdin=subprocess.DEVNULL)
+    assert result.returncode == 0 and "exit=" in result.stdout, result
+    return result.stdout
 
 
 def tcp(address: str, port: int, text: str) -> str:
     """Connect from the guest, send `text`, print what comes back; `-w 2`: a dropped SYN gives up in 2 s."""
     return f"echo {text} | timeout 5 nc -w 2 {address} {port}"
+
+
+def udp(address: str, port: int) -> str:
+    """A DNS question from the guest (busybox nslookup; its server may name a port)."""
+    return f"timeout 4 nslookup -type=a warmvm.test {address}:{port}"
 
 
 def run(*args: str) -> None:
@@ -113,20 +121,21 @@ def test_a_guest_reaches_only_the_ports_its_network_opens_on_its_gateway(demo_ho
     run("ip", "addr", "add", f"{OTHER}/24", "dev", "wvt-other")
     run("ip", "link", "set", "wvt-other", "up")
     reconcile(specs, state)  # the host's SSH probe into the guest passed: replies to the host's connections pass
-    tcp_, udp = socket.SOCK_STREAM, socket.SOCK_DGRAM
-    with listeners((OTHER, 3128, tcp_), (GATEWAY, 8080, tcp_), (GATEWAY, 3128, tcp_), (GATEWAY, 53, udp),
-                   (GATEWAY, 5353, udp), ("0.0.0.0", 2222, tcp_)) as (other, closed, allowed, dns, udp_closed, wild):
+    stream, dgram = socket.SOCK_STREAM, socket.SOCK_DGRAM
+    with listeners((OTHER, 3128, stream), (GATEWAY, 8080, stream), (GATEWAY, 3128, stream), (GATEWAY, 53, dgram),
+                   (GATEWAY, 5353, dgram), ("0.0.0.0", 2222, stream)) as (other, closed, allowed, dns, udp_closed,
+                                                                          wild):
         # a service bound only to another interface's address: Linux would deliver it the guest's packets
-        assert "welcome" not in in_guest(state, "vm-r", tcp(OTHER, 3128, "to-other")).stdout
+        assert "welcome" not in in_guest(state, "vm-r", tcp(OTHER, 3128, "to-other"))
         # a port of the gateway that the network does not open, and one on every address
-        assert "welcome" not in in_guest(state, "vm-r", tcp(GATEWAY, 8080, "to-closed")).stdout
-        assert "welcome" not in in_guest(state, "vm-r", tcp(GATEWAY, 2222, "to-wildcard")).stdout
-        in_guest(state, "vm-r", f"timeout 4 nslookup -type=a warmvm.test {GATEWAY}:5353")
-        assert in_guest(state, "vm-r", f"ping -c 1 -W 2 {GATEWAY}").returncode != 0  # ICMP too
+        assert "welcome" not in in_guest(state, "vm-r", tcp(GATEWAY, 8080, "to-closed"))
+        assert "welcome" not in in_guest(state, "vm-r", tcp(GATEWAY, 2222, "to-wildcard"))
+        in_guest(state, "vm-r", udp(GATEWAY, 5353))
+        assert "exit=0" not in in_guest(state, "vm-r", f"ping -c 1 -W 2 {GATEWAY}")  # ICMP too
         # the ports it opens: TCP 3128 (no protocol given) and UDP 53, on the gateway address
         answer = in_guest(state, "vm-r", tcp(GATEWAY, 3128, "to-allowed"))
-        in_guest(state, "vm-r", f"timeout 4 nslookup -type=a warmvm.test {GATEWAY}:53")
-        assert "welcome" in answer.stdout, answer
+        in_guest(state, "vm-r", udp(GATEWAY, 53))
+        assert "welcome" in answer, answer
         assert [data for _, data in allowed.arrived] == [b"to-allowed\n"]
         assert dns.arrived and b"warmvm" in dns.arrived[0][1]
         assert other.arrived == closed.arrived == wild.arrived == udp_closed.arrived == []
@@ -168,7 +177,7 @@ def reach_outside(state: Path, outside: str) -> tuple[str, str]:
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, stdin=subprocess.DEVNULL)
     try:
         assert server.stdout is not None and server.stdout.readline().strip() == "listening"
-        got = in_guest(state, "vm-r", tcp(OUTSIDE, 9000, "from-guest")).stdout
+        got = in_guest(state, "vm-r", tcp(OUTSIDE, 9000, "from-guest"))
         if "welcome" not in got:
             server.kill()  # it would wait out its timeout: whatever it accepted, it has printed
         seen, _ = server.communicate(timeout=15)
@@ -184,7 +193,7 @@ def test_a_guest_reaches_other_networks_only_with_egress_nat_and_as_the_host(dem
     forwarding = Path("/proc/sys/net/ipv4/ip_forward")
     with outside_world() as outside:
         reconcile(specs, state)
-        assert reach_outside(state, outside) == ("", "")  # egress: none, and forwarding off as it was
+        assert reach_outside(state, outside)[1] == ""  # egress: none, and forwarding off as it was
         write(specs / "net.yaml", network_spec(size=1) + "  egress: nat\n")
         out = reconcile(specs, state).stderr
         assert "forwarding_enable" in out and forwarding.read_text().strip() == "1"
@@ -194,4 +203,5 @@ def test_a_guest_reaches_other_networks_only_with_egress_nat_and_as_the_host(dem
         write(specs / "net.yaml", network_spec(size=1))
         assert "forwarding_enable" not in reconcile(specs, state).stderr
         assert forwarding.read_text().strip() == "1"
-        assert reach_outside(state, outside) == ("", "")
+        got, seen = reach_outside(state, outside)
+        assert "welcome" not in got and seen == "", (got, seen)
