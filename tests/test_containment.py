@@ -1,4 +1,5 @@
-"""Guest containment: anti-spoofing rules in our nftables table, and isolateVMs.
+"""Guest containment: anti-spoofing rules in our bridge table, and isolateVMs (what guests reach of the
+host: test_host_reach.py).
 
 Pure tests first (the table's parser on recorded `nft -j` output, its text,
 the planner on hand-made observed state), then the real thing in a network
@@ -36,7 +37,9 @@ import pytest
 from controller.adapters.netlink.rtnl import dump_links
 from controller.base.model import Policy
 from controller.engine.plan import plan
-from controller.network.firewall import SHAPE, Guest, Ruleset, parse_table, parse_tables, render
+from controller.network.firewall import SHAPE, Guest, Ruleset, parse_table, render
+from controller.network.hostfilter import HostRules
+from controller.network.nfttable import parse_tables
 from controller.network.state import FirewallState
 from controller.specs.load import load
 
@@ -134,15 +137,16 @@ def test_table_names_are_listed_from_json() -> None:
     text = ('{"nftables": [{"metainfo": {"version": "1.0.6"}},'
             ' {"table": {"family": "bridge", "name": "warmvm-1234abcd"}},'
             ' {"table": {"family": "bridge", "name": "filter"}}]}')
-    assert parse_tables(text) == {"warmvm-1234abcd", "filter"}
+    assert parse_tables(text) == {("bridge", "warmvm-1234abcd"), ("bridge", "filter")}
 
 
 def test_names_nft_text_cannot_hold_are_refused() -> None:
     with pytest.raises(ValueError):
-        render(TABLE, Ruleset(frozenset({'tap"; flush ruleset'})))
+        render(TABLE, Ruleset(frozenset({'tap"; flush ruleset'})), HostRules())
     with pytest.raises(ValueError):
-        render(TABLE, Ruleset(guests=frozenset({Guest("tap-pool-0", "52:54:00:aa:bb:cc; drop", "10.88.0.2")})))
-    script = render(TABLE, RECORDED_RULES)
+        render(TABLE, Ruleset(guests=frozenset({Guest("tap-pool-0", "52:54:00:aa:bb:cc; drop", "10.88.0.2")})),
+               HostRules())
+    script = render(TABLE, RECORDED_RULES, HostRules())
     assert script.startswith(f"table bridge {TABLE}\ndelete table bridge {TABLE}\n")  # one replace transaction
     assert '"tap-pool-0" . 52:54:00:aa:bb:cc' in script and '"tap-pool-3" . 10.88.0.3' in script
 
@@ -187,8 +191,13 @@ def planned(tmp_path: Path, specs: str, observed: dict[str, Any], firewall: Fire
     return ([a.describe() for a in result.actions], [a.describe() for a in result.held_back], list(result.problems))
 
 
+CONTAINED = HostRules(frozenset({"wvbr0"}))  # the host's rules for wvbr0, with nothing open
+SYNCED = f"host={CONTAINED}"  # how a sync shows them
+
+
 def installed(rules: Ruleset | None) -> FirewallState:
-    return FirewallState(TABLE, rules is not None, rules)
+    """Both tables as `rules` and CONTAINED, or neither."""
+    return FirewallState(TABLE, rules is not None, rules, host=CONTAINED if rules is not None else None)
 
 
 def test_converged_host_with_its_rules_installed_plans_nothing(tmp_path: Path) -> None:
@@ -202,7 +211,7 @@ def test_converged_host_with_its_rules_installed_plans_nothing(tmp_path: Path) -
     for drifted in (None, Ruleset(frozenset({"tap-pool-1", "tap-pool-0"}))):
         actions, _, _ = planned(tmp_path, NET % "" + VM_A, observed, installed(drifted))
         assert actions == [f"firewall_sync firewall/{TABLE} table={TABLE} "
-                           f"rules=guests[tap-pool-0={MAC_A}/10.88.0.2] drop[tap-pool-1]"]
+                           f"rules=guests[tap-pool-0={MAC_A}/10.88.0.2] drop[tap-pool-1] {SYNCED}"]
 
 
 def test_new_vm_takes_its_tap_only_once_its_lease_is_observed_and_the_sync_comes_first(tmp_path: Path) -> None:
@@ -228,7 +237,7 @@ def test_a_tap_without_a_lease_on_its_network_sends_nothing(tmp_path: Path) -> N
     observed = {"links": [BRIDGE, held("tap-pool-0", "vm-a")],  # a network-only VM: no lease
                 "vms": {"vm-b": {"network": "other", "ip": "10.88.0.9", "alive": False}}}
     actions, _, _ = planned(tmp_path, NET % "" + VM_A, observed, installed(None))
-    assert f"firewall_sync firewall/{TABLE} table={TABLE} rules=guests[] drop[tap-pool-0]" in actions
+    assert f"firewall_sync firewall/{TABLE} table={TABLE} rules=guests[] drop[tap-pool-0] {SYNCED}" in actions
 
 
 def test_a_vm_whose_record_cannot_be_read_keeps_the_identity_installed_for_it(tmp_path: Path) -> None:
@@ -435,9 +444,9 @@ def test_a_guest_sends_only_as_itself(netns: str, workdir: tuple[Path, Path]) ->
     table = f"warmvm-{instance(state)}"
     with guest(taps[A[0]]) as a, host("wvbr0") as gw:
         gw_mac = gateway_mac(a, A)
-        # its own identity: the gateway answers its ping
+        # its own identity reaches the host (which answers no ping: test_host_reach.py)
         a.send(echo(gw_mac, A[1], A[2], GW, ident=1))
-        a.until(lambda f: icmp_of(f, 0, 1))
+        gw.until(lambda f: icmp_of(f, 8, 1))
         marker = echo(gw_mac, A[1], A[2], GW, ident=99)
         spoofs: dict[str, tuple[bytes, Callable[[bytes], bool]]] = {  # the frame, and how it shows if it passes
             "another guest's IP": (echo(gw_mac, A[1], B[2], GW, ident=2), lambda f: icmp_of(f, 8, 2)),
@@ -492,11 +501,11 @@ def test_isolated_guests_reach_the_gateway_but_not_each_other(netns: str, workdi
         a.send(arp_request(A[1], A[2], B[2]))  # who has B? a broadcast: the host sees it, B must not
         gw.until(lambda f: is_arp(f, 1, A[2], B[2]))
         a.send(echo(mac(B[1]), A[1], A[2], B[2], ident=11))  # unicast to B
-        b.send(echo(gw_mac, B[1], B[2], GW, ident=12))  # B's own ping: its reply comes after
-        seen = b.until(lambda f: icmp_of(f, 0, 12))
+        b.send(arp_request(B[1], B[2], GW))  # B's own question to the gateway: its answer comes after
+        seen = b.until(lambda f: is_arp(f, 2, GW, B[2]))
         assert not any(is_arp(f, 1, A[2], B[2]) or icmp_of(f, 8, 11) for f in seen)
         a.send(echo(gw_mac, A[1], A[2], GW, ident=13))
-        a.until(lambda f: icmp_of(f, 0, 13))
+        gw.until(lambda f: icmp_of(f, 8, 13))
     # the same guests without isolation do reach each other (the check above would have seen it)
     write(specs / "net.yaml", network_spec(size=1))
     assert "isolated=False" in reconcile(specs, state).stderr
@@ -541,19 +550,26 @@ def test_another_instance_and_foreign_tables_are_left_alone(netns: str, tmp_path
     nft("add", "table", "bridge", "filter")
     nft("add", "chain", "bridge", "filter", "forward", "{ type filter hook forward priority 0; policy accept; }")
     nft("add", "rule", "bridge", "filter", "forward", "iifname", "tap-pool-0", "accept")
+    nft("add", "table", "inet", "filter")
+    nft("add", "chain", "inet", "filter", "input", "{ type filter hook input priority 0; policy accept; }")
+    nft("add", "rule", "inet", "filter", "input", "iifname", "wvbr0", "accept")
     reconcile(*one)
     reconcile(*two)
-    tables = {f"warmvm-{instance(one[1])}", f"warmvm-{instance(two[1])}", "filter"}
-    assert set(parse_tables(nft("-j", "list", "tables", "bridge"))) == tables
-    theirs = nft("list", "table", "bridge", f"warmvm-{instance(two[1])}")
-    foreign = nft("list", "table", "bridge", "filter")
-    assert "tap-b-" in theirs and "tap-pool-" not in theirs
+    ours = {(family, f"warmvm-{instance(state)}") for family in ("bridge", "inet") for state in (one[1], two[1])}
+    foreign = {("bridge", "filter"), ("inet", "filter")}
+    assert parse_tables(nft("-j", "list", "tables")) == ours | foreign
+    theirs = {family: nft("list", "table", family, f"warmvm-{instance(two[1])}") for family in ("bridge", "inet")}
+    before = {family: nft("list", "table", family, "filter") for family in ("bridge", "inet")}
+    assert "tap-b-" in theirs["bridge"] and "tap-pool-" not in theirs["bridge"]
+    assert "wvbr1" in theirs["inet"] and "wvbr0" not in theirs["inet"]
     (one[0] / "net.yaml").unlink()
     out = reconcile(*one).stderr
     assert "firewall_delete" in out
-    assert set(parse_tables(nft("-j", "list", "tables", "bridge"))) == tables - {f"warmvm-{instance(one[1])}"}
-    assert nft("list", "table", "bridge", f"warmvm-{instance(two[1])}") == theirs
-    assert nft("list", "table", "bridge", "filter") == foreign
+    gone = {(family, f"warmvm-{instance(one[1])}") for family in ("bridge", "inet")}
+    assert parse_tables(nft("-j", "list", "tables")) == (ours | foreign) - gone
+    assert {family: nft("list", "table", family, f"warmvm-{instance(two[1])}") for family in ("bridge", "inet")} \
+        == theirs
+    assert {family: nft("list", "table", family, "filter") for family in ("bridge", "inet")} == before
 
 
 def test_nft_missing_is_one_problem_line_not_a_traceback(netns: str, workdir: tuple[Path, Path]) -> None:

@@ -33,9 +33,13 @@ Case format (quantities as in specs: 64Mi, 1Gi):
                   on_disk: [{image, fingerprint, complete: BOOL}],
                   failed: {IMAGE/FP: why}}
                  left out: none wanted, none on disk (no VM asks to be restored)
-      firewall:  {present: BOOL, dropped: [PORT...], guests: [{port, mac, ip}]} | {error: WHY}
-                 our nftables table (warmvm-c0ffee00); left out: not observed, so containment
-                 is not planned (as before a state directory exists). Links may say `isolated: true`.
+      firewall:  {present: BOOL, dropped: [PORT...], guests: [{port, mac, ip}],
+                  host: {bridges: [BRIDGE...], allowed: [BRIDGE:GATEWAY:PORT/PROTO...], egress: [BRIDGE...]},
+                  forwarding: BOOL} | {error: WHY}
+                 our nftables tables (warmvm-c0ffee00): the bridge table's sets, and the inet table's
+                 under `host` (left out: that table is absent); forwarding: net.ipv4.ip_forward
+                 (default false). `firewall` left out: not observed, so containment is not planned
+                 (as before a state directory exists). Links may say `isolated: true`.
       host:      {kvm: BOOL, tsc_khz: N}   the host's capabilities; left out: no KVM (as here)
       space:     {size: SIZE, free: SIZE}   the state's file system; left out: not observed, so work
                  disks are not budgeted

@@ -1,4 +1,4 @@
-"""nftables through its own command line: list our table, list the bridge family's tables, apply a script.
+"""nftables through its own command line: list one table, list the tables, apply a script.
 
 The library the network observer and driver use for guest containment
 (firewall.py has the ruleset as data, its text and its parser). One `nft`
@@ -32,9 +32,9 @@ def list_table(family: str, table: str) -> str | None:
         raise
 
 
-def list_tables(family: str) -> str:
-    """`nft -j list tables FAMILY`: the family's tables, as JSON."""
-    return _run(["-j", "list", "tables", family])
+def list_tables() -> str:
+    """`nft -j list tables`: every family's tables (their names only), as JSON."""
+    return _run(["-j", "list", "tables"])
 
 
 def apply(script: str) -> None:

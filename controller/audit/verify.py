@@ -81,7 +81,7 @@ def _network(desired: Desired, observed: Observed) -> list[Finding]:
             out.append(Finding("tap", tap.name, "down"))
     firewall = observed.net.firewall
     if firewall is not None and firewall.present and not observed.net.taps:
-        out.append(Finding("firewall", firewall.table, "our nftables table, with no TAP of ours left"))
+        out.append(Finding("firewall", firewall.table, "our nftables tables, with no TAP of ours left"))
     for net in sorted(desired.networks.values(), key=lambda n: n.name):
         surplus = len(observed.net.idle_taps(net.name)) - net.pool_size
         if surplus > 0:

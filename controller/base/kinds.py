@@ -57,6 +57,20 @@ class Outcome(StrEnum):
     FAILED = "failed"  # a PermanentError: not retried within the run
 
 
+class Egress(StrEnum):
+    """What a network's guests may reach beyond the host (a Network's `egress`)."""
+
+    NONE = "none"  # nothing: the host forwards none of their packets
+    NAT = "nat"  # other networks, out of the host's other interfaces, with the host's address (masquerade)
+
+
+class Transport(StrEnum):
+    """A port's protocol, as a Network's `hostPorts` names it."""
+
+    TCP = "tcp"
+    UDP = "udp"
+
+
 class Role(StrEnum):
     """What a device of warmvm's is for, as its mark says."""
 

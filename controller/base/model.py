@@ -12,7 +12,7 @@ from ipaddress import IPv4Address, IPv4Network
 from pathlib import Path
 
 from .errors import SpecError
-from .kinds import Accel, BootMode
+from .kinds import Accel, BootMode, Egress, Transport
 
 IFNAMSIZ = 15  # the kernel's limit on a device name (16 bytes with its NUL)
 
@@ -26,6 +26,17 @@ class Source:
         return f"{self.file}:{self.line}"
 
 
+@dataclass(frozen=True, order=True)
+class HostPort:
+    """A port of the host that a network's guests may reach on their gateway address."""
+
+    protocol: Transport
+    port: int
+
+    def __str__(self) -> str:
+        return f"{self.port}/{self.protocol}"
+
+
 @dataclass(frozen=True, kw_only=True)
 class Network:
     name: str
@@ -35,6 +46,8 @@ class Network:
     pool_prefix: str
     source: Source
     isolate_vms: bool = False  # bridge port isolation: its guests reach the gateway, never each other
+    host_ports: tuple[HostPort, ...] = ()  # all its guests may open on the host: these ports of the gateway
+    egress: Egress = Egress.NONE  # nat: its guests reach other networks, masqueraded as the host
 
     @property
     def gateway(self) -> IPv4Address:

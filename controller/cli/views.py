@@ -25,7 +25,8 @@ def networks(desired: Desired, observed: Observed) -> list[Row]:
         rows.append({"name": net.name, "bridge": net.bridge, "bridgeState": state, "cidr": str(net.cidr),
                      "gateway": str(net.gateway), "idle": len(observed.net.idle_taps(net.name)),
                      "target": net.pool_size,
-                     "vms": sum(1 for t in observed.net.taps if t.mark.network == net.name and t.mark.vm)})
+                     "vms": sum(1 for t in observed.net.taps if t.mark.network == net.name and t.mark.vm),
+                     "hostPorts": ",".join(map(str, net.host_ports)) or "-", "egress": str(net.egress)})
     return rows
 
 

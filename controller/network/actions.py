@@ -9,6 +9,7 @@ from typing import ClassVar
 from ..base.actions import PHASE_CLEANUP, PHASE_SETUP, PHASE_WARM, Action
 from ..base.kinds import Role
 from .firewall import Ruleset
+from .hostfilter import HostRules
 
 
 @dataclass(frozen=True)
@@ -110,19 +111,36 @@ class DeviceAdopt(Action):
 
 @dataclass(frozen=True)
 class FirewallSync(Action):
-    """Replace our nftables table with `rules`, whole, in one transaction. Before anything else in a
-    pass: a guest starts only on a TAP whose rules already name it."""
+    """Replace our nftables tables with `rules` (the bridge table) and `host` (the inet table), whole,
+    in one transaction. Before anything else in a pass: a guest starts only on a TAP whose rules
+    already name it."""
 
     kind: ClassVar[str] = "firewall_sync"
     about: ClassVar[tuple[str, str]] = ("firewall", "table")
     phase: ClassVar[int] = PHASE_SETUP
     table: str
     rules: Ruleset
+    host: HostRules
+
+
+IP_FORWARD = "net.ipv4.ip_forward"
+
+
+@dataclass(frozen=True)
+class ForwardingEnable(Action):
+    """net.ipv4.ip_forward = 1, for networks with `egress: nat` (never turned off: other users of the
+    host may rely on it). After the sync, so our forward rules are in place first."""
+
+    kind: ClassVar[str] = "forwarding_enable"
+    about: ClassVar[tuple[str, str]] = ("sysctl", "setting")
+    phase: ClassVar[int] = PHASE_SETUP
+    setting: str
+    networks: tuple[str, ...]  # those that ask for it
 
 
 @dataclass(frozen=True)
 class FirewallDelete(Action):
-    """Our table goes once no TAP of ours is left to contain."""
+    """Our tables go once no TAP of ours is left to contain."""
 
     kind: ClassVar[str] = "firewall_delete"
     about: ClassVar[tuple[str, str]] = ("firewall", "table")

@@ -10,8 +10,11 @@ A new TAP is marked, attached and brought up while our file descriptor still
 holds it, and made persistent last: if we die before that, the kernel deletes
 it with our descriptor, so no unmarked TAP of ours can ever be left behind.
 
-Guest containment goes through nft (nft.py): our one table, named by this
+Guest containment goes through nft (nft.py): our two tables, named by this
 instance, replaced whole in one transaction; no other table is ever named.
+Egress needs net.ipv4.ip_forward: turned on when a network asks for it, as
+libvirt does for its NAT networks, and never turned off (other users of the
+host may rely on it).
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ from collections.abc import Callable, Sequence
 from ipaddress import IPv4Interface
 from typing import TYPE_CHECKING
 
-from ..adapters import nft
+from ..adapters import nft, sysctl
 from ..adapters.netlink import rtnl
 from ..adapters.netlink.messages import LinkChange
 from ..base.actions import Details, Handlers
@@ -34,6 +37,7 @@ from .actions import (
     DeviceAdopt,
     FirewallDelete,
     FirewallSync,
+    ForwardingEnable,
     PoolGrow,
     PoolShrink,
     TapAttach,
@@ -41,8 +45,9 @@ from .actions import (
     TapRelease,
 )
 from .devices import TapMaker, guard
-from .firewall import render, render_delete, table_name
+from .firewall import render, render_delete
 from .marks import Mark, bridge_mark, pool_mark, vm_mark
+from .nfttable import table_name
 from .state import NetworkView
 
 if TYPE_CHECKING:
@@ -83,7 +88,7 @@ class NetworkDriver:
         return {BridgeEnsure: self.bridge_ensure, BridgeDelete: self.bridge_delete, PoolGrow: self.pool_grow,
                 PoolShrink: self.pool_shrink, TapAttach: self.tap_attach, TapClaim: self.tap_claim,
                 TapRelease: self.tap_release, DeviceAdopt: self.device_adopt, FirewallSync: self.firewall_sync,
-                FirewallDelete: self.firewall_delete}
+                FirewallDelete: self.firewall_delete, ForwardingEnable: self.forwarding_enable}
 
     # --- actions ---------------------------------------------------------------
 
@@ -131,9 +136,14 @@ class NetworkDriver:
         return {"device": a.device, "mark": str(ours)}
 
     def firewall_sync(self, a: FirewallSync) -> Details:
-        script = _render(lambda: render(self._our_table(a.table), a.rules))
-        _nft(f"{a.table}: replace", lambda: nft.apply(script))
-        return {"guests": len(a.rules.guests), "drop": len(a.rules.drop)}
+        script = _render(lambda: render(self._our_table(a.table), a.rules, a.host))
+        _os(f"{a.table}: replace", lambda: nft.apply(script))
+        return {"guests": len(a.rules.guests), "drop": len(a.rules.drop), "bridges": len(a.host.bridges),
+                "allowed": len(a.host.allowed), "egress": len(a.host.egress)}
+
+    def forwarding_enable(self, a: ForwardingEnable) -> Details:
+        _os(f"{sysctl.IP_FORWARD}: set to 1", lambda: sysctl.write(sysctl.IP_FORWARD, "1"))
+        return {"networks": ",".join(a.networks)}
 
     def firewall_delete(self, a: FirewallDelete) -> Details:
         script = _render(lambda: render_delete(self._our_table(a.table)))
@@ -227,7 +237,8 @@ def _render(make: Callable[[], str]) -> str:
         raise PermanentError(str(e)) from None
 
 
-def _nft(what: str, fn: Callable[[], None]) -> None:
+def _os(what: str, fn: Callable[[], None]) -> None:
+    """An OSError of nft or /proc/sys, as one line."""
     try:
         fn()
     except OSError as e:

@@ -1,19 +1,22 @@
-"""Reads the network namespace into NetState: one link dump, one address dump, one nft call.
+"""Reads the network namespace into NetState: one link dump, one address dump, one or two nft calls.
 
-The nft call reads our containment table (`nft -j list table bridge
-warmvm-ID`) when we hold TAPs it must cover; with none, only the bridge
-family's table names are listed, to see whether a table is left to delete.
-If nft cannot be asked (not installed, refused), that is a fact too, one
-line the planner reports as a problem, never an exception.
+With TAPs of ours to contain, both our tables are read (`nft -j list table
+bridge warmvm-ID`, then `inet`), and net.ipv4.ip_forward with them (a file);
+with none, only the tables' names are listed (`nft -j list tables`), to see
+whether one is left to delete. If nft cannot be asked (not installed,
+refused), that is a fact too, one line the planner reports as a problem,
+never an exception.
 """
 
 from __future__ import annotations
 
 from dataclasses import replace
 
-from ..adapters import nft
+from ..adapters import nft, sysctl
 from ..adapters.netlink.rtnl import dump_addresses, dump_links
-from .firewall import FAMILY, parse_table, parse_tables, table_name
+from .firewall import FAMILIES, FAMILY, parse_table
+from .hostfilter import HOST, parse_host_table
+from .nfttable import parse_tables, table_name
 from .state import FirewallState, NetState, net_state
 
 
@@ -27,10 +30,20 @@ def observe_net(instance: str | None) -> NetState:
 def observe_firewall(table: str, needed: bool) -> FirewallState:
     try:
         if not needed:
-            return FirewallState(table, table in parse_tables(nft.list_tables(FAMILY)), None)
-        text = nft.list_table(FAMILY, table)
-        return FirewallState(table, text is not None, parse_table(text) if text is not None else None)
+            listed = parse_tables(nft.list_tables())
+            return FirewallState(table, any((family, table) in listed for family in FAMILIES), None)
+        guests, host = nft.list_table(FAMILY, table), nft.list_table(HOST.family, table)
+        return FirewallState(table, guests is not None or host is not None,
+                             parse_table(guests) if guests is not None else None,
+                             host=parse_host_table(host) if host is not None else None, forwarding=_forwarding())
     except OSError as e:
         return FirewallState(table, False, None, error=e.strerror or str(e))
     except ValueError as e:  # output we cannot read: as good as no answer
         return FirewallState(table, False, None, error=f"nft: {e}")
+
+
+def _forwarding() -> bool | None:
+    try:
+        return sysctl.read(sysctl.IP_FORWARD) == "1"
+    except OSError:
+        return None  # unknown: egress that needs it plans to turn it on, and the driver says why it cannot

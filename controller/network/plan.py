@@ -6,12 +6,14 @@ idle TAPs to VMs (a new one only when the pool is empty), take them back
 when a VM goes, and delete what is surplus. Devices of networks whose spec
 went are torn down, TAPs first, then the bridge.
 
-Containment (firewall.py): every TAP of ours is in our nftables table, a
+Containment (firewall.py): every TAP of ours is in our bridge table, a
 VM's with its recorded MAC and IP, any other's as a port that sends nothing;
-the table is synced whole when it differs, before anything else in the pass.
-A VM with an image takes its TAP only once its lease (its record) is
-observed, so the sync that names it on its TAP comes first, and its guest
-never starts behind a port that drops it.
+every bridge of ours is in our inet table (hostfilter.py), with the ports
+its network opens on its gateway and whether it has egress. Both tables are
+synced whole when either differs, before anything else in the pass. A VM
+with an image takes its TAP only once its lease (its record) is observed,
+so the sync that names it on its TAP comes first, and its guest never
+starts behind a port that drops it.
 """
 
 from __future__ import annotations
@@ -19,14 +21,16 @@ from __future__ import annotations
 from ipaddress import IPv4Interface
 
 from ..base.actions import Action
-from ..base.kinds import Ref, Role
+from ..base.kinds import Egress, Ref, Role
 from ..base.model import VM, Desired, Network
 from .actions import (
+    IP_FORWARD,
     BridgeDelete,
     BridgeEnsure,
     DeviceAdopt,
     FirewallDelete,
     FirewallSync,
+    ForwardingEnable,
     PoolGrow,
     PoolShrink,
     TapAttach,
@@ -34,6 +38,7 @@ from .actions import (
     TapRelease,
 )
 from .firewall import Guest, Ruleset
+from .hostfilter import Allowed, HostRules
 from .state import NetState, NetworkView, TapState
 
 
@@ -58,7 +63,7 @@ def plan_networks(desired: Desired, observed: NetworkView) -> tuple[list[Action]
         actions += acts
         problems += probs
     actions += _plan_orphans(networks, vms, state, held, running)
-    acts, probs = _plan_firewall(observed, [a for a in actions if isinstance(a, TapClaim)])
+    acts, probs = _plan_firewall(desired, observed, [a for a in actions if isinstance(a, TapClaim)])
     return acts + actions, problems + probs
 
 
@@ -150,10 +155,11 @@ def _plan_orphans(networks: dict[str, Network], vms: dict[str, VM], state: NetSt
     return actions
 
 
-def _plan_firewall(observed: NetworkView, claims: list[TapClaim]) -> tuple[list[Action], list[str]]:
-    """Our table, synced when it differs from what our TAPs (with this pass's claims) want, and
-    deleted when no TAP of ours is left. Releases and deletions are not anticipated: they may be held
-    back, and the TAPs they free belong to stopped VMs, which send nothing."""
+def _plan_firewall(desired: Desired, observed: NetworkView,
+                   claims: list[TapClaim]) -> tuple[list[Action], list[str]]:
+    """Our tables, synced when they differ from what our TAPs (with this pass's claims) and networks
+    want, and deleted when no TAP of ours is left. Releases and deletions are not anticipated: they
+    may be held back, and the TAPs they free belong to stopped VMs, which send nothing."""
     fw = observed.net.firewall
     if fw is None:
         return [], []
@@ -163,7 +169,40 @@ def _plan_firewall(observed: NetworkView, claims: list[TapClaim]) -> tuple[list[
         return [], problems + ([f"firewall/{fw.table}: {fw.error}; guests are not contained"] if wanted else [])
     if wanted is None:
         return ([FirewallDelete(fw.table)] if fw.present else []), problems
-    return ([] if fw.present and fw.rules == wanted else [FirewallSync(fw.table, wanted)]), problems
+    host = _wanted_host(desired, observed.net)
+    actions: list[Action] = []
+    if fw.rules != wanted or fw.host != host:
+        actions.append(FirewallSync(fw.table, wanted, host))
+    nat = tuple(sorted(n.name for n in desired.networks.values() if n.bridge in host.egress))
+    if nat and fw.forwarding is not True:
+        actions.append(ForwardingEnable(IP_FORWARD, nat))
+    return actions, problems
+
+
+def _wanted_host(desired: Desired, state: NetState) -> HostRules:
+    """Every bridge of ours is contained: a network's with the ports it opens and its egress, one no
+    network names (its spec went, or names another bridge) with nothing; while specs are invalid,
+    such a bridge keeps what is installed for it (the broken file may still describe its network)."""
+    fw = state.firewall
+    installed = fw.host if fw is not None and fw.host is not None else HostRules()
+    bridges: set[str] = set()
+    allowed: set[Allowed] = set()
+    egress: set[str] = set()
+    for net in desired.networks.values():
+        bridge = state.bridges.get(net.bridge)
+        if (bridge is not None and bridge.owner != net.name) or (bridge is None and net.bridge in state.names):
+            continue  # not ours (a problem of its own), or to be adopted first
+        bridges.add(net.bridge)
+        allowed |= {Allowed(net.bridge, str(net.gateway), port) for port in net.host_ports}
+        if net.egress == Egress.NAT:
+            egress.add(net.bridge)
+    for bridge in state.bridges.values():
+        if bridge.owner and bridge.name not in bridges:
+            bridges.add(bridge.name)
+            if not desired.complete:
+                allowed |= {a for a in installed.allowed if a.bridge == bridge.name}
+                egress |= installed.egress & {bridge.name}
+    return HostRules(frozenset(bridges), frozenset(allowed), frozenset(egress))
 
 
 def _wanted_rules(observed: NetworkView, claims: list[TapClaim], problems: list[str]) -> Ruleset | None:

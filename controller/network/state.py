@@ -3,8 +3,8 @@
 The dump that produces Link and Address records is in rtnl.py, the reading
 in observe.py. Splits devices into bridges (ours or not), warmvm-owned TAPs
 with their roles, and the set of every name in use, which is all the TAP
-name allocator needs; and holds what our containment table contains
-(firewall.py), when it was read.
+name allocator needs; and holds what our containment tables contain
+(firewall.py, hostfilter.py), when they were read.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from ..adapters.netlink.messages import Address, Link
 from ..base.kinds import Role
 from ..base.model import Lease
 from .firewall import Ruleset
+from .hostfilter import HostRules
 from .marks import Mark, parse_mark
 
 
@@ -47,12 +48,14 @@ class TapState:
 
 @dataclass(frozen=True)
 class FirewallState:
-    """Our nftables table (`bridge warmvm-INSTANCE`) as observed."""
+    """Our nftables tables (`bridge warmvm-INSTANCE`, `inet warmvm-INSTANCE`) as observed."""
 
-    table: str
-    present: bool
-    rules: Ruleset | None  # None: not read (absent, or nothing of ours needed it and it was only listed)
-    error: str | None = None  # nft could not be asked: why, in one line (present and rules unknown)
+    table: str  # their name
+    present: bool  # either of them exists
+    rules: Ruleset | None  # the bridge table's; None: absent, or not read (nothing of ours needed it)
+    error: str | None = None  # nft could not be asked: why, in one line (the rest unknown)
+    host: HostRules | None = None  # the inet table's; None: absent, or not read
+    forwarding: bool | None = None  # net.ipv4.ip_forward; None: not read
 
 
 @dataclass(frozen=True)

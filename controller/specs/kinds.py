@@ -7,15 +7,19 @@ from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv4Network
 from typing import Any
 
+from ..base.kinds import Egress
+from ..base.model import HostPort
 from .schema import (
     BRIDGE_MAX_PORTS,
     Field,
+    Items,
     Schema,
     boolean,
     check_cidr,
     check_ifname,
     check_ip,
     check_prefix,
+    host_port,
     integer,
     labels,
     one_of,
@@ -44,6 +48,8 @@ class NetworkSpec:
     tap_pool: TapPoolSpec
     isolate_vms: bool = False
     host_selector: dict[str, str] | None = None  # fleet mode: the hosts it applies to (all: None)
+    host_ports: tuple[HostPort, ...] = ()  # what its guests may open on the host, at their gateway address
+    egress: Egress = Egress.NONE  # nat: forwarded to other networks as the host
 
 
 @dataclass(frozen=True)
@@ -90,9 +96,11 @@ METADATA = Schema(lambda **v: Metadata(v["name"]), (Field("name", string),))
 TAP_POOL = Schema(lambda **v: TapPoolSpec(v["size"], v["prefix"]),
                   (Field("size", integer(0, BRIDGE_MAX_PORTS), 0), Field("prefix", check_prefix, "tap-pool-")))
 SELECTOR = Field("hostSelector", optional(labels), None)  # fleet mode only; a host runs its own specs whole
-NETWORK = Schema(lambda **v: NetworkSpec(v["bridge"], v["cidr"], v["tapPool"], v["isolateVMs"], v["hostSelector"]),
+NETWORK = Schema(lambda **v: NetworkSpec(v["bridge"], v["cidr"], v["tapPool"], v["isolateVMs"], v["hostSelector"],
+                                         v["hostPorts"], Egress(v["egress"])),
                  (Field("bridge", check_ifname), Field("cidr", check_cidr),
-                  Field("tapPool", TAP_POOL, TapPoolSpec()), Field("isolateVMs", boolean, False), SELECTOR))
+                  Field("tapPool", TAP_POOL, TapPoolSpec()), Field("isolateVMs", boolean, False), SELECTOR,
+                  Field("hostPorts", Items(host_port), ()), Field("egress", one_of(*map(str, Egress)), Egress.NONE)))
 WORK_SEED = Schema(lambda **v: WorkSeedSpec(v["from"], v["size"]),
                    (Field("from", string), Field("size", optional(parse_quantity), None)), before=_none_or_mapping)
 IMAGE = Schema(lambda **v: ImageSpec(v["kernel"], v["initrd"], v["rootfs"], v["workSeed"], v["default"],

@@ -163,7 +163,8 @@ class _Loader:
 
     def _network(self, name: str, doc: Document, spec: NetworkSpec) -> Network:
         return Network(name=name, bridge=spec.bridge, cidr=spec.cidr, pool_size=spec.tap_pool.size,
-                       pool_prefix=spec.tap_pool.prefix, source=self._source(doc), isolate_vms=spec.isolate_vms)
+                       pool_prefix=spec.tap_pool.prefix, source=self._source(doc), isolate_vms=spec.isolate_vms,
+                       host_ports=spec.host_ports, egress=spec.egress)
 
     def _check_networks(self, networks: dict[str, Network]) -> None:
         seen: list[Network] = []

@@ -19,7 +19,8 @@ from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv4Network
 from typing import Any, Generic, TypeVar
 
-from ..base.model import IFNAMSIZ
+from ..base.kinds import Transport
+from ..base.model import IFNAMSIZ, HostPort
 
 API_VERSION = "warmvm/v1"
 BRIDGE_MAX_PORTS = 1023
@@ -160,6 +161,23 @@ def check_ip(value: Any) -> IPv4Address:
         raise ValueError(f"{value!r} is not an IPv4 address") from None
 
 
+_PORT = re.compile(r"^(\d{1,5})(?:/([a-z]+))?$")
+
+
+def host_port(value: Any) -> HostPort:
+    """A port and its protocol, `53/udp`, or a bare number for TCP."""
+    text = str(value) if isinstance(value, int | str) and not isinstance(value, bool) else ""
+    m = _PORT.match(text)
+    if m is None:
+        raise ValueError(f"{value!r} is not a port: a number, optionally with /tcp or /udp (e.g. 3128, 53/udp)")
+    port, protocol = int(m.group(1)), m.group(2) or Transport.TCP
+    if not 1 <= port <= 65535:
+        raise ValueError(f"port {port} is not in 1..65535")
+    if protocol not in tuple(Transport):
+        raise ValueError(f"{value!r}: the protocol is tcp or udp, not {protocol!r}")
+    return HostPort(Transport(protocol), port)
+
+
 # --- the schema machinery ----------------------------------------------------------------
 
 T = TypeVar("T")
@@ -169,8 +187,31 @@ _REQUIRED: Any = object()
 @dataclass(frozen=True)
 class Field:
     key: str  # as written in the spec
-    parse: Parse | Schema[Any]
+    parse: Parse | Schema[Any] | Items
     default: Any = _REQUIRED
+
+
+@dataclass(frozen=True)
+class Items:
+    """A list, each item read by `parse`: every bad item is an error of its own, at its index."""
+
+    parse: Parse
+
+    def validate(self, data: Any, at: FieldPath, errors: list[tuple[FieldPath, str]]) -> tuple[Any, ...] | None:
+        if not isinstance(data, list):
+            errors.append((at, "must be a list"))
+            return None
+        before, out = len(errors), []
+        for index, item in enumerate(data):
+            try:
+                value = self.parse(item)
+            except ValueError as e:
+                errors.append((at + (index,), str(e)))
+                continue
+            if value in out:
+                errors.append((at + (index,), f"{value} is listed twice"))
+            out.append(value)
+        return None if len(errors) > before else tuple(out)
 
 
 @dataclass(frozen=True)
@@ -215,7 +256,7 @@ class Schema(Generic[T]):
 
     @staticmethod
     def _field(f: Field, value: Any, at: FieldPath, errors: list[tuple[FieldPath, str]]) -> Any:
-        if isinstance(f.parse, Schema):
+        if isinstance(f.parse, Schema | Items):
             before = len(errors)
             parsed = f.parse.validate(value, at, errors)
             return _INVALID if len(errors) > before else parsed

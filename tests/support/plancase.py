@@ -13,9 +13,10 @@ from controller.base.model import HostCaps
 from controller.disks.state import DiskRecord, DiskState, ImageState, SeedFiles, StateSpace
 from controller.engine.state import Observed
 from controller.network.firewall import Guest, Ruleset
+from controller.network.hostfilter import Allowed, HostRules
 from controller.network.state import FirewallState, net_state
 from controller.snapshots.state import Shape, Snapshot, SnapshotFiles, SnapshotRecord, Snapshots
-from controller.specs.schema import parse_quantity
+from controller.specs.schema import host_port, parse_quantity
 from controller.vms.plan import spec_hash
 from controller.vms.state import TrashEntry, VmRecord, VmState
 
@@ -76,10 +77,20 @@ def _firewall(data: dict[str, Any]) -> FirewallState | None:
     fw, table = data["firewall"] or {}, f"warmvm-{INSTANCE}"
     if fw.get("error"):
         return FirewallState(table, False, None, fw["error"])
+    forwarding = fw.get("forwarding", False)
     if not fw.get("present"):
-        return FirewallState(table, False, None)
+        return FirewallState(table, False, None, forwarding=forwarding)
     guests = frozenset(Guest(g["port"], g["mac"], g["ip"]) for g in fw.get("guests") or [])
-    return FirewallState(table, True, Ruleset(frozenset(fw.get("dropped") or []), guests))
+    host = fw.get("host")
+    return FirewallState(table, True, Ruleset(frozenset(fw.get("dropped") or []), guests),
+                         host=_host_rules(host) if host is not None else None, forwarding=forwarding)
+
+
+def _host_rules(host: dict[str, Any]) -> HostRules:
+    """The inet table as a case gives it: bridges, allowed as BRIDGE:GATEWAY:PORT/PROTO, egress."""
+    allowed = {Allowed(bridge, gateway, host_port(port))
+               for bridge, gateway, port in (a.split(":") for a in host.get("allowed") or [])}
+    return HostRules(frozenset(host.get("bridges") or []), frozenset(allowed), frozenset(host.get("egress") or []))
 
 
 def _images(data: dict[str, Any]) -> Any:
