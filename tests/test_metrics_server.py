@@ -255,3 +255,10 @@ def test_an_ipv6_loopback_address_is_served(netns: str) -> None:
         server.close()
     assert "warmvm-metrics" not in [t.name for t in threading.enumerate()]
 
+
+def test_both_units_bound_their_tasks_with_room_for_the_vms() -> None:
+    for unit in ("warmvm-watch.service", "warmvm-agent.service"):
+        text = (REPO / "hack" / unit).read_text()
+        limits = [line.partition("=")[2] for line in text.splitlines() if line.startswith("TasksMax=")]
+        assert len(limits) == 1 and limits[0].isdigit(), f"{unit}: TasksMax {limits}"
+        assert int(limits[0]) >= 200 * (2 + 8 + 64), f"{unit}: no room for 200 busy 8-vCPU QEMUs"
