@@ -3,18 +3,21 @@
 Counters and histograms follow the lifecycle log (every applied action,
 every pass, every wake-up); gauges are set from each pass's last
 observation (pool, VMs by phase, seeds), so they say what is, not what was
-done.
+done. They are served by endpoint.py (one thread, bounded connections).
 """
 
 from __future__ import annotations
 
+import sys
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.exposition import choose_encoder
 
 from ..base.model import Desired
 from ..engine.state import Observed
 from ..vms.plan import phase
+from .endpoint import MetricsServer, exposure, listen
 
 BOOT_BUCKETS = (0.25, 0.5, 1, 2, 3, 5, 8, 13, 21, 34, 60, 120)
 
@@ -46,9 +49,21 @@ class Metrics:
         self.disks_used = Gauge("warmvm_work_disks_used_bytes", "Bytes work disks take on the file system now",
                                 registry=r)
 
-    def serve(self, addr: str) -> None:
-        host, _, port = addr.rpartition(":")
-        start_http_server(int(port), host.strip("[]") or "127.0.0.1", registry=self.registry)
+    def serve(self, addr: str) -> MetricsServer:
+        """The endpoint on HOST:PORT (a bind error is one line); an address that is not loopback is said."""
+        server = MetricsServer(listen(addr), self.page)
+        note = exposure(server.address)
+        if note:
+            print(f"warmvm: {note}", file=sys.stderr, flush=True)
+        return server
+
+    def page(self, accept: str) -> tuple[bytes, str]:
+        """The exposition in the format the scraper asks for (Prometheus asks for OpenMetrics)."""
+        try:
+            encoder, content_type = choose_encoder(accept)
+        except (TypeError, ValueError):  # a malformed version in Accept: the plain text format
+            encoder, content_type = choose_encoder("")
+        return encoder(self.registry), content_type
 
     def event(self, stage: str, subject: str, outcome: str, ms: float, details: dict[str, Any]) -> None:
         self.actions.labels(stage, outcome).inc()
