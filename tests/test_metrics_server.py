@@ -196,7 +196,7 @@ def test_metrics_beyond_loopback_are_said_to_be_open_and_loopback_is_not(daemon:
         wait_for(lambda: "answer anyone" in wide.log(), timeout=30)
         line = next(line for line in wide.log().splitlines() if "answer anyone" in line)
         assert line == (f"warmvm: metrics on 0.0.0.0:{port} answer anyone who can reach this host (any address) "
-                        f"on port {port}, the guests too unless a firewall of yours stops them; "
+                        f"on port {port}, and the guests of a network whose hostPorts opens it; "
                         "127.0.0.1 keeps them to this host")
     finally:
         wide.proc.kill()
@@ -238,8 +238,8 @@ def test_a_scraper_that_asks_for_openmetrics_gets_it_and_a_malformed_accept_the_
     (("::1", 9464, 0, 0), None),
     (("::ffff:127.0.0.1", 9464, 0, 0), None),
     (("0.0.0.0", 9464), "metrics on 0.0.0.0:9464 answer anyone who can reach this host (any address) on port 9464"),
-    (("::", 9464, 0, 0), "metrics on [::]:9464 answer anyone who can reach this host (any address) on port 9464, the guests"),
-    (("10.0.0.5", 80), "metrics on 10.0.0.5:80 answer anyone who can reach 10.0.0.5 on port 80, the guests too"),
+    (("::", 9464, 0, 0), "metrics on [::]:9464 answer anyone who can reach this host (any address) on port 9464, and the guests"),
+    (("10.0.0.5", 80), "metrics on 10.0.0.5:80 answer anyone who can reach 10.0.0.5 on port 80, and the guests"),
     (("fe80::1%eth0", 80, 0, 2), "metrics on [fe80::1]:80 answer anyone who can reach fe80::1 on port 80; 127.0.0.1"),
 ])
 def test_an_address_beyond_loopback_is_said_to_be_open(address: tuple[str, int], said: str | None) -> None:

@@ -80,10 +80,10 @@ def exposure(address: tuple[str, int] | tuple[str, int, int, int]) -> str | None
         return None
     shown = f"[{ip}]:{address[1]}" if ip.version == 6 else f"{ip}:{address[1]}"
     where = "this host (any address)" if ip.is_unspecified else str(ip)
-    # the guests reach any IPv4 address of the host: their gateway is one, Linux answers for each of its
-    # addresses on every interface, and warmvm filters no input to the host (their IPv6 is dropped at
+    # Linux answers for each of its addresses on every interface, but warmvm's input filter lets a
+    # guest open only the ports its network lists in hostPorts, on its gateway (their IPv6 is dropped at
     # the bridge: README, "Security model: the network"); "::" takes IPv4 too
-    guests = ", the guests too unless a firewall of yours stops them" if ip.version == 4 or ip.is_unspecified else ""
+    guests = ", and the guests of a network whose hostPorts opens it" if ip.version == 4 or ip.is_unspecified else ""
     return f"metrics on {shown} answer anyone who can reach {where} on port {address[1]}{guests}; " \
            "127.0.0.1 keeps them to this host"
 
