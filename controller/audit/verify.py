@@ -100,6 +100,14 @@ def _vm_files(desired: Desired, observed: Observed, facts: HostFacts) -> list[Fi
             out.append(Finding("lease", name, f"IP {observed.vms[name].record.ip} leased to no VM"))
         else:
             out.append(Finding("vm-dir", name, "a VM directory of no VM"))
+    for name, state in sorted(observed.vms.items()):
+        if name in desired.vms and state.saved_size is not None:
+            if not state.resumable:
+                out.append(Finding("state", name, "a saved state (suspend.state) its record does not vouch for"))
+            elif state.alive and not state.record.suspending:
+                out.append(Finding("state", name, "a saved state beside a running QEMU that was not suspending"))
+        elif name in desired.vms and state.record.saved is not None and not state.alive:
+            out.append(Finding("state", name, "its record names a saved state, and there is none"))
     for entry in observed.trash:
         if entry.removed_at + desired.policy.retain_removed <= observed.now:
             out.append(Finding("trash", entry.path.name, "past its retention"))

@@ -19,6 +19,7 @@ class Accel(StrEnum):
 class BootMode(StrEnum):
     COLD = "cold"  # a full boot of the image
     RESTORE = "restore"  # from the image's boot snapshot
+    RESUME = "resume"  # from the VM's own saved state (it was suspended)
 
 
 class DiskFormat(StrEnum):

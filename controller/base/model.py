@@ -86,6 +86,7 @@ class VM:
     running: bool
     ip: IPv4Address | None
     source: Source
+    suspended: bool = False  # its memory in its own state file, no QEMU; false again: resumed from it
     boot: BootMode = BootMode.COLD  # restore: from the image's boot snapshot once there is one
 
 

@@ -85,7 +85,7 @@ class Metrics:
             self.pool_size.labels(net.name).set(net.pool_size)
             self.pool_idle.labels(net.name).set(len(observed.net.idle_taps(net.name)))
         phases: dict[str, int] = {p: 0 for p in ("Pending", "Provisioning", "Booting", "Running", "Stopped",
-                                                 "Failed", "Stopping", "CrashLoop")}
+                                                 "Failed", "Stopping", "CrashLoop", "Suspending", "Suspended")}
         for name in set(desired.vms) | set(observed.vms):
             current, _ = phase(name, desired.vms.get(name), observed)
             phases[current] = phases.get(current, 0) + 1

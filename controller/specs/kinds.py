@@ -82,6 +82,7 @@ class VMSpec:
     host_selector: dict[str, str] | None = None  # fleet mode: the hosts it may be placed on (any: None)
     on_host_loss: str = "wait"  # fleet mode: wait for its host, or recreate it elsewhere (a new VM)
     lost_after: float = 60.0  # fleet mode: seconds its host is lost before `recreate` places it anew
+    suspended: bool = False  # its memory saved to its own file and QEMU gone; false again: resumed from it
 
 
 def _none_or_mapping(value: Any) -> Any:
@@ -109,12 +110,14 @@ IMAGE = Schema(lambda **v: ImageSpec(v["kernel"], v["initrd"], v["rootfs"], v["w
                 Field("workSeed", WORK_SEED, WorkSeedSpec("rootfs:/root")), Field("default", boolean, False),
                 SELECTOR))
 VM = Schema(lambda **v: VMSpec(v["network"], v["image"], v["diskSize"], v["vcpus"], v["memory"], v["accel"],
-                               v["running"], v["ip"], v["boot"], v["hostSelector"], v["onHostLoss"], v["lostAfter"]),
+                               v["running"], v["ip"], v["boot"], v["hostSelector"], v["onHostLoss"], v["lostAfter"],
+                               v["suspended"]),
             (Field("network", optional(string), None), Field("image", optional(string), None),
              Field("diskSize", parse_quantity, 1 << 30), Field("vcpus", integer(1, 64), 1),
              Field("memory", parse_quantity, 256 << 20), Field("accel", one_of("auto", "kvm", "tcg"), "auto"),
              Field("running", boolean, True), Field("ip", optional(check_ip), None),
              Field("boot", one_of("cold", "restore"), "cold"), SELECTOR,
-             Field("onHostLoss", one_of("wait", "recreate"), "wait"), Field("lostAfter", seconds, 60.0)))
+             Field("onHostLoss", one_of("wait", "recreate"), "wait"), Field("lostAfter", seconds, 60.0),
+             Field("suspended", boolean, False)))
 
 SCHEMAS: dict[str, Schema[Any]] = {"Network": NETWORK, "Image": IMAGE, "VM": VM}

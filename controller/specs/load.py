@@ -260,8 +260,8 @@ class _Loader:
                                                 f"({net.cidr}, gateway {net.gateway})")
                 return None
         return VM(name=name, network=network, image=image, disk_size=spec.disk_size, vcpus=spec.vcpus,
-                  memory=spec.memory, accel=Accel(spec.accel), running=spec.running, ip=spec.ip,
-                  source=self._source(doc), boot=BootMode(spec.boot))
+                  memory=spec.memory, accel=Accel(spec.accel), running=spec.running, suspended=spec.suspended,
+                  ip=spec.ip, source=self._source(doc), boot=BootMode(spec.boot))
 
     def _reference(self, doc: Document, field: str, wanted: str | None, known: dict[str, Any],
                    kind: str, missing_ok: bool = False) -> str | None:

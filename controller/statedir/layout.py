@@ -19,6 +19,7 @@
     vms/VM/ssh_host_ed25519_key[.pub], known_hosts   its own SSH host key, and the pin of it
     vms/VM/qemu.pid, qmp.sock, console.log, qemu.log   its QEMU
     vms/VM/console.in, console.out       its console's FIFOs (drained into console.log)
+    vms/VM/suspend.state          a suspended VM's memory (suspend.state.refused-T: one that did not resume)
     vms/VM/identity               what a VM restored from a snapshot is told it is (fw_cfg), made at each start
     trash/VM.REMOVED/             a removed VM's directory, moved aside whole (disk and lease) at
                                   REMOVED (unix seconds), kept for the retention time
@@ -76,6 +77,15 @@ class VmFiles:
     @property
     def identity(self) -> Path:
         return self.directory / "identity"
+
+    @property
+    def saved_state(self) -> Path:
+        """A suspended VM's memory and devices (QEMU's migration stream), complete once renamed here."""
+        return self.directory / "suspend.state"
+
+    def refused_state(self, when: int) -> Path:
+        """A saved state that could not be resumed, kept aside for its operator (trashed with the VM)."""
+        return self.directory / f"suspend.state.refused-{when}"
 
     @property
     def pidfile(self) -> Path:

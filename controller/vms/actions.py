@@ -48,6 +48,7 @@ class VmStart(Action):
     snapshot: Snapshot | None = None  # restored from it (falling back to a cold boot if that fails)
     cold_because: str | None = None  # why a VM that asks to be restored boots cold
     uid: int | None = None  # what its QEMU runs as: the VM's own (never None when planned)
+    resume: bool | None = None  # True: from its own saved state (suspend.state), which its await loads
 
 
 @dataclass(frozen=True)
@@ -64,6 +65,7 @@ class VmAwait(Action):
     # its start spawned QEMU to restore this: the state is loaded here first. Not part of the wait's
     # identity: the daemon never runs a second wait for a VM beside the one loading its state
     snapshot: Snapshot | None = field(default=None, compare=False)
+    resume: bool | None = field(default=None, compare=False)  # True: its start spawned QEMU to resume
 
 
 @dataclass(frozen=True)
@@ -77,6 +79,26 @@ class VmStop(Action):
     @property
     def deletes(self) -> bool:  # type: ignore[override]
         return self.reason == REMOVED
+
+
+@dataclass(frozen=True)
+class VmSuspend(Action):
+    """Its guest paused, its whole state saved to its own file, QEMU gone; the disk, lease, TAP and
+    identity stay. Also what finishes a suspend a killed run began."""
+
+    kind: ClassVar[str] = "vm_suspend"
+    phase: ClassVar[int] = PHASE_SETUP
+    parallel: ClassVar[bool] = True  # each writes its own file
+    vm: str
+
+
+@dataclass(frozen=True)
+class VmContinue(Action):
+    """A guest a killed run paused to suspend, while its spec no longer asks for it: it runs on."""
+
+    kind: ClassVar[str] = "vm_continue"
+    phase: ClassVar[int] = PHASE_SETUP
+    vm: str
 
 
 @dataclass(frozen=True)

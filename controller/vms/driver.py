@@ -24,10 +24,23 @@ from ..base.kinds import BootMode, DiskFormat
 from ..disks.observe import read_disk_record
 from ..statedir.layout import SEED, Layout, VmFiles
 from ..statedir.store import atomic_write, fsync_dir, scratch_prefix, write_json
-from .actions import IpAssign, TrashExpire, VmAwait, VmExited, VmForget, VmRestore, VmStart, VmStop, VmTrash
+from .actions import (
+    IpAssign,
+    TrashExpire,
+    VmAwait,
+    VmContinue,
+    VmExited,
+    VmForget,
+    VmRestore,
+    VmStart,
+    VmStop,
+    VmSuspend,
+    VmTrash,
+)
 from .observe import read_record
 from .restore import Restorer, restored
 from .state import BOOT_ATTEMPTS, STABLE_RUN, VmRecord, VmsView, restart_delay
+from .suspend import Suspender
 
 
 @dataclass
@@ -36,14 +49,17 @@ class VmDriver:
     boot_timeout: float = 60.0
     stop_timeout: float = 3.0
     restorer: Restorer = field(init=False)
+    suspender: Suspender = field(init=False)
 
     def __post_init__(self) -> None:
         self.restorer = Restorer(self.layout, self.boot_timeout, self._save)
+        self.suspender = Suspender(self.layout, self.boot_timeout, self._save, self.restorer.snapshot_machine)
 
     def handlers(self) -> Handlers:
         return {IpAssign: self.ip_assign, VmStart: self.vm_start, VmAwait: self.vm_await, VmStop: self.vm_stop,
                 VmForget: self.vm_forget, VmTrash: self.vm_trash, VmRestore: self.vm_restore,
-                TrashExpire: self.trash_expire, VmExited: self.vm_exited}
+                TrashExpire: self.trash_expire, VmExited: self.vm_exited, VmSuspend: self.suspender.suspend,
+                VmContinue: self.suspender.resume_on}
 
     def prepare(self, observed: VmsView) -> None:
         """A pass starts: every running guest's console is drained into its bounded log."""
@@ -132,9 +148,13 @@ class VmDriver:
         # intent first: the record says a boot is starting before QEMU exists; QEMU's own pid file
         # then finds it, whenever this process dies
         starting = record.with_(pid=None, started=time.time(), accel=a.accel, ready=None, boots=record.boots + 1,
-                                spec=a.spec, boot=BootMode.COLD, snapshot=None, retry_at=None,
+                                spec=a.spec, boot=BootMode.COLD, snapshot=record.snapshot if a.resume else None,
+                                retry_at=None,
                                 exits=record.exits if a.spec == record.spec else 0, uid=a.uid)
         details = {"accel": a.accel, "tap": a.tap, "restart": record.boots > 0 or None}
+        if a.resume:
+            return details | {"pid": self.suspender.spawn(a, machine, starting), "boot": "resume"}
+        self.suspender.put_aside(a.vm)  # a state it may have saved is never resumed after a boot of another kind
         if a.snapshot is not None:
             pid = self.restorer.spawn(a, machine, starting)
             return details | {"pid": pid, "boot": "restore", "snapshot": str(a.snapshot)}
@@ -150,7 +170,11 @@ class VmDriver:
         if self.restorer.waiting(record, a.snapshot):
             assert a.snapshot is not None
             loading = self.restorer.load(a.vm, a.snapshot, record)  # spawned by this pass's start
-        elif record.boot == BootMode.RESTORE and not restored(files):
+        elif self.suspender.waiting(record, a.resume):
+            loading = self.suspender.load(a.vm, record)
+        elif record.boot == BootMode.RESUME and self.suspender.run_loaded(a.vm, record):
+            record = self._record(a.vm)  # a resume cut short once QEMU had its state: it runs now
+        elif record.boot in (BootMode.RESTORE, BootMode.RESUME) and not restored(files):
             # the run that started it was killed before QEMU had its state: it would wait forever
             qemu.kill(files, record.pid)
             self._save(a.vm, record.with_(pid=None, ready=None))

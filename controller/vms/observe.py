@@ -8,6 +8,7 @@ that VM alone until an operator looks; every other VM goes on.
 from __future__ import annotations
 
 import os
+import stat
 from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
@@ -40,7 +41,8 @@ def observe_vms(layout: Layout, broken: dict[str, str]) -> dict[str, VmState]:
             continue
         if record is None:
             continue
-        out[vm_dir.name] = VmState(vm_dir.name, record, alive=running_pid(files, record.pid) is not None)
+        out[vm_dir.name] = VmState(vm_dir.name, record, alive=running_pid(files, record.pid) is not None,
+                                   saved_size=_file_size(files.saved_state))
     return out
 
 
@@ -67,6 +69,14 @@ def _quietly(read: Callable[[Path], T | None], path: Path) -> T | None:
         return read(path)
     except WarmvmError:
         return None
+
+
+def _file_size(path: Path) -> int | None:
+    try:
+        st = os.lstat(path)
+    except OSError:
+        return None
+    return st.st_size if stat.S_ISREG(st.st_mode) else None
 
 
 def _size(directory: Path) -> int:

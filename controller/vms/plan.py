@@ -25,7 +25,20 @@ from ..base.actions import Action
 from ..base.kinds import Accel, BootMode, Ref
 from ..base.model import VM, Desired, Network
 from ..snapshots.state import Shape, Snapshot
-from .actions import REMOVED, IpAssign, TrashExpire, VmAwait, VmExited, VmForget, VmRestore, VmStart, VmStop, VmTrash
+from .actions import (
+    REMOVED,
+    IpAssign,
+    TrashExpire,
+    VmAwait,
+    VmContinue,
+    VmExited,
+    VmForget,
+    VmRestore,
+    VmStart,
+    VmStop,
+    VmSuspend,
+    VmTrash,
+)
 from .state import BOOT_ATTEMPTS, VmRecord, VmState, VmsView
 
 
@@ -99,11 +112,11 @@ def _lease(vm: VM, net: Network, leased: dict[tuple[str, IPv4Address], str]) -> 
 
 
 def _boot(vm: VM, desired: Desired, net: Network, ip: IPv4Address, uid: int | None,
-          observed: VmsView) -> tuple[list[Action], str | None]:
+          observed: VmsView, state: VmState | None = None) -> tuple[list[Action], str | None]:
     """Start and await; the TAP and disk format come from what is observed, or else from this
     pass's own claim and disk actions (bound by the engine's planner). The accelerator and how it
     boots are decided here, from the host's capabilities: `warmvm plan` shows them."""
-    if not vm.running or vm.image is None:
+    if not vm.running or vm.image is None or vm.suspended:
         return [], None
     accel = observed.host.accel(vm.accel)
     if accel is None:
@@ -114,12 +127,26 @@ def _boot(vm: VM, desired: Desired, net: Network, ip: IPv4Address, uid: int | No
     image = desired.images[vm.image]
     tap = observed.net.vm_taps().get(vm.name)
     disk = observed.disks.get(vm.name)
-    snapshot, cold_because = _snapshot(vm, accel, observed)
+    resume, cold_because = _resume(vm, accel, state)
+    snapshot, not_restored = (None, None) if resume or cold_because else _snapshot(vm, accel, observed)
     tsc_khz = (snapshot.record.tsc_khz if snapshot else observed.host.tsc_khz) if accel == Accel.TCG else None
     start = VmStart(vm=vm.name, image=image, tap=tap.name if tap else None, disk_format=disk.format if disk else None,
                     address=address, gateway=net.gateway, vcpus=vm.vcpus, memory=vm.memory, accel=accel,
-                    tsc_khz=tsc_khz, spec=spec_hash(vm), snapshot=snapshot, cold_because=cold_because, uid=uid)
-    return [start, VmAwait(vm.name, ip, snapshot)], None
+                    tsc_khz=tsc_khz, spec=spec_hash(vm), snapshot=snapshot, cold_because=cold_because or not_restored,
+                    uid=uid, resume=resume or None)
+    return [start, VmAwait(vm.name, ip, snapshot, resume or None)], None
+
+
+def _resume(vm: VM, accel: Accel, state: VmState | None) -> tuple[bool, str | None]:
+    """Whether it resumes from its own saved state; else, if it has one, why not (the state is put
+    aside: a guest that ran on since may never be given an older memory again)."""
+    if state is None or state.saved_size is None:
+        return False, None
+    if not state.resumable:
+        return False, "its saved state has no record of being complete: put aside, it boots cold"
+    if state.record.spec != spec_hash(vm) or state.record.accel != accel:
+        return False, "its spec changed since it was suspended: its saved state is put aside, it boots cold"
+    return True, None
 
 
 def _snapshot(vm: VM, accel: Accel, observed: VmsView) -> tuple[Snapshot | None, str | None]:
@@ -145,6 +172,12 @@ def _converge(vm: VM, desired: Desired, net: Network, state: VmState, uids: Uids
         return [], f"spec.ip {vm.ip} differs from its lease {ip}: an address is never changed under a VM"
     if not vm.running:
         return ([VmStop(vm.name, "running: false")] if state.alive else []), None
+    if vm.suspended and state.alive and (state.ready or record.suspending):
+        return [VmSuspend(vm.name)], None  # (also what finishes a suspend a killed run began)
+    if vm.suspended and not state.alive:
+        return [], None
+    if not vm.suspended and state.alive and record.suspending:
+        return [VmContinue(vm.name)], None  # paused by a suspend a killed run began, no longer asked for
     if state.alive and record.spec != spec_hash(vm):
         return [VmStop(vm.name, "spec changed")], None
     if state.alive:
@@ -155,7 +188,7 @@ def _converge(vm: VM, desired: Desired, net: Network, state: VmState, uids: Uids
         return [], f"Failed: {record.failure}"
     if backing_off(vm, record, observed.now):
         return [], f"{_exits(record)}next start in {record.retry_at - observed.now:.0f}s"  # type: ignore[operator]
-    return _boot(vm, desired, net, ip, uids.lease(record.uid), observed)
+    return _boot(vm, desired, net, ip, uids.lease(record.uid), observed, state)
 
 
 class Uids:
@@ -215,6 +248,11 @@ def phase(name: str, vm: VM | None, observed: VmsView) -> tuple[str, str]:
     if state is None:
         return "Pending", ""
     record = state.record
+    if vm.suspended and vm.running:
+        if state.alive:
+            return "Suspending", ""
+        return "Suspended", (f"saved state {state.saved_size >> 20} MiB" if state.resumable and state.saved_size
+                             else "no saved state: it boots cold once resumed")
     if state.ready:
         return "Running", ""
     if state.alive:

@@ -41,14 +41,19 @@ class Restorer:
         state (loaded by the VM's await, so that VMs restored together load side by side)."""
         assert a.snapshot is not None
         files = self.layout.vm(a.vm)
-        identity = qemu.Identity(a.vm, a.address, str(a.gateway), machine.mac, files.host_key_dropbear.read_bytes())
-        atomic_write(files.identity, identity.entry(), self.layout.tmp)
-        restoring = qemu.snapshot_layout(machine, identity=files.identity, tsc_khz=a.tsc_khz, incoming=True)
+        restoring = self.snapshot_machine(a, machine)
         starting = starting.with_(boot=BootMode.RESTORE, snapshot=a.snapshot.record.fingerprint)
         self.save(a.vm, starting)
         pid = qemu.start(restoring, files)
         self.save(a.vm, starting.with_(pid=pid))
         return pid
+
+    def snapshot_machine(self, a: VmStart, machine: Machine) -> Machine:
+        """`machine` in the snapshot's layout, waiting for a state: the VM's identity made anew."""
+        files = self.layout.vm(a.vm)
+        identity = qemu.Identity(a.vm, a.address, str(a.gateway), machine.mac, files.host_key_dropbear.read_bytes())
+        atomic_write(files.identity, identity.entry(), self.layout.tmp)
+        return qemu.snapshot_layout(machine, identity=files.identity, tsc_khz=a.tsc_khz, incoming=True)
 
     @staticmethod
     def waiting(record: VmRecord, snapshot: Snapshot | None) -> bool:

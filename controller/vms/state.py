@@ -57,6 +57,9 @@ class VmRecord:
     snapshot: str | None = None  # the snapshot (fingerprint) the current boot was restored from
     restore_failed: str | None = None  # the snapshot (fingerprint) a restore of this VM failed from: not tried again
     uid: int | None = None  # what its QEMU runs as, its own (base/uids.py); reused only once the VM is gone
+    suspending: bool = False  # a suspend began: its guest may be paused, its state maybe saved
+    saved: str | None = None  # the sha256 of its saved state (suspend.state), complete and in place
+    saved_at: float | None = None  # when it was suspended (unix seconds)
     exits: int = 0  # exits in a row of a guest that was ready (its crash loop; see restart_delay)
     retry_at: float | None = None  # not started again before this (unix seconds): its back-off
 
@@ -80,6 +83,12 @@ class VmState:
     name: str
     record: VmRecord
     alive: bool
+    saved_size: int | None = None  # its saved state file's size (None: there is none)
+
+    @property
+    def resumable(self) -> bool:
+        """A saved state that its record vouches for (its digest is checked before QEMU reads it)."""
+        return self.saved_size is not None and self.record.saved is not None
 
     @property
     def ready(self) -> bool:

@@ -134,8 +134,9 @@ def _vms(data: dict[str, Any], specs: dict[str, Any]) -> Any:
                           ready=1.0 if v.get("ready") else None, boots=v.get("boots", 1 if v.get("pid") else 0),
                           attempts=v.get("attempts", 0), failure=v.get("failure"),
                           restore_failed=v.get("restore_failed"), exits=v.get("exits", 0),
-                          retry_at=v.get("retry_at"), uid=v.get("uid"))
-        out[name] = VmState(name, record, alive=v["alive"])
+                          retry_at=v.get("retry_at"), uid=v.get("uid"), saved=v.get("saved"),
+                          suspending=v.get("suspending", False), accel=v.get("accel"))
+        out[name] = VmState(name, record, alive=v["alive"], saved_size=v.get("saved_size"))
     return out
 
 

@@ -22,13 +22,14 @@ def save_state(session: Qmp, out: int, timeout: float) -> None:
     _await_migration(session, timeout, "saving")
 
 
-def load_state(session: Qmp, source: int, timeout: float) -> None:
+def load_state(session: Qmp, source: int, timeout: float, run: bool = True) -> None:
     """A QEMU started with `-incoming defer` loads a saved state from the open file `source`, then
-    runs it (the template was saved paused, and QEMU restores it paused)."""
+    runs it (the template was saved paused, and QEMU restores it paused); `run=False`: the caller
+    lets it run (after what must come first)."""
     session.run("getfd", fd=source, fdname="state")
     session.run("migrate-incoming", uri="fd:state")
     _await_migration(session, timeout, "loading")
-    if session.run("query-status")["status"] != "running":
+    if run and session.run("query-status")["status"] != "running":
         session.run("cont")
 
 
