@@ -66,32 +66,41 @@ def main() -> None:
     ap.add_argument("--vms", type=int, default=1)
     ap.add_argument("--disk-size", default="4Gi")
     ap.add_argument("--state-fs", default="host")
-    ap.add_argument("--modes", default="cold,warm,restore,reference")
+    ap.add_argument("--modes", default="cold,warm,restore,reference,suspend")
     ap.add_argument("--root-mib", type=int, default=256)
     ap.add_argument("--files", type=int, default=4000)
     ap.add_argument("--boot-timeout", type=float, default=180.0)
     ap.add_argument("--out", type=Path, default=BENCH_OUT)
     args = ap.parse_args()
     modes = [m for m in args.modes.split(",") if m]
-    assert set(modes) <= {"cold", "warm", "restore", "reference"} and modes, \
-        "--modes takes cold, warm, restore and reference"
+    assert set(modes) <= {"cold", "warm", "restore", "reference", "suspend"} and modes, \
+        "--modes takes cold, warm, restore, reference and suspend"
+    pauses = "suspend" in modes  # measured apart: a suspend and a resume of one running VM per run
+    modes = [m for m in modes if m != "suspend"]
 
     rootfs_dir = bench_image(args.root_mib, args.files)
     bench = Bench(args, rootfs_dir)
     bench.prepare(modes)
     results: dict[str, list[dict[str, float]]] = {m: [] for m in modes}
+    suspends: list[dict[str, float]] = []
     for run in range(args.runs):
         for mode in modes:
             results[mode] += bench.create(mode, run)
             print(f"run {run + 1}/{args.runs} {mode}: " + ", ".join(
                 f"{r['vm']} total {r['total']:.0f} ms" for r in results[mode][-args.vms:]), file=sys.stderr)
+        if pauses:
+            suspends.append(bench.suspend_resume(run))
+            print(f"run {run + 1}/{args.runs} suspend: {suspends[-1]}", file=sys.stderr)
     report = summarise(results, vars(args) | {"modes": modes})
+    if suspends:
+        report["suspend"] = {"runs": suspends, "stats": {k: summary([r[k] for r in suspends]) for k in suspends[0]}}
     if "restore" in modes:
         report["snapshots"] = bench.snapshots()
     report["verify"] = bench.verify()
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "bench-create.json").write_text(json.dumps(report, indent=2, default=str))
-    chart(report, args.out / "bench-create.png")
+    if report["modes"]:
+        chart(report, args.out / "bench-create.png")
     print_report(report)
     print(f"\nJSON: {args.out / 'bench-create.json'}  chart: {args.out / 'bench-create.png'}")
 
@@ -153,9 +162,10 @@ class Bench:
     def network(self, pool: int) -> None:
         (self.specs / "network.yaml").write_text(network_document("wvbench0", "10.99.0.0/20", pool))
 
-    def vms(self, image: str, names: list[str], running: bool = True, boot: str = "cold") -> None:
-        docs = [document("VM", n, image=image, diskSize=self.disk_size, running=str(running).lower(), boot=boot)
-                for n in names] + self.keep
+    def vms(self, image: str, names: list[str], running: bool = True, boot: str = "cold",
+            suspended: bool = False) -> None:
+        docs = [document("VM", n, image=image, diskSize=self.disk_size, running=str(running).lower(), boot=boot,
+                         suspended=str(suspended).lower()) for n in names] + self.keep
         path = self.specs / "vms.yaml"
         if docs:
             path.write_text("---\n".join(docs))
@@ -245,6 +255,36 @@ class Bench:
         self.vms(mode, [])
         self.settle()  # stop and remove them (not measured)
         return out
+
+    def suspend_resume(self, run: int) -> dict[str, float]:
+        """One running VM (booted warm, not measured) suspended, then resumed: the suspend's own time
+        and the whole reconcile's, the saved state's size, and a resume's spec-to-first-SSH."""
+        name = f"suspend-{run}"
+        self.network(1)
+        self.vms("warm", [name])
+        self.settle()
+        t0 = time.time()
+        self.vms("warm", [name], suspended=True)
+        records = self.reconcile()
+        suspended = (time.time() - t0) * 1000
+        mine = next(r for r in records if r.get("stage") == "vm_suspend" and r.get("outcome") == "ok")
+        ready: dict[str, float] = {}
+        t1 = time.time()
+        self.vms("warm", [name])
+        poller = threading.Thread(target=self._poll_ssh, args=(name, t1, ready), daemon=True)
+        poller.start()
+        records = self.reconcile()
+        poller.join(timeout=self.args.boot_timeout)
+        if name not in ready:
+            raise SystemExit(f"bench: {name} never answered SSH after its resume")
+        how = next((r.get("boot") for r in records if r.get("stage") == "vm_start"), None)
+        assert how == "resume", f"bench: {name} was not resumed ({how})"
+        loaded = next(r for r in records if r.get("stage") == "vm_await" and r.get("outcome") == "ok")
+        self.vms("warm", [])
+        self.settle()
+        return {"suspend_ms": mine["suspend_ms"], "suspend_reconcile_ms": suspended,
+                "state_mib": mine["size"] / (1 << 20), "resume_load_ms": loaded.get("resume_ms", 0.0),
+                "resume_to_ssh_ms": (ready[name] - t1) * 1000}
 
     def reference(self, run: int) -> list[dict[str, float]]:
         """The stock boot a user would start by hand, on a disk and TAP warmvm made ready (not timed)."""
@@ -423,6 +463,15 @@ def print_report(report: dict[str, Any]) -> None:
         if data.get("timeline"):
             stages = ", ".join(f"{stage} {s['median']:.0f}" for stage, s in data["timeline"].items())
             print(f"  {mode} boot timeline (median ms after QEMU's spawn): {stages}")
+    if "suspend" in report:
+        stats = report["suspend"]["stats"]
+        print("\nsuspend and resume of a running VM (ms, min / median / max):")
+        for key, label in (("suspend_ms", "suspend (saved, QEMU gone)"), ("suspend_reconcile_ms", "spec to suspended"),
+                           ("resume_load_ms", "resume: state loaded"), ("resume_to_ssh_ms", "resume to first SSH"),
+                           ("state_mib", "saved state (MiB)")):
+            s = stats[key]
+            print(f"  {label:<28}{s['min']:>10.1f}{s['median']:>10.1f}{s['max']:>10.1f}")
+        print("  targets: a suspend <= 1000 ms, a resume to first SSH <= 1000 ms")
     if "verify" in report:
         audit = report["verify"]
         print(f"  verify after the benchmark: {'clean' if audit['clean'] else 'LEAKS: ' + str(audit['leaks'])}")
