@@ -138,6 +138,7 @@ def test_a_guest_flooding_its_console_never_passes_the_cap_with_no_daemon(demo_h
     largest = _watch_size(log, done)
     follower = Follower(command(specs, state, "logs", "-f", "vm-a"))
     try:
+        begun = time.monotonic()
         flood = subprocess.run([*ssh_command(state, "vm-a"),
                                 "head -c 12582912 /dev/zero | tr '\\0' x > /dev/ttyS0; echo; echo the-last-line"
                                 " > /dev/ttyS0"], capture_output=True, text=True, timeout=180, cwd=REPO,
@@ -146,6 +147,8 @@ def test_a_guest_flooding_its_console_never_passes_the_cap_with_no_daemon(demo_h
         wait_for(lambda: LAST in log.read_bytes()[-4096:], 30, what="the last line is in the log")
         wait_for(lambda: LAST in follower.end, 30, what="logs -f saw the last line")
         done.set()
+        print(f"flood of 12 MiB: {time.monotonic() - begun:.1f} s; largest log seen {largest[0]} bytes; "
+              f"logs -f received {follower.received} bytes")
         assert largest[0] <= console.CONSOLE_CAP, f"the console log reached {largest[0]} bytes"
         assert follower.received > console.CONSOLE_CAP, "logs -f followed the log through its cuts"
     finally:
