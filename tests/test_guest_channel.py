@@ -8,6 +8,7 @@ console tells how many SSH connections a guest got, the controller's included.
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
 import time
@@ -15,8 +16,9 @@ from pathlib import Path
 
 import pytest
 
-from .support.cli import REPO, assert_verified, reconcile, ssh, vm_record, vm_spec, vms, warmvm, write
+from .support.cli import REPO, assert_verified, reconcile, records, ssh, vm_record, vm_spec, vms, warmvm, write
 from .support.daemon import Daemon
+from .support.images import demo_image_spec
 from .support.waits import wait_for
 
 pytestmark = pytest.mark.e2e
@@ -160,3 +162,29 @@ def test_a_guest_that_writes_garbage_or_nothing_on_its_channel_harms_no_one(demo
     finally:
         assert daemon.stop() == 0
     assert "Traceback" not in daemon.log()
+
+
+def test_an_image_without_the_agent_is_still_found_ready_over_ssh(demo_host: tuple[Path, Path], demo_image: Path,
+                                                                  tmp_path: Path) -> None:
+    specs, state = demo_host
+    plain = tmp_path / "plain"
+    plain.mkdir()
+    for name in ("vmlinuz", "initrd.img", "rootfs.ext4"):
+        shutil.copy(demo_image / name, plain / name)
+    subprocess.run(["debugfs", "-w", "-R", "rm /sbin/warmvm-agent", str(plain / "rootfs.ext4")], check=True,
+                   capture_output=True)
+    write(specs / "plain.yaml", demo_image_spec(demo_image, name="plain", default=False, boot_files=plain))
+    write(specs / "vms.yaml", vm_spec("vm-p", image="plain", diskSize="64Mi") + "---\n"
+          + vm_spec("vm-off", diskSize="64Mi", running="false"))
+    result = reconcile(specs, state, "--log-format", "json")
+    (awaited,) = [r for r in records(result.stderr) if r.get("stage") == "vm_await"]
+    assert awaited["readiness"] == "ssh" and awaited["ssh_because"] == "no guest agent answered", awaited
+    assert vms(specs, state)["vm-p"]["readiness"] == "ssh"
+    assert connections(state, "vm-p") >= 1
+    start = time.monotonic()
+    none = execute(state, "vm-p", "--", "true")
+    assert none.returncode == 1 and b"no answer from the guest's agent" in none.stderr, none.stderr
+    assert time.monotonic() - start < 10
+    off = execute(state, "vm-off", "--", "true")
+    assert off.returncode == 1 and off.stderr == b"warmvm: vm/vm-off: not running\n"
+    assert_verified(specs, state)
