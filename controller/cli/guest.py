@@ -17,12 +17,11 @@ import sys
 import time
 from typing import Any
 
-from ..adapters import guest, qemu
+from ..adapters import guest
 from ..base.errors import WarmvmError
 from ..base.events import Lifecycle
 from ..statedir.layout import Layout
 from ..statedir.store import Store
-from ..vms.observe import read_record
 
 HELLO_WAIT = 5.0  # seconds the guest's agent has to answer (QEMU serves one client at a time: another waits)
 EXIT_TIMEOUT = 124  # as timeout(1)
@@ -64,17 +63,17 @@ def cmd_exec(args: argparse.Namespace, log: Lifecycle) -> int:
     if args.timeout is not None and not (0 < args.timeout < math.inf):
         raise WarmvmError(f"exec: --timeout {args.timeout:g}: a number of seconds above 0")
     files = Layout(Store(args.state).root).vm(args.vm)
-    record = read_record(files.record)
-    if record is None:
+    if not files.record.exists():
         raise WarmvmError(f"vm/{args.vm}: no such VM in {args.state}")
-    if qemu.running_pid(files, record.pid) is None:
-        raise WarmvmError(f"vm/{args.vm}: not running")
-    if not files.ctl.exists():
-        raise WarmvmError(f"vm/{args.vm}: no control channel (its QEMU was started by an older warmvm: restart it)")
     start = time.monotonic()
     deadline = start + args.timeout if args.timeout else None
     try:
         channel = guest.open_session(files.ctl, min(deadline or math.inf, start + HELLO_WAIT))
+    except guest.NotListening:
+        # whether its QEMU runs is what its channel says (not read from its record and /proc: a start-up
+        # of its own for a command that takes 10 ms), and a QEMU of an older warmvm has none
+        raise WarmvmError(f"vm/{args.vm}: not running (or started by a warmvm without control channels: "
+                          "restart it)") from None
     except guest.ChannelError as e:
         raise WarmvmError(f"vm/{args.vm}: {e}") from None
     with channel:

@@ -15,12 +15,10 @@ import sys
 import time
 from typing import TYPE_CHECKING
 
-from ..adapters.ssh import host_alias, ssh_argv
 from ..base.errors import WarmvmError
 from ..base.events import Lifecycle
 from ..statedir.layout import Layout
 from ..statedir.store import Store
-from ..vms.observe import read_record
 from . import agent, fleet, guest, options
 
 if TYPE_CHECKING:
@@ -218,6 +216,8 @@ def cmd_seed(args: argparse.Namespace, log: Lifecycle) -> int:
 
 
 def cmd_ssh(args: argparse.Namespace, log: Lifecycle) -> int:
+    from ..adapters.ssh import host_alias, ssh_argv
+    from ..vms.observe import read_record
     layout = Layout(Store(args.state).root)
     record = read_record(layout.vm(args.vm).record)
     if record is None:

@@ -42,6 +42,10 @@ STALE_LIMIT = 1 << 20  # bytes of a previous session skipped before this one's H
 OUTPUT_LIMIT = 16 << 20  # bytes a command may send (its frames' headers counted): past them it is killed
 
 
+class NotListening(ChannelError):
+    """No QEMU listens on the channel's socket (it does not run, or has no channel)."""
+
+
 class ChannelTimeout(ChannelError):
     """The guest did not answer in time."""
 
@@ -66,6 +70,9 @@ class Channel:
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_NONBLOCK | socket.SOCK_CLOEXEC)
         try:
             sock.connect(str(path))
+        except (FileNotFoundError, ConnectionRefusedError) as e:
+            sock.close()
+            raise NotListening(f"nothing listens on {path}: {e.strerror}") from None
         except OSError as e:
             sock.close()
             why = "its listen queue is full" if isinstance(e, BlockingIOError) else e.strerror
