@@ -40,6 +40,8 @@
 
 #define PORT_NAME "org.warmvm.control"
 #define PORTS "/sys/class/virtio-ports"
+#define DEVICES "/sys/bus/virtio/drivers/virtio_console"
+#define NO_DEVICE 3 /* exit status: no channel device (a QEMU started without one): not respawned */
 #define MODULES "/lib/modules/channel-order"
 #define READY_MARK "/run/warmvm-agent.ready" /* the port is open: a template may be saved */
 #define HEADER 5
@@ -350,7 +352,20 @@ static void load_modules(void) {
 		fclose(f);
 }
 
-/* The port's device (vportNpM), found by its name in sysfs, within `tries` 10 ms polls. */
+/* Whether a virtio-serial device is bound (probed while its module loaded: no wait). */
+static int have_device(void) {
+	DIR *d = opendir(DEVICES);
+	struct dirent *e;
+	int found = 0;
+	while (d && !found && (e = readdir(d)))
+		found = strncmp(e->d_name, "virtio", 6) == 0;
+	if (d)
+		closedir(d);
+	return found;
+}
+
+/* The port's device (vportNpM), found by its name in sysfs, within `tries` 10 ms polls (the host
+ * adds ports just after the device is probed). */
 static int find_port(char *dev, size_t size, int tries) {
 	struct timespec tick = {0, 10 * 1000 * 1000};
 	for (int i = 0; i < tries; i++, nanosleep(&tick, NULL)) {
@@ -410,6 +425,10 @@ int main(void) {
 	setenv("PATH", env[0] + 5, 1);     /* posix_spawnp searches the agent's own PATH */
 	if (access(PORTS, F_OK))
 		load_modules();
+	if (!have_device()) {
+		fprintf(stderr, "warmvm-agent: no virtio-serial device: no control channel\n");
+		return NO_DEVICE;
+	}
 	if (find_port(name, sizeof name, 1000)) {
 		fprintf(stderr, "warmvm-agent: no virtio port named " PORT_NAME "\n");
 		return 1;
