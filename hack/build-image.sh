@@ -38,7 +38,7 @@
 #     -netdev tap,id=n0,ifname=TAPNAME,script=no,downscript=no \
 #     -device virtio-net-device,netdev=n0,mac=52:54:00:xx:xx:xx \
 #     -qmp unix:qmp.sock,server=on,wait=off \
-#     -device virtio-serial-device -chardev socket,id=ctl,path=ctl.sock,server=on,wait=off \
+#     -device virtio-serial-device,max_ports=2 -chardev socket,id=ctl,path=ctl.sock,server=on,wait=off \
 #     -device virtserialport,chardev=ctl,name=org.warmvm.control
 #   tsc_early_khz=HOSTKHZ (host TSC in kHz, e.g. the first "cpu MHz" of
 #   /proc/cpuinfo x 1000) is REQUIRED under TCG: without it, the guest's TSC
