@@ -16,6 +16,8 @@ from pathlib import Path
 
 import pytest
 
+from controller.adapters import guest
+
 from .support.cli import REPO, assert_verified, reconcile, records, ssh, vm_record, vm_spec, vms, warmvm, write
 from .support.daemon import Daemon
 from .support.images import demo_image_spec
@@ -94,6 +96,16 @@ def test_exec_streams_output_and_passes_exit_codes_even_with_ssh_down(demo_host:
     assert execute(state, "vm-a", "--", "sh", "-c", "kill -9 $$").returncode == 128 + 9
     binary = execute(state, "vm-a", "--", "head", "-c", "300000", "/dev/urandom")
     assert binary.returncode == 0 and len(binary.stdout) == 300000
+    # both streams at once to a slow reader: the guest's queue fills, and nothing is lost
+    got = {1: 0, 2: 0}
+
+    def slowly(stream: int, data: bytes) -> None:
+        got[stream] += len(data)
+        time.sleep(0.003)
+    with guest.open_session(state / "vms" / "vm-a" / "ctl.sock", time.monotonic() + 10) as channel:
+        argv = ["sh", "-c", "head -c 2000000 /dev/zero & head -c 2000000 /dev/zero >&2; wait"]
+        assert guest.run(channel, argv, time.monotonic() + 60, slowly) == 0
+    assert got == {1: 2000000, 2: 2000000}, "nothing lost"
     # SSH broken: dropbear stopped for good (its respawn loop held); exec does not need it
     assert execute(state, "vm-a", "--", "sh", "-c", "d=$(pidof dropbear); l=$(awk '{print $4}' /proc/$d/stat); "
                                                   "kill -STOP $l; kill $d").returncode == 0

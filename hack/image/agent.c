@@ -326,6 +326,11 @@ static void read_host(void) {
 	}
 }
 
+/* Whether the queue holds one more chunk of output. */
+static int has_room(void) {
+	return out_len + HEADER + 1 + CHUNK <= sizeof out;
+}
+
 /* Reads the command's stream `s` into an OUT frame; after its exit, an empty pipe is closed. */
 static void read_output(int s) {
 	static unsigned char buf[CHUNK];
@@ -446,7 +451,7 @@ int main(void) {
 	wait_host();
 	for (;;) {
 		struct pollfd fds[4] = {{port, POLLIN | (out_len ? POLLOUT : 0), 0}};
-		int nfds = 1, at[3] = {-1, -1, -1}, room = out_len + HEADER + 1 + CHUNK <= sizeof out;
+		int nfds = 1, at[3] = {-1, -1, -1}, room = has_room();
 		for (int s = 1; s <= 2; s++)
 			if (cmd.pipe[s] >= 0 && room) {
 				at[s] = nfds;
@@ -466,8 +471,8 @@ int main(void) {
 		}
 		if (fds[0].revents & POLLOUT)
 			flush();
-		for (int s = 1; s <= 2; s++)
-			if (cmd.pipe[s] >= 0 && room && (drain || (at[s] >= 0 && fds[at[s]].revents)))
+		for (int s = 1; s <= 2; s++) /* room checked again: one stream's chunk may have taken it */
+			if (cmd.pipe[s] >= 0 && has_room() && (drain || (at[s] >= 0 && fds[at[s]].revents)))
 				read_output(s);
 		if ((unwatched || (at[0] >= 0 && fds[at[0]].revents)) && waitpid(cmd.pid, &cmd.status, WNOHANG) == cmd.pid)
 			cmd.exited = 1;
