@@ -2,6 +2,7 @@
 # The VM create benchmark (make bench-create ARGS="--runs 2"):
 #   hack/bench.sh [--runs N] [--vms K] [--disk-size SIZE] [--state-fs host|xfs] [--out DIR]
 #                 [--modes cold,warm,restore,reference,suspend (the default)] [--root-mib M] [--files F]
+#                 [--exec-runs N (exec true / ssh true pairs on a running VM, default 10; 0: none)]
 # Runs in a network namespace and a state directory of its own, both removed at
 # the end (with every VM, device, mount and loop device in them), even on
 # Ctrl-C or failure. See hack/bench_create.py for what is measured.

@@ -4,7 +4,7 @@
 # Builds the warmvm demo guest from Debian 12 packages, fetched with
 # `apt-get download` and unpacked with dpkg-deb: nothing is installed on the
 # host, nothing is mounted. Needs: apt-get, dpkg-deb, mkfs.ext4 (e2fsprogs),
-# gzip, sha256sum, flock, gcc (static, for warmvm-identity). Cached and idempotent: when OUTDIR/.complete holds
+# gzip, sha256sum, flock, gcc (static, for warmvm-identity and warmvm-agent). Cached and idempotent: when OUTDIR/.complete holds
 # the hash of this script and of hack/image/{initramfs,rootfs,root}, it exits
 # 0 at once (--force rebuilds). Debs are cached in OUTDIR/.debs.
 #
@@ -15,8 +15,9 @@
 #   initrd.img     gzip'd newc cpio: busybox + virtio modules + /init
 #   rootfs.ext4    32 MiB ext4 (sparse, no journal), to be attached READ-ONLY
 #                  and shared by all VMs: busybox, dropbear, /sbin/init,
-#                  /sbin/warmvm-identity (a restored copy's identity, see identity.c), the
-#                  power-button modules (button, evdev) for acpid
+#                  /sbin/warmvm-identity (a restored copy's identity, see identity.c),
+#                  /sbin/warmvm-agent (the control channel's guest end, see agent.c) and
+#                  its module (virtio_console), the power-button modules (button, evdev) for acpid
 #   root/          demo contents of /root; the controller turns it (plus
 #                  .ssh/authorized_keys) into each VM's ext4 WORK disk
 #   (no host key: each VM gets its own from the controller, through fw_cfg)
@@ -36,7 +37,9 @@
 #     -device virtio-blk-device,drive=work,serial=warmvm-work \
 #     -netdev tap,id=n0,ifname=TAPNAME,script=no,downscript=no \
 #     -device virtio-net-device,netdev=n0,mac=52:54:00:xx:xx:xx \
-#     -qmp unix:qmp.sock,server=on,wait=off
+#     -qmp unix:qmp.sock,server=on,wait=off \
+#     -device virtio-serial-device,max_ports=2 -chardev socket,id=ctl,path=ctl.sock,server=on,wait=off \
+#     -device virtserialport,chardev=ctl,name=org.warmvm.control
 #   tsc_early_khz=HOSTKHZ (host TSC in kHz, e.g. the first "cpu MHz" of
 #   /proc/cpuinfo x 1000) is REQUIRED under TCG: without it, the guest's TSC
 #   calibration against the PIT often fails on a busy host and the boot hangs.
@@ -53,6 +56,8 @@
 #   warmvm.ip=ADDR/PREFIX  warmvm.gw=GATEWAY  warmvm.hostname=NAME
 #   optional: warmvm.dns=A[,B]  warmvm.rootserial=S  warmvm.workserial=S
 #             warmvm.debug=1 (timing marks on the console)
+# Control channel (optional): the virtio-serial port org.warmvm.control, served by
+#   /sbin/warmvm-agent (agent.c: readiness status, commands); the host end is ctl.sock.
 # SSH: dropbear on port 22, root login by public key only, keys read from
 #   /root/.ssh/authorized_keys on the work disk (init fixes owner and modes).
 # Console (ttyS0): "warmvm: ready (host NAME, ip ADDR, uptime Ns)" once
@@ -93,6 +98,9 @@ EXT4_MODULES=(crc16 mbcache jbd2 crc32c_generic ext4)   # only if ext4 is modula
 # In the ROOT fs, loaded by /sbin/init after "ready": the ACPI power button
 # (QMP system_powerdown) and evdev, which acpid reads it from.
 ROOTFS_MODULES=(button evdev)
+# In the ROOT fs too, loaded by /sbin/warmvm-agent itself (finit_module, no fork) as it starts: the
+# control channel's virtio-serial port.
+AGENT_MODULES=(virtio_console)
 USER_PKGS=(busybox-static dropbear-bin libc6 libcrypt1 libtomcrypt1 libtommath1 libgmp10 zlib1g)
 KERNEL_META=linux-image-cloud-amd64
 
@@ -102,7 +110,7 @@ OUT=$(cd "$OUT" && pwd)
 # Version of the inputs: this script plus the guest files (paths, modes, data).
 version() {
 	{
-		cat "$HACK/build-image.sh" "$IMG/extract-vmlinux.py" "$IMG/identity.c" | sha256sum | cut -d' ' -f1
+		cat "$HACK/build-image.sh" "$IMG/extract-vmlinux.py" "$IMG/identity.c" "$IMG/agent.c" | sha256sum | cut -d' ' -f1
 		(cd "$IMG" && find initramfs rootfs root -print0 | LC_ALL=C sort -z |
 			while IFS= read -r -d '' f; do
 				if [[ -f $f ]]; then
@@ -202,7 +210,7 @@ kx_extract() { # extract vmlinuz, modules.builtin and the named modules only
 	# tar exits 2 for patterns that match nothing (built-in modules): expected.
 	dpkg-deb --fsys-tarfile "$DEBS/${DEBFILE[$KPKG]}" | tar -x -C "$KX" --wildcards "${pats[@]}" 2>/dev/null || true
 }
-kx_extract "${MODULES[@]}" "${EXT4_MODULES[@]}" "${ROOTFS_MODULES[@]}"
+kx_extract "${MODULES[@]}" "${EXT4_MODULES[@]}" "${ROOTFS_MODULES[@]}" "${AGENT_MODULES[@]}"
 KVER=$(cd "$KX/lib/modules" && ls | head -n1)
 [[ -n $KVER && -f $KX/boot/vmlinuz-$KVER ]] || die "kernel image not found in $KPKG"
 KMOD=$KX/lib/modules/$KVER
@@ -285,6 +293,9 @@ chmod 0755 "$R/sbin/warmvm-shutdown" "$R/etc/acpi/PWRF/00000080"
 # so it needs nothing from the image's libraries.
 gcc -static -Os -s -Wall -Werror -o "$R/sbin/warmvm-identity" "$IMG/identity.c" ||
 	die "compiling warmvm-identity failed (gcc and libc6-dev: run hack/install-deps.sh)"
+# The control channel's guest end (readiness, `warmvm exec`): static as well.
+gcc -static -Os -s -Wall -Werror -o "$R/sbin/warmvm-agent" "$IMG/agent.c" ||
+	die "compiling warmvm-agent failed (gcc and libc6-dev: run hack/install-deps.sh)"
 
 # Power-button modules for /sbin/init (dependencies already in the initrd
 # are loaded there and left out here).
@@ -294,6 +305,10 @@ MODDIR=$R/lib/modules
 for m in "${ROOTFS_MODULES[@]}"; do add_module "$m"; done
 printf '%s\n' "${ORDER[@]}" >"$R/lib/modules/load-order"
 log "root fs modules: ${ORDER[*]}"
+ORDER=()
+for m in "${AGENT_MODULES[@]}"; do add_module "$m"; done
+printf '%s\n' "${ORDER[@]}" >"$R/lib/modules/channel-order"
+log "control channel modules: ${ORDER[*]:-(built in)}"
 
 # dropbear, its key tools and the shared libraries they need, resolved with the unpacked ld.so
 # so that every library comes from the Debian 12 debs, not from the host. No host key in the image:

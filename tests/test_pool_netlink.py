@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import multiprocessing
 import signal
 import subprocess
@@ -49,6 +50,25 @@ def test_warm_up_reaches_size_and_second_pass_does_nothing(netns: str, workdir: 
     assert "0 applied" in second.stderr and "0 passes" in second.stderr
     assert warmvm(specs, state, "plan").returncode == 0
     assert (state.stat().st_mode & 0o777) == 0o700
+
+
+def link_address(name: str) -> str:
+    return str(json.loads(subprocess.run(["ip", "-j", "link", "show", name], capture_output=True, text=True,
+                                         check=True).stdout)[0]["address"])
+
+
+def test_the_bridge_keeps_its_address_whatever_taps_join_or_leave_it(netns: str, workdir: tuple[Path, Path]) -> None:
+    """A bridge takes the lowest of its ports' MACs unless it has one of its own: then a TAP joining it
+    would change the gateway's MAC under running guests (their replies lost until ARP catches up)."""
+    specs, state = workdir
+    write(specs / "net.yaml", network_spec(size=1))
+    reconcile(specs, state)
+    address = link_address("wvbr0")
+    assert address not in {link_address(t) for t in pool_taps(state)}, "its own, not its port's"
+    for size in (6, 2, 9):
+        write(specs / "net.yaml", network_spec(size=size))
+        reconcile(specs, state)
+        assert link_address("wvbr0") == address
 
 
 def test_pool_grows_and_shrinks_to_its_target(netns: str, workdir: tuple[Path, Path]) -> None:

@@ -182,7 +182,7 @@ def test_kill_9_during_a_restore_never_leaves_a_stuck_or_doubled_qemu(snapshotte
             proc.kill()
             proc.wait()
         result = reconcile(specs, state)
-        assert "no SSH within" not in result.stderr, "a QEMU left waiting for its state is not waited for"
+        assert "not ready within" not in result.stderr, "a QEMU left waiting for its state is not waited for"
         assert len(qemu_pids_under(state / "vms" / vm)) == 1
         assert ssh(state, vm, "hostname") == f"{vm}\n"
     assert_verified(specs, state)

@@ -1,10 +1,10 @@
 """SSH to the guests: the readiness probe, `warmvm ssh`, and the keys (ssh-keygen).
 
-A VM is Running when an SSH command succeeds. The probe must not feed on the
-guest it waits for (eight TCG guests on two cores once drowned in restarted
-handshakes): it watches the console for the guest's own "warmvm: ready" line
-and polls the TCP port (a SYN costs the guest nothing), and only then spends
-one patient ssh login, not a storm of short ones.
+A VM whose guest does not answer on its control channel (adapters/guest) is Running when an SSH
+command succeeds. The probe must not feed on the guest it waits for (eight TCG guests on two
+cores once drowned in restarted handshakes): it watches the console for the guest's own "warmvm:
+ready" line and polls the TCP port (a SYN costs the guest nothing), and only then spends one
+patient ssh login, not a storm of short ones.
 """
 
 from __future__ import annotations
@@ -94,28 +94,42 @@ class Timeline:
                     self.seen[stage] = round(now, 1)
         return "sshd" in self.seen
 
-    def done(self) -> dict[str, float]:
-        """The stages seen, in boot order, and the SSH login's end (the console is read once more: the
-        login may have been tried on the open port before the last lines were read)."""
-        ssh_ms = round((time.time() - self.started) * 1000, 1)
+    def done(self, final: str = "ssh") -> dict[str, float]:
+        """The stages seen, in boot order, and the end of the wait, named by how readiness was decided
+        (`ssh`: a login's end; `channel`: the guest's agent said so). The console is read once more:
+        the login may have been tried on the open port before the last lines were read (and the
+        channel may answer before the ready line is read: it is then left out)."""
+        ready_ms = round((time.time() - self.started) * 1000, 1)
         self.poll()
-        return {stage: min(self.seen[stage], ssh_ms) for stage, _ in STAGES if stage in self.seen} | {"ssh": ssh_ms}
+        return {stage: min(self.seen[stage], ready_ms) for stage, _ in STAGES if stage in self.seen} | {final: ready_ms}
+
+
+class Hint:
+    """Whether a booting guest looks ready for a login. A guest that marks its boot on the console is
+    taken at its word on when to try: a connection to its port costs it a forked sshd, just when it
+    is busiest, so its port is probed only now and then (in case its ready line was lost)."""
+
+    def __init__(self, ip: str, timeline: Timeline) -> None:
+        self.ip, self.timeline = ip, timeline
+        self.probed = 0.0
+
+    def __call__(self, probe: bool = True) -> bool:
+        """The console's ready line, or (with `probe`) the port open."""
+        ready = self.timeline.poll()
+        if probe and not ready and time.monotonic() - self.probed >= (PROBE_MARKED if self.timeline.seen else 0.0):
+            self.probed = time.monotonic()
+            ready = port_open(self.ip)
+        return ready
 
 
 def wait_ready(key: Path, ip: str, deadline: float, timeline: Timeline, alive: Callable[[], bool], pin: Pin) -> bool:
-    """Polls until `ssh true` succeeds (True), the deadline passes or the VM dies (False). A guest
-    that marks its boot on the console is taken at its word on when to try: a connection to its
-    port costs it a forked sshd, just when it is busiest, so its port is probed only now and then
-    (in case its ready line was lost)."""
-    probed = 0.0
+    """Polls until `ssh true` succeeds (True), the deadline passes or the VM dies (False), trying a
+    login when the guest looks ready (Hint)."""
+    hint = Hint(ip, timeline)
     while time.monotonic() < deadline:
         if not alive():
             return False
-        ready = timeline.poll()
-        if not ready and time.monotonic() - probed >= (PROBE_MARKED if timeline.seen else 0.0):
-            probed = time.monotonic()
-            ready = port_open(ip)
-        if ready:
+        if hint():
             remaining = max(1, int(deadline - time.monotonic()))
             try:
                 done = subprocess.run(ssh_argv(key, ip, ["true"], pin, min(PATIENT, remaining)), capture_output=True,

@@ -22,6 +22,13 @@ class BootMode(StrEnum):
     RESUME = "resume"  # from the VM's own saved state (it was suspended)
 
 
+class Readiness(StrEnum):
+    """How a boot was found ready (Running)."""
+
+    CHANNEL = "channel"  # its guest's agent said so over the control channel: no login of the controller's
+    SSH = "ssh"  # one SSH login succeeded (an image without the agent, or a channel that failed)
+
+
 class DiskFormat(StrEnum):
     """A work disk's format, as recorded when warmvm made it: never probed from its content."""
 

@@ -1,4 +1,4 @@
-"""Command line: `warmvm plan|reconcile|watch|get|ssh|logs` (also `python -m controller`).
+"""Command line: `warmvm plan|reconcile|watch|get|ssh|exec|logs` (also `python -m controller`).
 
 The outermost shell: parses arguments, loads specs, takes the lock, wires the
 drivers, and turns every expected failure into one line on stderr and an exit
@@ -15,13 +15,11 @@ import sys
 import time
 from typing import TYPE_CHECKING
 
-from ..adapters.ssh import host_alias, ssh_argv
 from ..base.errors import WarmvmError
 from ..base.events import Lifecycle
 from ..statedir.layout import Layout
 from ..statedir.store import Store
-from ..vms.observe import read_record
-from . import agent, fleet, options
+from . import agent, fleet, guest, options
 
 if TYPE_CHECKING:
     from ..base.actions import Action
@@ -63,6 +61,7 @@ def parser() -> argparse.ArgumentParser:
     logs = sub.add_parser("logs", parents=[common], help="a VM's serial console")
     logs.add_argument("vm")
     logs.add_argument("-f", "--follow", action="store_true")
+    guest.register(sub, common)
     fleet.register(sub, common)
     return top
 
@@ -217,6 +216,8 @@ def cmd_seed(args: argparse.Namespace, log: Lifecycle) -> int:
 
 
 def cmd_ssh(args: argparse.Namespace, log: Lifecycle) -> int:
+    from ..adapters.ssh import host_alias, ssh_argv
+    from ..vms.observe import read_record
     layout = Layout(Store(args.state).root)
     record = read_record(layout.vm(args.vm).record)
     if record is None:
@@ -242,4 +243,4 @@ def cmd_logs(args: argparse.Namespace, log: Lifecycle) -> int:
 
 COMMANDS = {"plan": cmd_plan, "reconcile": cmd_reconcile, "watch": cmd_watch, "get": cmd_get, "ssh": cmd_ssh,
             "logs": cmd_logs, "doctor": cmd_doctor, "verify": cmd_verify, "seed": cmd_seed,
-            "agent": agent.cmd_agent, "fleet": fleet.cmd_fleet}
+            "agent": agent.cmd_agent, "fleet": fleet.cmd_fleet, "exec": guest.cmd_exec}

@@ -62,6 +62,7 @@ def vms(desired: Desired, observed: Observed) -> list[Row]:
                      "nextStart": _next_start(record, observed.now),
                      "createToReady": f"{record.create_to_ready_ms / 1000:.2f}s"
                      if record and record.create_to_ready_ms else "-",
+                     "readiness": (record.readiness or "-") if record and state and state.ready else "-",
                      "reason": reason})
     return rows
 

@@ -46,7 +46,7 @@ from .actions import (
 )
 from .devices import TapMaker, guard
 from .firewall import render, render_delete
-from .marks import Mark, bridge_mark, pool_mark, vm_mark
+from .marks import Mark, bridge_mac, bridge_mark, pool_mark, vm_mark
 from .nfttable import table_name
 from .state import NetworkView
 
@@ -170,7 +170,8 @@ class NetworkDriver:
             raise PermanentError(f"{name}: exists and is not ours (mark {link.alias!r}); not touching it")
         index = link.index if link else None
         if index is None:
-            guard(f"{name}: create bridge", lambda: self.ipr.link("add", ifname=name, kind="bridge"))
+            guard(f"{name}: create bridge", lambda: self.ipr.link("add", ifname=name, kind="bridge",
+                                                                  address=bridge_mac(self.instance, name)))
             index = _index(name)
             assert index is not None
             # the kernel ignores IFLA_IFALIAS on creation; mark at once

@@ -12,6 +12,7 @@ planner adopts them only where this instance's specs and records name them.
 
 from __future__ import annotations
 
+import hashlib
 import re
 from dataclasses import dataclass
 
@@ -36,6 +37,15 @@ class Mark:
 
 def bridge_mark(instance: str | None, network: str) -> Mark:
     return Mark(instance, Role.BRIDGE, network)
+
+
+def bridge_mac(instance: str | None, bridge: str) -> str:
+    """The MAC address a bridge of ours is created with: fixed, so that it never follows its ports (a
+    bridge without one takes the lowest of its ports' addresses, and a TAP joining it changes the
+    gateway's MAC under running guests, whose replies then go astray until their ARP entry is
+    probed again, some 5 s). Locally administered, unicast, outside QEMU's 52:54:00 of the guests."""
+    digest = hashlib.sha256(f"warmvm-bridge:{instance}:{bridge}".encode()).digest()
+    return "02:" + ":".join(f"{b:02x}" for b in digest[:5])
 
 
 def pool_mark(instance: str | None, network: str) -> Mark:

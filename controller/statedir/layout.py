@@ -18,6 +18,7 @@
     vms/VM/vm.json                its IP lease, MAC and current boot
     vms/VM/ssh_host_ed25519_key[.pub], known_hosts   its own SSH host key, and the pin of it
     vms/VM/qemu.pid, qmp.sock, console.log, qemu.log   its QEMU
+    vms/VM/ctl.sock               its control channel: QEMU serves it, the guest's agent answers (exec, readiness)
     vms/VM/console.in, console.out       its console's FIFOs (drained into console.log)
     vms/VM/suspend.state          a suspended VM's memory (suspend.state.refused-T: one that did not resume)
     vms/VM/identity               what a VM restored from a snapshot is told it is (fw_cfg), made at each start
@@ -94,6 +95,12 @@ class VmFiles:
     @property
     def qmp(self) -> Path:
         return self.directory / "qmp.sock"
+
+    @property
+    def ctl(self) -> Path:
+        """The control channel's host end: a UNIX socket QEMU listens on, one client at a time; its
+        guest end is the image's warmvm-agent (a virtio-serial port)."""
+        return self.directory / "ctl.sock"
 
     @property
     def console(self) -> Path:

@@ -1,8 +1,9 @@
-"""The VM driver: VM actions through QEMU (qemu.py) and SSH (ssh.py), plus the VM's record.
+"""The VM driver: VM actions through QEMU (qemu.py), the guest's channel and SSH (readiness.py),
+plus the VM's record.
 
 Each handler reads the record, acts, and writes the record back atomically.
 A VM starts on the TAP and disk format its action names (never guessed from
-the disk's content). A boot that never answers SSH is killed here (its QEMU
+the disk's content). A boot that never gets ready is killed here (its QEMU
 would otherwise hold a core forever under TCG) and counted; the planner
 starts it again, up to BOOT_ATTEMPTS, with the runner's backoff in between.
 """
@@ -38,6 +39,7 @@ from .actions import (
     VmTrash,
 )
 from .observe import read_record
+from .readiness import await_ready
 from .restore import Restorer, restored
 from .state import BOOT_ATTEMPTS, STABLE_RUN, VmRecord, VmsView, restart_delay
 from .suspend import Suspender
@@ -147,9 +149,9 @@ class VmDriver:
                           uid=a.uid)
         # intent first: the record says a boot is starting before QEMU exists; QEMU's own pid file
         # then finds it, whenever this process dies
-        starting = record.with_(pid=None, started=time.time(), accel=a.accel, ready=None, boots=record.boots + 1,
-                                spec=a.spec, boot=BootMode.COLD, snapshot=record.snapshot if a.resume else None,
-                                retry_at=None,
+        starting = record.with_(pid=None, started=time.time(), accel=a.accel, ready=None, readiness=None,
+                                boots=record.boots + 1, spec=a.spec, boot=BootMode.COLD,
+                                snapshot=record.snapshot if a.resume else None, retry_at=None,
                                 exits=record.exits if a.spec == record.spec else 0, uid=a.uid)
         details = {"accel": a.accel, "tap": a.tap, "restart": record.boots > 0 or None}
         if a.resume:
@@ -183,8 +185,8 @@ class VmDriver:
         started = record.started or time.time()
         deadline = time.monotonic() + max(0.0, started + self.boot_timeout - time.time())
         timeline = ssh.Timeline(files.console, started)
-        ready = ssh.wait_ready(self.layout.ssh_key, str(a.ip), deadline, timeline,
-                               lambda: qemu.running_pid(files, record.pid) is not None, self.pin(a.vm))
+        ready, why = await_ready(files, self.layout.ssh_key, str(a.ip), deadline, timeline,
+                                 lambda: qemu.running_pid(files, record.pid) is not None, self.pin(a.vm))
         current = read_record(files.record)
         if current is None or current.started != record.started:
             # in the daemon this wait runs beside the passes: the boot it waited for was stopped or
@@ -194,10 +196,11 @@ class VmDriver:
             now = time.time()
             first = current.create_to_ready_ms is None
             create_to_ready = (now - current.created) * 1000 if first else current.create_to_ready_ms
-            self._save(a.vm, current.with_(ready=now, attempts=0, failure=None, create_to_ready_ms=create_to_ready))
+            self._save(a.vm, current.with_(ready=now, attempts=0, failure=None, create_to_ready_ms=create_to_ready,
+                                           readiness=ready))
             return {"boot_ms": round((now - started) * 1000, 1),
                     "create_to_ready_ms": round(create_to_ready, 1) if first and create_to_ready else None,
-                    "timeline": timeline.done(), **loading}
+                    "readiness": ready, "ssh_because": why, "timeline": timeline.done(ready), **loading}
         return self._failed_boot(a.vm, current, files)
 
     def _failed_boot(self, vm: str, record: VmRecord, files: VmFiles) -> Details:
@@ -207,7 +210,8 @@ class VmDriver:
         if died:
             reason = f"QEMU exited: {qemu.failure_reason(files) or 'no message'}"
         else:
-            reason = f"no SSH within {self.boot_timeout:g}s; " + (f"console: {tail}" if tail else "console is empty")
+            reason = (f"not ready within {self.boot_timeout:g}s (no SSH, no ready status over its channel); "
+                      + (f"console: {tail}" if tail else "console is empty"))
         attempts = record.attempts + 1
         restore_failed = record.snapshot if record.boot == BootMode.RESTORE else record.restore_failed
         delay = backoff(attempts, base=2.0)

@@ -4,7 +4,8 @@ removed VMs; and the view of a pass's observation that the VM planner reads. Pur
 The record (state/vms/VM/vm.json) holds what cannot be observed: the IP lease,
 the MAC, when the VM was first seen, and the current boot (pid, start, when
 SSH first answered, failed attempts, exits in a row and when it may start
-again: a back-off must outlive the process that counted it). Whether QEMU
+again: a back-off must outlive the process that counted it; how it was found
+ready). Whether QEMU
 runs is always observed (observe.py).
 """
 
@@ -16,7 +17,7 @@ from pathlib import Path
 from typing import Any, ClassVar, Protocol
 
 from ..base import records
-from ..base.kinds import Accel, BootMode
+from ..base.kinds import Accel, BootMode, Readiness
 from ..base.model import HostCaps, Lease
 from ..disks.state import DiskRecord, DiskState
 from ..network.state import NetState
@@ -62,6 +63,7 @@ class VmRecord:
     saved_at: float | None = None  # when it was suspended (unix seconds)
     exits: int = 0  # exits in a row of a guest that was ready (its crash loop; see restart_delay)
     retry_at: float | None = None  # not started again before this (unix seconds): its back-off
+    readiness: Readiness | None = None  # how the current boot was found ready: its guest's channel, or SSH
 
     @property
     def lease(self) -> Lease:

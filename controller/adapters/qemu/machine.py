@@ -27,6 +27,7 @@ QEMU = "qemu-system-x86_64"
 # that each runs as a uid of its own (base/uids.py)
 SANDBOX = "on,obsolete=deny,spawn=deny,resourcecontrol=deny"
 IDENTITY_ENTRY = "opt/warmvm/identity"
+CHANNEL = "org.warmvm.control"  # the control channel's virtio-serial port, as the guest's agent finds it
 TEMPLATE_MAC = "52:54:00:00:00:01"  # overwritten by every copy's own (identity.c sets it)
 
 
@@ -102,9 +103,19 @@ def qemu_argv(m: Machine, files: VmFiles) -> list[str]:
             "-device", "virtio-blk-device,drive=work,serial=warmvm-work",
             "-netdev", f"tap,id=n0,{netdev}",
             "-device", f"virtio-net-device,netdev=n0,mac={m.mac}",
+            *_channel(files),
             *fw_cfg,
             "-pidfile", str(files.pidfile), "-sandbox", SANDBOX]
     return argv + (["-runas", f"{m.uid}:{m.uid}"] if m.uid else []) + (["-incoming", "defer"] if m.incoming else [])
+
+
+def _channel(files: VmFiles) -> list[str]:
+    """The control channel: a virtio-serial port on a UNIX socket QEMU listens on (one client at a
+    time), the guest's agent at its other end. In every layout, template and copies alike: a restored
+    copy has the devices its template was saved with."""
+    return ["-device", "virtio-serial-device,max_ports=2",
+            "-chardev", f"socket,id=ctl,path={escape(files.ctl)},server=on,wait=off",
+            "-device", f"virtserialport,chardev=ctl,name={CHANNEL}"]
 
 
 def kernel_cmdline(m: Machine) -> str:

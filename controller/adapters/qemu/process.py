@@ -29,7 +29,7 @@ def start(m: Machine, files: VmFiles) -> int:
     """Spawns QEMU detached (own session, output to qemu.log) and returns its pid at once. A TAP
     given as a descriptor is QEMU's fd 3."""
     files.directory.mkdir(mode=0o700, parents=True, exist_ok=True)
-    for stale in (files.pidfile, files.qmp):
+    for stale in (files.pidfile, files.qmp, files.ctl):
         stale.unlink(missing_ok=True)
     files.log.unlink(missing_ok=True)  # a fresh file of ours: a link planted there is removed, not followed
     os.close(os.open(files.log, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600))
@@ -123,8 +123,8 @@ def stop(files: VmFiles, pid: int | None, timeout: float) -> str:
     if not _wait_gone(files, pid, timeout if how == "powerdown" else 0):
         how = "killed"
         kill(files, pid)
-    files.pidfile.unlink(missing_ok=True)
-    files.qmp.unlink(missing_ok=True)
+    for gone in (files.pidfile, files.qmp, files.ctl):
+        gone.unlink(missing_ok=True)
     return how
 
 
