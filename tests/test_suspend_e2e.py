@@ -75,9 +75,12 @@ def test_suspend_and_resume_keep_memory_disk_address_and_host_key(demo_host: tup
     _spec(specs, True)
     reconcile(specs, state)
     _suspended(specs, state)
+    time.sleep(3)  # its clock would lag by this much
     _spec(specs, False)
     reconcile(specs, state)
     _resumed(specs, state, ip, before)  # ssh checks the pinned host key: the same key answered
+    guest_now = int(ssh(state, "vm-a", "date -u +%s"))
+    assert abs(guest_now - time.time()) < 2, "its clock was set to the host's once resumed"
 
 
 def _kill_reconcile_when(specs: Path, state: Path, moment: str, reached: object) -> None:

@@ -193,6 +193,8 @@ class VmDriver:
             # replaced meanwhile, and its record is no longer this wait's to write
             return {"superseded": True}
         if ready:
+            if record.boot == BootMode.RESUME:
+                loading["clock_behind_s"] = self.suspender.set_clock(a.vm)
             now = time.time()
             first = current.create_to_ready_ms is None
             create_to_ready = (now - current.created) * 1000 if first else current.create_to_ready_ms

@@ -22,7 +22,7 @@ from collections.abc import Callable
 from dataclasses import replace
 from typing import NoReturn
 
-from ..adapters import qemu
+from ..adapters import guest, qemu
 from ..adapters.qemu import Machine
 from ..base.actions import Details
 from ..base.errors import TemporaryError
@@ -34,6 +34,8 @@ from .observe import read_record
 from .state import VmRecord
 
 QUIT_TIMEOUT = 10.0
+CLOCK_TIMEOUT = 5.0
+EXEC_LATENCY = 0.01  # from the host's clock read to the guest's date(1) setting it, over the channel
 
 
 class Suspender:
@@ -154,6 +156,23 @@ class Suspender:
                 return True
         except (OSError, ValueError, KeyError, TypeError):
             return False
+
+    def set_clock(self, vm: str) -> float | None:
+        """A resumed guest's wall clock, behind by the time it was suspended, set to the host's (to the
+        second: busybox date) over its channel; how far behind it was. None: no agent answered (an
+        image without it), and the clock is left as it is."""
+        files = self.layout.vm(vm)
+        deadline = time.monotonic() + CLOCK_TIMEOUT
+        said = bytearray()
+        try:
+            with guest.open_session(files.ctl, deadline) as channel:
+                guest.run(channel, ["date", "-u", "+%s"], deadline, lambda stream, data: said.extend(data))
+                behind = time.time() - int(said.decode().strip())
+                guest.run(channel, ["date", "-u", "-s", f"@{round(time.time() + EXEC_LATENCY)}"], deadline,
+                          lambda stream, data: None)
+        except (guest.ChannelError, OSError, ValueError):
+            return None
+        return round(behind, 1)
 
     def put_aside(self, vm: str) -> None:
         """A saved state that must not be resumed (its VM boots cold): kept for its operator."""
