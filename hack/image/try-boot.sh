@@ -99,7 +99,7 @@ mkfs.ext4 -q -F -L warmvm-work -E lazy_itable_init=1,lazy_journal_init=1,root_ow
 # The guest's own host key, handed over through fw_cfg in dropbear's format as the controller does
 # (the image holds none), and pinned in known_hosts.
 ssh-keygen -q -t ed25519 -N '' -C try-boot-host -f "$TMP/hostkey"
-PYTHONPATH=$REPO python3 -c 'import sys; from controller.vms.ssh import dropbear_key
+PYTHONPATH=$REPO python3 -c 'import sys; from controller.adapters.ssh import dropbear_key
 sys.stdout.buffer.write(dropbear_key(open(sys.argv[1]).read()))' "$TMP/hostkey" >"$TMP/hostkey.dropbear" ||
 	die "converting the host key to dropbear's format failed"
 printf '%s %s\n' "$GUEST" "$(cut -d' ' -f1,2 "$TMP/hostkey.pub")" >"$TMP/known_hosts"
