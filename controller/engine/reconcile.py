@@ -152,8 +152,8 @@ def _not_deferred(todo: list[Action], retries: Retries, result: Result) -> list[
 def _unsettled(planned: tuple[Action, ...], result: Result) -> set[str | None]:
     """VMs with a step of this plan that did not go through (failed, to be retried, or waiting out an
     earlier failure), once this pass applied its steps: nothing waits for their boot."""
-    return {getattr(a, "vm", None) for a in planned
-            if not a.waits and (a in result.deferred or result.outcomes.get(a) != Outcome.OK)}
+    retried = {getattr(a, "vm", None) for a in planned if not a.waits and result.outcomes.get(a) == Outcome.RETRY}
+    return retried | _blocked(planned, result)
 
 
 def _blocked(planned: tuple[Action, ...], result: Result) -> set[str | None]:

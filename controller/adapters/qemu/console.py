@@ -22,6 +22,7 @@ from . import drain
 CONSOLE_CAP = 4 << 20  # bytes of console log kept; a guest must not fill the state's file system
 CONSOLE_KEEP = 1 << 20  # what is left of it once it passes the cap
 FOLLOW_POLL = 0.2
+CHUNK_READ = 1 << 16
 
 
 def make(files: VmFiles) -> None:
@@ -120,9 +121,6 @@ def follow(path: Path, keep_on: bool, sleep: Callable[[float], None] = time.slee
                 f = open(path, "rb")  # noqa: SIM115
     finally:
         f.close()
-
-
-CHUNK_READ = 1 << 16
 
 
 def _stat(path: Path) -> os.stat_result | None:
