@@ -173,7 +173,7 @@ def _converge(vm: VM, desired: Desired, net: Network, state: VmState, uids: Uids
     if not vm.running:
         return ([VmStop(vm.name, "running: false")] if state.alive else []), None
     if vm.suspended and state.alive and (state.ready or record.suspending):
-        return [VmSuspend(vm.name)], None  # (also what finishes a suspend a killed run began)
+        return [VmSuspend(vm.name, vm.memory)], None  # (also what finishes a suspend a killed run began)
     if vm.suspended and not state.alive:
         return [], None
     if not vm.suspended and state.alive and record.suspending:

@@ -20,6 +20,7 @@ import os
 import time
 from collections.abc import Callable
 from dataclasses import replace
+from pathlib import Path
 from typing import NoReturn
 
 from ..adapters import guest, qemu
@@ -34,6 +35,7 @@ from .observe import read_record
 from .state import VmRecord
 
 QUIT_TIMEOUT = 10.0
+ROOM_LEFT = 256 << 20  # free space a suspend leaves the state's file system, beyond the guest's memory
 CLOCK_TIMEOUT = 5.0
 EXEC_LATENCY = 0.01  # from the host's clock read to the guest's date(1) setting it, over the channel
 
@@ -51,6 +53,10 @@ class Suspender:
         pid = qemu.running_pid(files, record.pid)
         if pid is None:
             raise TemporaryError(f"vm/{a.vm}: its QEMU is not running", delay=0.0)
+        room = _free(self.layout.root)
+        if room < a.memory + ROOM_LEFT:  # checked before the guest is paused: it runs on, and says why
+            raise TemporaryError(f"vm/{a.vm}: no room for its saved state ({room >> 20} MiB free, its memory "
+                                 f"{a.memory >> 20} MiB + {ROOM_LEFT >> 20} MiB to spare)")
         self.save(a.vm, record := record.with_(suspending=True))
         begun = time.monotonic()
         self.layout.tmp.mkdir(mode=0o700, parents=True, exist_ok=True)
@@ -69,7 +75,11 @@ class Suspender:
                 os.rename(tmp, files.saved_state)
                 fsync_dir(files.directory)
                 self.save(a.vm, record := record.with_(saved=digest, saved_at=time.time(), pid=None, ready=None))
-                session.run("quit")
+                try:
+                    session.run("quit")
+                except OSError:
+                    pass  # a QEMU that quits may close its socket before it answers: _gone below says
+
         except BaseException:
             tmp.unlink(missing_ok=True)
             raise
@@ -195,6 +205,11 @@ class Suspender:
         if record is None:
             raise TemporaryError(f"vm/{vm}: no record")
         return files, record
+
+
+def _free(directory: Path) -> int:
+    st = os.statvfs(directory)
+    return st.f_bavail * st.f_frsize
 
 
 def _gone(files: VmFiles, pid: int) -> bool:
