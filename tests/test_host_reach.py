@@ -36,6 +36,8 @@ RECORDED = """{"nftables": [
  "inet_service"], "elem": [{"concat": ["wvbr0", "10.88.0.1", "udp", 53]}, {"concat": ["wvbr0", "10.88.0.1", "tcp", 3128]}]}},
 {"set": {"family": "inet", "name": "bridges", "table": "warmvm-deadbeef", "type": "ifname", "elem": ["wvbr0", "wvbr1"]}},
 {"set": {"family": "inet", "name": "egress", "table": "warmvm-deadbeef", "type": "ifname", "elem": ["wvbr1"]}},
+{"set": {"family": "inet", "name": "within", "table": "warmvm-deadbeef", "type": ["ifname", "ifname"],
+ "elem": [{"concat": ["wvbr0", "wvbr0"]}, {"concat": ["wvbr1", "wvbr1"]}]}},
 {"chain": {"family": "inet", "table": "warmvm-deadbeef", "name": "input", "type": "filter", "hook": "input", "prio": 0,
  "policy": "accept"}},
 {"chain": {"family": "inet", "table": "warmvm-deadbeef", "name": "forward", "type": "filter", "hook": "forward",
@@ -51,6 +53,8 @@ RECORDED = """{"nftables": [
  "comment": "wv1: replies to connections made to guests"}},
 {"rule": {"family": "inet", "table": "warmvm-deadbeef", "chain": "forward",
  "comment": "wv1: egress out of the host's other interfaces"}},
+{"rule": {"family": "inet", "table": "warmvm-deadbeef", "chain": "forward",
+ "comment": "wv1: bridged between the guests of one network"}},
 {"rule": {"family": "inet", "table": "warmvm-deadbeef", "chain": "forward", "comment": "wv1: no other network"}},
 {"rule": {"family": "inet", "table": "warmvm-deadbeef", "chain": "postrouting",
  "comment": "wv1: egress leaves with the host's address"}}]}"""

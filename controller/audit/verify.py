@@ -13,6 +13,7 @@ import os
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from ..base.kinds import BootMode
 from ..base.model import Desired
 from ..disks.actions import SeedDelete
 from ..disks.plan import plan_seed_cleanup
@@ -104,7 +105,7 @@ def _vm_files(desired: Desired, observed: Observed, facts: HostFacts) -> list[Fi
         if name in desired.vms and state.saved_size is not None:
             if not state.resumable:
                 out.append(Finding("state", name, "a saved state (suspend.state) its record does not vouch for"))
-            elif state.alive and not state.record.suspending:
+            elif state.alive and not state.record.suspending and state.record.boot != BootMode.RESUME:
                 out.append(Finding("state", name, "a saved state beside a running QEMU that was not suspending"))
         elif name in desired.vms and state.record.saved is not None and not state.alive:
             out.append(Finding("state", name, "its record names a saved state, and there is none"))

@@ -77,6 +77,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("warmvm: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # `warmvm logs VM | head`: whoever read the output has had enough
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit's flush
+        return 141
 
 
 def load_specs(args: argparse.Namespace) -> Desired:

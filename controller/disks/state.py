@@ -120,7 +120,7 @@ class StateSpace:
     """The state directory's file system, as statvfs tells it."""
 
     size: int  # all its blocks
-    free: int  # the blocks an unprivileged writer may still take: QEMU writes a guest's disk as warmvm-qemu
+    free: int  # the blocks an unprivileged writer may still take: QEMU writes a guest's disk as the VM's own uid
 
 
 class Trashed(Protocol):

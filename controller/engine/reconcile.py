@@ -48,7 +48,8 @@ class Result:
     def wake_at(self) -> float | None:
         """When something planned may be tried again (unix seconds): the daemon wakes then."""
         due = [t for t in (self.last_plan.wake_at if self.last_plan else None,
-                           self.retries.next_due() if self.retries and self.deferred else None) if t is not None]
+                           self.retries.next_due(time.time()) if self.retries and self.deferred else None)
+               if t is not None]
         return min(due) if due else None
 
     @property

@@ -78,9 +78,10 @@ class Retries:
                 del self.failed[k]
                 self.changed = True
 
-    def next_due(self) -> float | None:
+    def next_due(self, now: float) -> float | None:
+        """The next wait to end (one over already is not: it is tried, or blocked, in this pass)."""
         with self.lock:
-            return min((f.retry_at for f in self.failed.values()), default=None)
+            return min((f.retry_at for f in self.failed.values() if f.retry_at > now), default=None)
 
     def save(self) -> None:
         with self.lock:

@@ -38,8 +38,9 @@ class Observed:
 
     @property
     def running(self) -> frozenset[str]:
-        """VMs whose QEMU is alive: their TAP and disk stay theirs, whatever the specs say."""
-        return frozenset(name for name, state in self.vms.items() if state.alive)
+        """VMs whose QEMU is alive, or whose saved memory waits to run again (suspended): their TAP and
+        disk stay theirs, as they are, whatever the specs say."""
+        return frozenset(name for name, state in self.vms.items() if state.alive or state.saved_size is not None)
 
     @cached_property
     def broken_vms(self) -> frozenset[str]:

@@ -142,7 +142,7 @@ class NetworkDriver:
                 "allowed": len(a.host.allowed), "egress": len(a.host.egress)}
 
     def forwarding_enable(self, a: ForwardingEnable) -> Details:
-        _os(f"{sysctl.IP_FORWARD}: set to 1", lambda: sysctl.write(sysctl.IP_FORWARD, "1"))
+        _os(f"{a.setting}: set to 1", lambda: sysctl.write(a.setting, "1"))
         return {"networks": ",".join(a.networks)}
 
     def firewall_delete(self, a: FirewallDelete) -> Details:

@@ -35,6 +35,7 @@ from .nfttable import Chain, TableDef, check_name, concat, few, text
 
 HOST = TableDef("inet", (
     ("allowed", "ifname . ipv4_addr . inet_proto . inet_service"), ("bridges", "ifname"), ("egress", "ifname"),
+    ("within", "ifname . ifname"),
 ), (
     Chain("input", (
         ("iifname @bridges ct state established,related accept", "replies to the host's own connections"),
@@ -44,6 +45,9 @@ HOST = TableDef("inet", (
     Chain("forward", (
         ("iifname @bridges ct state established,related accept", "replies to connections made to guests"),
         ("iifname @egress oifname != @bridges accept", "egress out of the host's other interfaces"),
+        # where br_netfilter hands bridged frames to this hook (bridge-nf-call-iptables=1, as on Docker
+        # hosts), guests of one bridge reach each other through it: isolateVMs governs that, not this
+        ("iifname . oifname @within accept", "bridged between the guests of one network"),
         ("iifname @bridges drop", "no other network"),
     ), hook="forward"),
     Chain("postrouting", (
@@ -92,6 +96,7 @@ def host_elements(rules: HostRules) -> dict[str, list[str]]:
         "bridges": [f'"{b}"' for b in sorted(rules.bridges)],
         "allowed": [f'"{a.bridge}" . {a.gateway} . {a.port.protocol} . {a.port.port}' for a in sorted(rules.allowed)],
         "egress": [f'"{b}"' for b in sorted(rules.egress)],
+        "within": [f'"{b}" . "{b}"' for b in sorted(rules.bridges)],
     }
 
 
@@ -100,7 +105,11 @@ def parse_host_table(text_: str) -> HostRules:
     shows in `shape`. ValueError for output of another form."""
     elements, found = HOST.read(text_)
     allowed = [_allowed(e) for e in elements.get("allowed", [])]
-    rules = HostRules(frozenset(text(e) for e in elements.get("bridges", [])),
+    bridges = frozenset(text(e) for e in elements.get("bridges", []))
+    within = [concat(e, 2) for e in elements.get("within", [])]
+    if sorted(tuple(p) if p else () for p in within) != sorted((b, b) for b in bridges):
+        found = (*found, "within: not each bridge with itself")
+    rules = HostRules(bridges,
                       frozenset(a for a in allowed if a is not None),
                       frozenset(text(e) for e in elements.get("egress", [])), found)
     return rules if None not in allowed else HostRules(rules.bridges, rules.allowed, rules.egress,

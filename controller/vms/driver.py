@@ -61,12 +61,13 @@ class VmDriver:
         return {IpAssign: self.ip_assign, VmStart: self.vm_start, VmAwait: self.vm_await, VmStop: self.vm_stop,
                 VmForget: self.vm_forget, VmTrash: self.vm_trash, VmRestore: self.vm_restore,
                 TrashExpire: self.trash_expire, VmExited: self.vm_exited, VmSuspend: self.suspender.suspend,
-                VmContinue: self.suspender.resume_on}
+                VmContinue: self.suspender.abort}
 
     def prepare(self, observed: VmsView) -> None:
         """A pass starts: every running guest's console is drained into its bounded log."""
         for name, state in observed.vms.items():
-            qemu.console.keep_bounded(self.files(name), state.record.pid if state.alive else None)
+            files = self.files(name)
+            qemu.console.keep_bounded(files, qemu.running_pid(files, state.record.pid) if state.alive else None)
 
     def close(self) -> None:
         pass
@@ -152,6 +153,7 @@ class VmDriver:
         starting = record.with_(pid=None, started=time.time(), accel=a.accel, ready=None, readiness=None,
                                 boots=record.boots + 1, spec=a.spec, boot=BootMode.COLD,
                                 snapshot=record.snapshot if a.resume else None, retry_at=None,
+                                **({} if a.resume else {"saved": None, "saved_at": None, "saved_on": None}),
                                 exits=record.exits if a.spec == record.spec else 0, uid=a.uid)
         details = {"accel": a.accel, "tap": a.tap, "restart": record.boots > 0 or None}
         if a.resume:

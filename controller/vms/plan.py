@@ -1,18 +1,20 @@
 """VM planning: leases, boots, readiness and removal. Pure.
 
 A VM with an image gets an IP lease (its first step), then (through the pool
-and disk planners) its TAP and work disk, then QEMU, then a wait for SSH. A
-QEMU that died is started again; one that never answers SSH is killed by the
-wait and started again, up to BOOT_ATTEMPTS times, then the VM is Failed
-until its spec changes. A guest that was ready and exits is started again,
-at once the first time, then after a back-off that doubles with each exit
-in a row (recorded: it outlives the daemon; a new spec starts it at once).
-A VM whose spec goes is stopped; once stopped, its
-TAP is released by the network planner and its directory (disk and lease)
-moved to the trash, where it is kept for the retention time: a VM of that
-name that comes back gets it back. With no retention, its disk is deleted
-and then its record (and IP). A VM whose records cannot be read is left
-alone, whatever its spec says.
+and disk planners) its TAP and work disk, then QEMU, then a wait for its
+readiness (its agent over the control channel, else SSH). A QEMU that died is
+started again; one that is never ready is killed by the wait and started
+again, up to BOOT_ATTEMPTS times, then the VM is Failed until its spec
+changes. A guest that was ready and exits is started again, at once the
+first time, then after a back-off that doubles with each exit in a row
+(recorded: it outlives the daemon; a new spec starts it at once). A VM whose
+spec says suspended has its state saved and its QEMU gone, and resumes from
+it once the spec says so again. A VM whose spec goes is stopped; once
+stopped, its TAP is released by the network planner and its directory (disk
+and lease) moved to the trash, where it is kept for the retention time: a VM
+of that name that comes back gets it back. With no retention, its disk is
+deleted and then its record (and IP). A VM whose records cannot be read is
+left alone, whatever its spec says.
 """
 
 from __future__ import annotations
@@ -24,6 +26,9 @@ from ..base import uids
 from ..base.actions import Action
 from ..base.kinds import Accel, BootMode, Ref
 from ..base.model import VM, Desired, Network
+from ..base.units import human
+from ..disks.plan import Budget
+from ..disks.state import StateSpace
 from ..snapshots.state import Shape, Snapshot
 from .actions import (
     REMOVED,
@@ -137,6 +142,22 @@ def _boot(vm: VM, desired: Desired, net: Network, ip: IPv4Address, uid: int | No
     return [start, VmAwait(vm.name, ip, snapshot, resume or None)], None
 
 
+def _no_room_to_suspend(vm: VM, desired: Desired, observed: VmsView) -> str | None:
+    """Why its saved state (up to its memory) would take room the work disks' guests may fill, under
+    the overcommit policy: none when it fits."""
+    if observed.space is None:
+        return None
+    disks = observed.disks.values()
+    after = StateSpace(size=observed.space.size, free=observed.space.free - vm.memory)
+    room = Budget(desired.policy.disk_overcommit, after, used=sum(d.allocated for d in disks),
+                  virtual=sum(d.size for d in disks))
+    over = room.virtual - room.limit
+    if over <= 0:
+        return None
+    return (f"suspended: not saved, it runs on: its state (up to {human(vm.memory)}) would leave the work "
+            f"disks {human(over)} less than they may fill under --disk-overcommit {room.ratio:g}")
+
+
 def _resume(vm: VM, accel: Accel, state: VmState | None) -> tuple[bool, str | None]:
     """Whether it resumes from its own saved state; else, if it has one, why not (the state is put
     aside: a guest that ran on since may never be given an older memory again)."""
@@ -173,6 +194,9 @@ def _converge(vm: VM, desired: Desired, net: Network, state: VmState, uids: Uids
     if not vm.running:
         return ([VmStop(vm.name, "running: false")] if state.alive else []), None
     if vm.suspended and state.alive and (state.ready or record.suspending):
+        no_room = None if record.suspending else _no_room_to_suspend(vm, desired, observed)
+        if no_room:
+            return [], no_room  # it runs on
         return [VmSuspend(vm.name, vm.memory)], None  # (also what finishes a suspend a killed run began)
     if vm.suspended and not state.alive:
         return [], None

@@ -19,7 +19,7 @@ from typing import Any, ClassVar, Protocol
 from ..base import records
 from ..base.kinds import Accel, BootMode, Readiness
 from ..base.model import HostCaps, Lease
-from ..disks.state import DiskRecord, DiskState
+from ..disks.state import DiskRecord, DiskState, StateSpace
 from ..network.state import NetState
 from ..snapshots.state import Snapshots
 
@@ -61,6 +61,7 @@ class VmRecord:
     suspending: bool = False  # a suspend began: its guest may be paused, its state maybe saved
     saved: str | None = None  # the sha256 of its saved state (suspend.state), complete and in place
     saved_at: float | None = None  # when it was suspended (unix seconds)
+    saved_on: str | None = None  # the machine it was saved from (qemu.inputs_of): resumed on that one only
     exits: int = 0  # exits in a row of a guest that was ready (its crash loop; see restart_delay)
     retry_at: float | None = None  # not started again before this (unix seconds): its back-off
     readiness: Readiness | None = None  # how the current boot was found ready: its guest's channel, or SSH
@@ -119,6 +120,8 @@ class VmsView(Protocol):
     def net(self) -> NetState: ...  # which TAP each VM holds
     @property
     def disks(self) -> Mapping[str, DiskState]: ...  # which VMs have a disk, in which format
+    @property
+    def space(self) -> StateSpace | None: ...  # the state's file system: a suspend's room
     @property
     def snapshots(self) -> Snapshots: ...
     @property

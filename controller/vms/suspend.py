@@ -54,9 +54,10 @@ class Suspender:
         if pid is None:
             raise TemporaryError(f"vm/{a.vm}: its QEMU is not running", delay=0.0)
         room = _free(self.layout.root)
-        if room < a.memory + ROOM_LEFT:  # checked before the guest is paused: it runs on, and says why
+        if room < a.memory + ROOM_LEFT:  # checked before a new suspend pauses the guest: it runs on
             raise TemporaryError(f"vm/{a.vm}: no room for its saved state ({room >> 20} MiB free, its memory "
                                  f"{a.memory >> 20} MiB + {ROOM_LEFT >> 20} MiB to spare)")
+        saved_on = qemu.inputs_of(qemu.argv_of(pid))
         self.save(a.vm, record := record.with_(suspending=True))
         begun = time.monotonic()
         self.layout.tmp.mkdir(mode=0o700, parents=True, exist_ok=True)
@@ -65,16 +66,17 @@ class Suspender:
         try:
             with qemu.Qmp(files.qmp, self.timeout) as session:
                 if session.run("query-status")["status"] == "postmigrate":
-                    # a killed run saved it already, to a file no one can vouch for; QEMU migrates a
-                    # guest once: it runs a moment, and is saved afresh
-                    session.run("cont")
+                    # a killed run saved it already; QEMU migrates a guest once: it runs a moment
+                    # (a state it may have left goes first), and is saved afresh
+                    record = self._run_on(a.vm, session, record)
                 qemu.save_state(session, fd, self.timeout)
                 os.fsync(fd)
                 saved = time.monotonic()
                 digest, size = sha256(fd), os.fstat(fd).st_size
                 os.rename(tmp, files.saved_state)
                 fsync_dir(files.directory)
-                self.save(a.vm, record := record.with_(saved=digest, saved_at=time.time(), pid=None, ready=None))
+                self.save(a.vm, record := record.with_(saved=digest, saved_at=time.time(), saved_on=saved_on,
+                                                       pid=None, ready=None))
                 try:
                     session.run("quit")
                 except OSError:
@@ -85,31 +87,41 @@ class Suspender:
             raise
         finally:
             os.close(fd)
-        if not _gone(files, pid):
+        if not qemu.wait_gone(files, pid, QUIT_TIMEOUT):
             qemu.kill(files, pid)
         self.save(a.vm, record.with_(suspending=False))
         return {"size": size, "save_ms": round((saved - begun) * 1000, 1),
                 "suspend_ms": round((time.monotonic() - begun) * 1000, 1)}
 
-    def resume_on(self, a: VmContinue) -> Details:
-        """A guest a killed run paused for a suspend no longer asked for: a state it saved is removed
-        first (the guest runs on from here), then it runs."""
+    def abort(self, a: VmContinue) -> Details:
+        """A suspend a killed run began, which the spec no longer asks for: the guest runs on."""
         files, record = self._current(a.vm)
+        with qemu.Qmp(files.qmp, self.timeout) as session:
+            self._run_on(a.vm, session, record)
+        return {}
+
+    def _run_on(self, vm: str, session: qemu.Qmp, record: VmRecord) -> VmRecord:
+        """The guest of `session` runs (on) from its memory: a saved state of it is removed first, so
+        that it can never be resumed from once the guest has moved on."""
+        files = self.layout.vm(vm)
         files.saved_state.unlink(missing_ok=True)
         fsync_dir(files.directory)
-        with qemu.Qmp(files.qmp, self.timeout) as session:
-            if session.run("query-status")["status"] != "running":
-                session.run("cont")
-        self.save(a.vm, record.with_(suspending=False, saved=None, saved_at=None))
-        return {}
+        self.save(vm, record := record.with_(saved=None, saved_at=None, saved_on=None, suspending=False))
+        if session.run("query-status")["status"] != "running":
+            session.run("cont")
+        return record
 
     def spawn(self, a: VmStart, machine: Machine, starting: VmRecord) -> int:
         """QEMU with the machine the VM was suspended from (a VM restored from a snapshot runs in the
         snapshot's layout: `snapshot` in its record), waiting for its saved state (loaded by its await)."""
-        starting = starting.with_(boot=BootMode.RESUME)
-        self.save(a.vm, starting)
         files = self.layout.vm(a.vm)
         resuming = replace(machine, incoming=True) if starting.snapshot is None else self.snapshot_machine(a, machine)
+        now_on = qemu.inputs_of(qemu.qemu_argv(resuming, files))
+        if starting.saved_on is not None and starting.saved_on != now_on:
+            self._refused(a.vm, starting, "it would resume on another machine or root file system than it was "
+                                          "suspended on")
+        starting = starting.with_(boot=BootMode.RESUME)
+        self.save(a.vm, starting)
         pid = qemu.start(resuming, files)
         self.save(a.vm, starting.with_(pid=pid))
         return pid
@@ -137,11 +149,12 @@ class Suspender:
                 try:
                     qemu.load_state(session, source, self.timeout, run=False)
                 except OSError as e:
+                    if qemu.running_pid(files, pid) is None or not _failed(session):
+                        # stopped or killed under it (a pass, the operator): nothing is wrong with the
+                        # state, which stays for the next resume
+                        raise TemporaryError(f"vm/{vm}: its resume was cut short: {e}", delay=0.0) from None
                     self._refused(vm, record, f"QEMU refused its saved state: {e}")
-                files.saved_state.unlink()
-                fsync_dir(files.directory)
-                self.save(vm, record.with_(saved=None, saved_at=None, suspending=False))
-                session.run("cont")
+                self._run_on(vm, session, record)
         finally:
             os.close(source)
             files.identity.unlink(missing_ok=True)  # a snapshot layout's, read by QEMU at its start
@@ -159,10 +172,7 @@ class Suspender:
                     return True
                 if session.run("query-migrate").get("status") != "completed":
                     return False
-                files.saved_state.unlink(missing_ok=True)
-                fsync_dir(files.directory)
-                self.save(vm, record.with_(saved=None, saved_at=None, suspending=False))
-                session.run("cont")
+                self._run_on(vm, session, record)
                 return True
         except (OSError, ValueError, KeyError, TypeError):
             return False
@@ -188,15 +198,22 @@ class Suspender:
         """A saved state that must not be resumed (its VM boots cold): kept for its operator."""
         files = self.layout.vm(vm)
         if files.saved_state.exists():
-            os.rename(files.saved_state, files.refused_state(int(time.time())))
+            when = int(time.time())
+            while files.refused_state(when).exists():
+                when += 1
+            os.rename(files.saved_state, files.refused_state(when))
             fsync_dir(files.directory)
 
     def _refused(self, vm: str, record: VmRecord, why: str) -> NoReturn:
+        """Its state put aside for good, the VM to boot cold; the record written only if it is still
+        this resume's (the daemon's passes may have stopped or replaced it meanwhile)."""
         if record.pid is not None:
             qemu.kill_spawned(record.pid)
         self.put_aside(vm)
-        self.save(vm, record.with_(pid=None, ready=None, saved=None, saved_at=None, suspending=False,
-                                   failure=f"{why}: put aside, it boots cold"))
+        current = read_record(self.layout.vm(vm).record)
+        if current is not None and current.started == record.started and current.pid == record.pid:
+            self.save(vm, current.with_(pid=None, ready=None, saved=None, saved_at=None, saved_on=None,
+                                        suspending=False, failure=f"{why}: put aside, it boots cold"))
         raise TemporaryError(f"vm/{vm}: resume failed, it boots cold: {why}", delay=0.0)
 
     def _current(self, vm: str) -> tuple[VmFiles, VmRecord]:
@@ -212,10 +229,9 @@ def _free(directory: Path) -> int:
     return st.f_bavail * st.f_frsize
 
 
-def _gone(files: VmFiles, pid: int) -> bool:
-    deadline = time.monotonic() + QUIT_TIMEOUT
-    while qemu.running_pid(files, pid) is not None:
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.01)
-    return True
+def _failed(session: qemu.Qmp) -> bool:
+    """Whether QEMU itself says the incoming state failed (as against being cut short)."""
+    try:
+        return bool(session.run("query-migrate").get("status") == "failed")
+    except (OSError, ValueError, KeyError, TypeError):
+        return False

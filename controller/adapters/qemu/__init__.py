@@ -8,6 +8,7 @@ from .machine import (
     IDENTITY_ENTRY,
     QEMU,
     Machine,
+    inputs_of,
     kernel_cmdline,
     mac_for,
     qemu_argv,
@@ -16,6 +17,7 @@ from .machine import (
 )
 from .migration import IDENTITY_SIZE, TEMPLATE_IDENTITY, Identity, load_state, save_state
 from .process import (
+    argv_of,
     connect,
     exited,
     failure_reason,
@@ -25,10 +27,12 @@ from .process import (
     running_pid,
     start,
     stop,
+    wait_gone,
 )
 from .qmp import Qmp, qmp
 
-__all__ = ["IDENTITY_ENTRY", "IDENTITY_SIZE", "Identity", "Machine", "QEMU", "Qmp",
-           "TEMPLATE_IDENTITY", "connect", "console", "exited", "failure_reason", "find_untracked", "host_tsc_khz",
+__all__ = ["IDENTITY_ENTRY", "IDENTITY_SIZE", "Identity", "Machine", "QEMU", "Qmp", "TEMPLATE_IDENTITY", "argv_of",
+           "connect", "console", "exited", "failure_reason", "find_untracked", "host_tsc_khz", "inputs_of",
            "kernel_cmdline", "kill", "kill_spawned", "kvm_usable", "kvm_usable_cached", "load_state", "mac_for",
-           "qemu_argv", "qmp", "running_pid", "save_state", "snapshot_layout", "start", "stop", "template"]
+           "qemu_argv", "qmp", "running_pid", "save_state", "snapshot_layout", "start", "stop", "template",
+           "wait_gone"]

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from dataclasses import dataclass, replace
 from ipaddress import IPv4Interface
 from pathlib import Path
@@ -116,6 +117,33 @@ def _channel(files: VmFiles) -> list[str]:
     return ["-device", "virtio-serial-device,max_ports=2",
             "-chardev", f"socket,id=ctl,path={escape(files.ctl)},server=on,wait=off",
             "-device", f"virtserialport,chardev=ctl,name={CHANNEL}"]
+
+
+def inputs_of(argv: list[str]) -> str:
+    """What a saved state was made on: the QEMU command line (but the kernel's, read once at boot, and
+    whether it waits for a state) and the version of each file it reads whole (kernel, initrd, the
+    read-only root), so that a state is never resumed on other devices or another root file system."""
+    kept, files, skip = [], [], False
+    for i, arg in enumerate(argv):
+        if skip:
+            skip = False
+            continue
+        if arg in ("-append", "-incoming"):
+            skip = True
+            continue
+        kept.append(arg)
+        if i and argv[i - 1] in ("-kernel", "-initrd"):
+            files.append(arg)
+        elif arg.startswith("{") and '"read-only": true' in arg and '"driver": "file"' in arg:
+            files.append(json.loads(arg)["filename"])
+    versions = []
+    for path in files:
+        try:
+            st = os.stat(path)
+            versions.append([path, st.st_size, st.st_mtime_ns, st.st_ino])
+        except OSError:
+            versions.append([path, None])
+    return hashlib.sha256(json.dumps([kept, versions]).encode()).hexdigest()[:16]
 
 
 def kernel_cmdline(m: Machine) -> str:

@@ -19,7 +19,11 @@ def save_state(session: Qmp, out: int, timeout: float) -> None:
     session.run("migrate-set-parameters", **{"max-bandwidth": 1 << 40})  # a file, not a network link
     session.run("getfd", fd=out, fdname="state")
     session.run("migrate", uri="fd:state")
-    _await_migration(session, timeout, "saving")
+    try:
+        _await_migration(session, timeout, "saving")
+    except OSError:
+        session.run("migrate_cancel")  # else QEMU writes on into the file given up, and refuses a new save
+        raise
 
 
 def load_state(session: Qmp, source: int, timeout: float, run: bool = True) -> None:

@@ -69,6 +69,11 @@ def running_pid(files: VmFiles, hint: int | None = None) -> int | None:
     return None
 
 
+def argv_of(pid: int) -> list[str]:
+    """A process's command line (OSError: it is gone)."""
+    return [os.fsdecode(a) for a in Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[:-1]]
+
+
 def find_untracked(files: VmFiles) -> int | None:
     """A QEMU of this VM that no pid file names (its pid file removed): a scan of every process."""
     for entry in Path("/proc").iterdir():
@@ -120,7 +125,7 @@ def stop(files: VmFiles, pid: int | None, timeout: float) -> str:
         qmp(files.qmp, "system_powerdown")
     except OSError:
         how = "killed"
-    if not _wait_gone(files, pid, timeout if how == "powerdown" else 0):
+    if not wait_gone(files, pid, timeout if how == "powerdown" else 0):
         how = "killed"
         kill(files, pid)
     for gone in (files.pidfile, files.qmp, files.ctl):
@@ -133,10 +138,11 @@ def kill(files: VmFiles, pid: int | None) -> None:
     found = running_pid(files, pid)
     if found is not None:
         os.kill(found, signal.SIGKILL)
-        _wait_gone(files, found, 5.0)
+        wait_gone(files, found, 5.0)
 
 
-def _wait_gone(files: VmFiles, pid: int | None, timeout: float) -> bool:
+def wait_gone(files: VmFiles, pid: int | None, timeout: float) -> bool:
+    """Whether this VM's QEMU is gone within `timeout` seconds."""
     deadline = time.monotonic() + timeout
     while running_pid(files, pid) is not None:
         if time.monotonic() >= deadline:
