@@ -90,7 +90,7 @@ class VmSuspend(Action):
     phase: ClassVar[int] = PHASE_SETUP
     parallel: ClassVar[bool] = True  # each writes its own file
     vm: str
-    memory: int  # the most its state can take (QEMU leaves out pages never written)
+    memory: int  # the most its state can take (QEMU leaves out pages never written): planned to fit
 
 
 @dataclass(frozen=True)

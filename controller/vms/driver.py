@@ -66,8 +66,7 @@ class VmDriver:
     def prepare(self, observed: VmsView) -> None:
         """A pass starts: every running guest's console is drained into its bounded log."""
         for name, state in observed.vms.items():
-            files = self.files(name)
-            qemu.console.keep_bounded(files, qemu.running_pid(files, state.record.pid) if state.alive else None)
+            qemu.console.keep_bounded(self.files(name), state.pid)
 
     def close(self) -> None:
         pass

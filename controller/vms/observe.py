@@ -41,7 +41,8 @@ def observe_vms(layout: Layout, broken: dict[str, str]) -> dict[str, VmState]:
             continue
         if record is None:
             continue
-        out[vm_dir.name] = VmState(vm_dir.name, record, alive=running_pid(files, record.pid) is not None,
+        pid = running_pid(files, record.pid)
+        out[vm_dir.name] = VmState(vm_dir.name, record, alive=pid is not None, pid=pid,
                                    saved_size=_file_size(files.saved_state))
     return out
 

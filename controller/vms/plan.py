@@ -27,7 +27,7 @@ from ..base.actions import Action
 from ..base.kinds import Accel, BootMode, Ref
 from ..base.model import VM, Desired, Network
 from ..base.units import human
-from ..disks.plan import Budget
+from ..disks.plan import Budget, reserve
 from ..disks.state import StateSpace
 from ..snapshots.state import Shape, Snapshot
 from .actions import (
@@ -93,7 +93,7 @@ def plan_vms(desired: Desired, observed: VmsView) -> tuple[list[Action], list[st
         if name not in desired.vms and name not in observed.broken_vms:
             actions += _remove(name, state, observed, retention)
     actions += [TrashExpire(e.vm, e.removed_at) for e in observed.trash if e.removed_at + retention <= observed.now]
-    return actions, problems
+    return _fit_suspends(desired, observed, actions, problems)
 
 
 def _restore(vm: VM, net: Network, removed_at: int, old: VmRecord | None,
@@ -142,20 +142,32 @@ def _boot(vm: VM, desired: Desired, net: Network, ip: IPv4Address, uid: int | No
     return [start, VmAwait(vm.name, ip, snapshot, resume or None)], None
 
 
-def _no_room_to_suspend(vm: VM, desired: Desired, observed: VmsView) -> str | None:
-    """Why its saved state (up to its memory) would take room the work disks' guests may fill, under
-    the overcommit policy: none when it fits."""
+def _fit_suspends(desired: Desired, observed: VmsView, actions: list[Action],
+                  problems: list[str]) -> tuple[list[Action], list[str]]:
+    """New suspends, by name, while their saved states (each up to its guest's memory) leave the
+    reserve free and the work disks the room they may fill under the overcommit policy; one that does
+    not fit is not begun (its guest runs on) and says why. One a killed run began is always finished."""
     if observed.space is None:
-        return None
+        return actions, problems
     disks = observed.disks.values()
-    after = StateSpace(size=observed.space.size, free=observed.space.free - vm.memory)
-    room = Budget(desired.policy.disk_overcommit, after, used=sum(d.allocated for d in disks),
-                  virtual=sum(d.size for d in disks))
-    over = room.virtual - room.limit
-    if over <= 0:
-        return None
-    return (f"suspended: not saved, it runs on: its state (up to {human(vm.memory)}) would leave the work "
-            f"disks {human(over)} less than they may fill under --disk-overcommit {room.ratio:g}")
+    used, virtual = sum(d.allocated for d in disks), sum(d.size for d in disks)
+    taken, kept = 0, []
+    for action in actions:
+        state = observed.vms.get(action.vm) if isinstance(action, VmSuspend) else None
+        if not isinstance(action, VmSuspend) or state is None or state.record.suspending:
+            kept.append(action)
+            continue
+        after = StateSpace(size=observed.space.size, free=observed.space.free - taken - action.memory)
+        room = Budget(desired.policy.disk_overcommit, after, used=used, virtual=virtual)
+        short = max(room.virtual - room.limit, reserve(after.size) - after.free)
+        if short > 0:
+            problems.append(f"{Ref.vm(action.vm)}: suspended: not saved, it runs on: its state (up to "
+                            f"{human(action.memory)}) does not fit the state file system: {human(short)} short "
+                            f"(--disk-overcommit {room.ratio:g}, the reserve {human(reserve(after.size))})")
+            continue
+        taken += action.memory
+        kept.append(action)
+    return kept, problems
 
 
 def _resume(vm: VM, accel: Accel, state: VmState | None) -> tuple[bool, str | None]:
@@ -194,9 +206,6 @@ def _converge(vm: VM, desired: Desired, net: Network, state: VmState, uids: Uids
     if not vm.running:
         return ([VmStop(vm.name, "running: false")] if state.alive else []), None
     if vm.suspended and state.alive and (state.ready or record.suspending):
-        no_room = None if record.suspending else _no_room_to_suspend(vm, desired, observed)
-        if no_room:
-            return [], no_room  # it runs on
         return [VmSuspend(vm.name, vm.memory)], None  # (also what finishes a suspend a killed run began)
     if vm.suspended and not state.alive:
         return [], None

@@ -87,6 +87,7 @@ class VmState:
     record: VmRecord
     alive: bool
     saved_size: int | None = None  # its saved state file's size (None: there is none)
+    pid: int | None = None  # its QEMU's, as found (its pid file's, which the record may not know yet)
 
     @property
     def resumable(self) -> bool:

@@ -20,7 +20,6 @@ import os
 import time
 from collections.abc import Callable
 from dataclasses import replace
-from pathlib import Path
 from typing import NoReturn
 
 from ..adapters import guest, qemu
@@ -35,7 +34,6 @@ from .observe import read_record
 from .state import VmRecord
 
 QUIT_TIMEOUT = 10.0
-ROOM_LEFT = 256 << 20  # free space a suspend leaves the state's file system, beyond the guest's memory
 CLOCK_TIMEOUT = 5.0
 EXEC_LATENCY = 0.01  # from the host's clock read to the guest's date(1) setting it, over the channel
 
@@ -53,10 +51,6 @@ class Suspender:
         pid = qemu.running_pid(files, record.pid)
         if pid is None:
             raise TemporaryError(f"vm/{a.vm}: its QEMU is not running", delay=0.0)
-        room = _free(self.layout.root)
-        if room < a.memory + ROOM_LEFT:  # checked before a new suspend pauses the guest: it runs on
-            raise TemporaryError(f"vm/{a.vm}: no room for its saved state ({room >> 20} MiB free, its memory "
-                                 f"{a.memory >> 20} MiB + {ROOM_LEFT >> 20} MiB to spare)")
         saved_on = qemu.inputs_of(qemu.argv_of(pid))
         self.save(a.vm, record := record.with_(suspending=True))
         begun = time.monotonic()
@@ -222,11 +216,6 @@ class Suspender:
         if record is None:
             raise TemporaryError(f"vm/{vm}: no record")
         return files, record
-
-
-def _free(directory: Path) -> int:
-    st = os.statvfs(directory)
-    return st.f_bavail * st.f_frsize
 
 
 def _failed(session: qemu.Qmp) -> bool:
